@@ -1,0 +1,1 @@
+"""The catalog: an index of snapshots, jobs, verifications and restores."""

@@ -1,0 +1,196 @@
+"""The configuration file: one YAML document, validated on load.
+
+An error names the file, the key path and what was expected, e.g.
+``config error in /etc/backstop.yaml: targets.1.bucket: field required``.
+Secrets are never inline: they come from files or environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from core.errors import ConfigError
+
+CONFIG_ENV = "BACKSTOP_CONFIG"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def default_data_dir() -> Path:
+    """Backstop's per-user data directory (XDG)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "backstop"
+
+
+class CatalogConfig(_Strict):
+    url: str = Field(default_factory=lambda: f"sqlite:///{default_data_dir() / 'catalog.db'}")
+
+    @field_validator("url")
+    @classmethod
+    def _sqlite_only(cls, v: str) -> str:
+        if not v.startswith("sqlite:///"):
+            raise ValueError("expected a URL of the form sqlite:///path/to/catalog.db")
+        return v
+
+    @property
+    def sqlite_path(self) -> Path:
+        return Path(self.url[len("sqlite:///"):])
+
+
+class EncryptionConfig(_Strict):
+    passphrase_file: Path | None = None
+    passphrase_env: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "EncryptionConfig":
+        if (self.passphrase_file is None) == (self.passphrase_env is None):
+            raise ValueError("expected exactly one of passphrase_file or passphrase_env")
+        return self
+
+    def passphrase(self) -> bytes:
+        """Read the passphrase from its file or environment variable."""
+        if self.passphrase_env is not None:
+            value = os.environ.get(self.passphrase_env)
+            if not value:
+                raise ConfigError(
+                    f"encryption.passphrase_env: environment variable {self.passphrase_env} is not set; "
+                    "export it with the repository passphrase"
+                )
+            return value.encode()
+        assert self.passphrase_file is not None
+        try:
+            data = self.passphrase_file.read_bytes()
+        except OSError as exc:
+            raise ConfigError(
+                f"encryption.passphrase_file: cannot read {self.passphrase_file}: {exc.strerror}"
+            ) from None
+        data = data.rstrip(b"\r\n")
+        if not data:
+            raise ConfigError(f"encryption.passphrase_file: {self.passphrase_file} is empty")
+        return data
+
+
+class LocalTargetConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    type: Literal["local"]
+    path: Path
+
+
+class S3TargetConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    type: Literal["s3"]
+    bucket: str = Field(min_length=3)
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+    # TLS certificate verification: true (default), false, or a CA bundle path.
+    verify_tls: bool | Path = True
+    # Optional named profile of the standard AWS credential chain.
+    profile: str | None = None
+    # Parts of this size are uploaded in parallel for large packs.
+    multipart_chunk_mib: int = Field(default=8, ge=5, le=512)
+    max_attempts: int = Field(default=5, ge=1, le=20)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=60.0, gt=0)
+
+
+TargetConfig = Annotated[Union[LocalTargetConfig, S3TargetConfig], Field(discriminator="type")]
+
+
+class DatabaseConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    dsn: str
+    # Directory holding pg_dump/pg_restore; found automatically when absent.
+    bin_dir: Path | None = None
+
+
+class RepositoryConfig(_Strict):
+    """Parameters fixed at `backstop init` (later changes are ignored)."""
+
+    chunk_avg_kib: int = Field(default=1024, ge=64, le=4096)
+    pack_target_mib: int = Field(default=16, ge=1, le=256)
+    compression_level: int = Field(default=3, ge=1, le=19)
+
+
+class BackstopConfig(_Strict):
+    catalog: CatalogConfig = Field(default_factory=CatalogConfig)
+    encryption: EncryptionConfig
+    targets: list[TargetConfig] = Field(min_length=1)
+    databases: list[DatabaseConfig] = Field(default_factory=list)
+    repository: RepositoryConfig = Field(default_factory=RepositoryConfig)
+    # Threads for compression and encryption (they release the GIL).
+    workers: int = Field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)), ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "BackstopConfig":
+        for kind, names in (("targets", [t.name for t in self.targets]), ("databases", [d.name for d in self.databases])):
+            dup = {n for n in names if names.count(n) > 1}
+            if dup:
+                raise ValueError(f"{kind}: duplicate name {sorted(dup)[0]!r}")
+        return self
+
+    def database(self, name: str) -> DatabaseConfig:
+        """The configured database called ``name``."""
+        for db in self.databases:
+            if db.name == name:
+                return db
+        known = ", ".join(d.name for d in self.databases) or "none"
+        raise ConfigError(f"no database named {name!r} in the config (configured: {known})")
+
+    def target(self, name: str) -> TargetConfig:
+        """The configured target called ``name``."""
+        for t in self.targets:
+            if t.name == name:
+                return t
+        known = ", ".join(t.name for t in self.targets)
+        raise ConfigError(f"no target named {name!r} in the config (configured: {known})")
+
+
+def _format_validation_error(path: Path, err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"] if p not in ("local", "s3")) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif first["type"] == "missing":
+        msg = "required key is missing"
+    more = f" (and {len(err.errors()) - 1} more problem(s))" if len(err.errors()) > 1 else ""
+    return f"config error in {path}: {loc}: {msg}{more}"
+
+
+def parse_config(data: object, path: Path) -> BackstopConfig:
+    """Validate an already-parsed YAML document."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config error in {path}: expected a mapping at the top level")
+    try:
+        return BackstopConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(path, err)) from None
+
+
+def load_config(path: str | os.PathLike[str] | None) -> BackstopConfig:
+    """Load and validate the config file (``--config`` or ``$BACKSTOP_CONFIG``)."""
+    if path is None:
+        env = os.environ.get(CONFIG_ENV)
+        if not env:
+            raise ConfigError(f"no config file: pass --config PATH or set ${CONFIG_ENV}")
+        path = env
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"config error in {p}: cannot read the file: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config error in {p}: not valid YAML{where}") from None
+    return parse_config(data, p)

@@ -1,0 +1,306 @@
+"""The engine: the one async API the CLI and the TUI call.
+
+It composes configuration, repository, storage targets, PostgreSQL tools
+and the catalog, runs every operation as a job that emits events on the bus,
+and records results in the catalog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from core import __version__
+from core.catalog.models import SnapshotRecord
+from core.catalog.store import Catalog
+from core.config import BackstopConfig
+from core.errors import RestoreRefused, UsageError
+from core.events import EventBus
+from core.jobs import Job, run_job
+from core.postgres import logical
+from core.postgres.tools import find_bin_dir, server_major, tool_major
+from core.repository.checker import TargetReport, check_target
+from core.repository.manifest import Manifest
+from core.repository.reader import StreamReader
+from core.repository.repo import Repository
+from core.repository.writer import StreamWriter
+from core.storage.base import Storage
+from core.storage.factory import make_storages
+
+DUMP_FILE = "database.pgdump"
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class InitResult:
+    repo_id: str
+    created_on: list[str]
+    existing_on: list[str]
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    snapshot_id: str
+    db: str
+    into: str
+    tables: list[str]
+    bytes: int
+    duration_s: float
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    reports: list[TargetReport]
+    read_data: bool
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.reports)
+
+
+class Engine:
+    """Backup, restore and verification for the databases in one config."""
+
+    def __init__(self, config: BackstopConfig, catalog: Catalog | None = None, bus: EventBus | None = None) -> None:
+        self.config = config
+        self.bus = bus or EventBus()
+        self.catalog = catalog or Catalog(config.catalog.sqlite_path)
+        self.bus.subscribe(self.catalog.record_event)
+        self.pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="backstop-seal")
+        self._storages: list[Storage] | None = None
+
+    async def close(self) -> None:
+        """Release threads, connections and the catalog."""
+        if self._storages:
+            await asyncio.gather(*(s.close() for s in self._storages), return_exceptions=True)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.catalog.close()
+
+    async def __aenter__(self) -> "Engine":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- plumbing ------------------------------------------------------------
+
+    def storages(self, target: str | None = None) -> list[Storage]:
+        """Storage objects for the configured targets (or one of them)."""
+        if self._storages is None:
+            self._storages = make_storages(self.config.targets)
+        if target is None:
+            return self._storages
+        self.config.target(target)  # raises a ConfigError naming the known targets
+        return [s for s in self._storages if s.name == target]
+
+    async def open_repository(self, require_all: bool = True, target: str | None = None) -> Repository:
+        """Open the repository with the configured passphrase."""
+        return await Repository.open(self.storages(target), self.config.encryption.passphrase(), require_all)
+
+    # -- init ------------------------------------------------------------------
+
+    async def init(self) -> InitResult:
+        """Create the repository on every target (idempotent)."""
+        passphrase = self.config.encryption.passphrase()
+        stores = self.storages()
+        for st in stores:
+            await st.prepare()
+        repo, created = await Repository.init(stores, passphrase, self.config.repository)
+        return InitResult(repo.params.repo_id, created, [s.name for s in stores if s.name not in created])
+
+    # -- backup ----------------------------------------------------------------
+
+    async def backup(self, db_name: str) -> SnapshotRecord:
+        """Take a logical full snapshot of one database onto every target."""
+        dbc = self.config.database(db_name)
+        async with run_job(self.bus, "backup", db_name, f"logical backup of {db_name}") as job:
+            started = _now_iso()
+            job.phase("connect")
+            info = await logical.source_info(dbc.dsn, db_name)
+            bin_dir = find_bin_dir(info.server_major, dbc.bin_dir)
+            repo = await self.open_repository(require_all=True)
+            async with repo.lock("shared", f"backup of {db_name}"):
+                job.phase("index")
+                index = await repo.load_index()
+                entry, writer = await self._dump_into(repo, index, bin_dir, dbc.dsn, info.estimated_bytes, job)
+                job.phase("commit")
+                if writer.new_index.packs:
+                    name, data = writer.new_index.seal(repo.key)
+                    await repo.put_all(name, data)
+                    await repo.verify_all(name, name.rsplit("/", 1)[1])
+                targets = [s.name for s in repo.storages]
+                manifest = Manifest(
+                    db=db_name, kind="logical", started_at=started, finished_at=_now_iso(), files=[entry],
+                    size_bytes=entry.size, stored_bytes=writer.stats.stored_bytes, new_chunks=writer.stats.new_chunks,
+                    targets=targets, server_version=info.server_version,
+                    tool_versions={"backstop": __version__, "pg_dump": str(tool_major(bin_dir))},
+                    tables=info.tables, host=socket.gethostname(),
+                )
+                sid, mname, mdata = manifest.seal(repo.key)
+                try:
+                    await repo.put_all(mname, mdata)
+                    await repo.verify_all(mname, sid)
+                except BaseException:
+                    # Half-committed on some targets: take it back everywhere.
+                    await repo.delete_all(mname)
+                    raise
+            rec = SnapshotRecord(sid, db_name, "logical", started, manifest.finished_at, entry.size,
+                                 writer.stats.stored_bytes, targets, job.id)
+            self.catalog.add_snapshot(rec)
+            for t in targets:
+                self.catalog.add_verification(
+                    job_id=job.id, target=t, snapshot_id=sid, started_at=time.time(), read_data=True,
+                    objects_checked=writer.stats.packs + 2, bytes_read=writer.stats.stored_bytes + len(mdata),
+                    problems=[],
+                )
+            job.result = {"snapshot": sid, "size_bytes": entry.size, "stored_bytes": writer.stats.stored_bytes}
+            return rec
+
+    async def _dump_into(self, repo: Repository, index, bin_dir, dsn: str, estimate: int,  # type: ignore[no-untyped-def]
+                         job: Job) -> tuple:
+        loop = asyncio.get_running_loop()
+        job.phase("dump")
+        writer = StreamWriter(repo, index, loop, self.pool, self.config.workers,
+                              on_progress=lambda b: loop.call_soon_threadsafe(job.progress, b, max(estimate, b)))
+        dump = await logical.start_dump(bin_dir, dsn)
+        try:
+            entry = await asyncio.to_thread(writer.write, dump.reader, DUMP_FILE, logical.DUMP_FORMAT)
+            await dump.wait()
+            job.phase("upload")
+            await asyncio.to_thread(writer.finish)
+        except BaseException:
+            writer.abort()
+            dump.kill()
+            raise
+        finally:
+            dump.reader.close()
+        return entry, writer
+
+    # -- listing ----------------------------------------------------------------
+
+    def snapshots(self, db: str | None = None) -> list[SnapshotRecord]:
+        """Committed snapshots from the catalog, oldest first."""
+        if db is not None:
+            self.config.database(db)
+        return self.catalog.snapshots(db)
+
+    async def rebuild_catalog(self) -> int:
+        """Re-read every snapshot manifest from the repository into the catalog."""
+        repo = await self.open_repository(require_all=False)
+        names: set[str] = set()
+        for st in repo.storages:
+            names |= await repo.snapshot_names(st)
+        for sid in sorted(names):
+            m = await repo.read_manifest(sid)
+            self.catalog.add_snapshot(SnapshotRecord(sid, m.db, m.kind, m.started_at, m.finished_at, m.size_bytes,
+                                                     m.stored_bytes, m.targets))
+        return len(names)
+
+    # -- restore ----------------------------------------------------------------
+
+    async def restore(self, db_name: str, into: str, snapshot: str = "latest", tables: list[str] | None = None) -> RestoreResult:
+        """Restore a snapshot into a new database on the same server (whole, or some tables)."""
+        dbc = self.config.database(db_name)
+        tables = list(tables or [])
+        for t in tables:
+            if t.count(".") != 1 or not all(t.split(".")):
+                raise UsageError(f"--table {t!r}: expected SCHEMA.TABLE, e.g. public.claims")
+        logical.ensure_new_database(into)
+        snap = self.catalog.snapshot(snapshot, db_name)
+        what = f"restore of {db_name} snapshot {snap.short_id} into {into}" + (f" ({', '.join(tables)})" if tables else "")
+        t0 = time.monotonic()
+        started = time.time()
+        fed = 0
+        created = False
+        async with run_job(self.bus, "restore", db_name, what) as job:
+            try:
+                if await logical.database_exists(dbc.dsn, into):
+                    raise RestoreRefused(
+                        f"database {into!r} already exists; restore into a new name with --into "
+                        "(restoring over an existing database needs an operator with MFA)"
+                    )
+                repo = await self.open_repository(require_all=False)
+                for name, msg in repo.unreachable.items():
+                    job.warn(f"target '{name}' skipped: {msg}")
+                job.phase("prepare")
+                manifest = await repo.read_manifest(snap.id)
+                if tables:
+                    absent = [t for t in tables if manifest.tables and t not in manifest.tables]
+                    if absent:
+                        raise RestoreRefused(
+                            f"table(s) {', '.join(absent)} did not exist in snapshot {snap.short_id}; "
+                            f"it has: {', '.join(manifest.tables[:10])}{' …' if len(manifest.tables) > 10 else ''}"
+                        )
+                index = await repo.load_index(common=False)
+                major = await server_major(dbc.dsn)
+                bin_dir = find_bin_dir(major, dbc.bin_dir)
+                entry = manifest.files[0]
+                reader = StreamReader(repo, index, self.pool, on_damage=job.warn)
+                list_text = None
+                if tables:
+                    list_text, missing = await logical.table_list_file(bin_dir, reader.stream(entry), tables)
+                    if missing:
+                        raise RestoreRefused(f"table(s) {', '.join(missing)} are not in snapshot {snap.short_id}")
+                await logical.create_database(dbc.dsn, into)
+                created = True
+                job.phase("restore")
+                fed = await logical.restore_stream(
+                    bin_dir, logical.with_dbname(dbc.dsn, into), self._progress_stream(reader, entry, job), list_text
+                )
+            except BaseException as exc:
+                if created:
+                    # Only ever drop what this restore created itself.
+                    await logical.drop_database(dbc.dsn, into)
+                self.catalog.add_restore(job_id=job.id, snapshot_id=snap.id, db=db_name, into=into, tables=tables,
+                                         started_at=started, duration_s=time.monotonic() - t0, nbytes=fed, ok=False,
+                                         error=str(exc))
+                raise
+            duration = time.monotonic() - t0
+            self.catalog.add_restore(job_id=job.id, snapshot_id=snap.id, db=db_name, into=into, tables=tables,
+                                     started_at=started, duration_s=duration, nbytes=fed, ok=True, error=None)
+            job.result = {"snapshot": snap.id, "into": into, "duration_s": round(duration, 3), "bytes": fed}
+            return RestoreResult(snap.id, db_name, into, tables, fed, duration, list(job.warnings))
+
+    async def _progress_stream(self, reader: StreamReader, entry, job: Job):  # type: ignore[no-untyped-def]
+        done = 0
+        last = 0.0
+        async for piece in reader.stream(entry):
+            done += len(piece)
+            now = time.monotonic()
+            if now - last > 0.2:
+                last = now
+                job.progress(done, entry.size)
+            yield piece
+        job.progress(done, entry.size)
+
+    # -- check ---------------------------------------------------------------------
+
+    async def check(self, read_data: bool = False, target: str | None = None) -> CheckResult:
+        """Verify the repository on every target (or one); results go to the catalog."""
+        desc = f"check{' --read-data' if read_data else ''}" + (f" of target {target}" if target else "")
+        async with run_job(self.bus, "check", None, desc) as job:
+            repo = await self.open_repository(require_all=False, target=target)
+            reports = [TargetReport(name, problems=[msg]) for name, msg in repo.unreachable.items()]
+            for st in repo.storages:
+                job.phase(f"check {st.name}")
+                started = time.time()
+                rep = await check_target(repo, st, read_data, self.pool, on_progress=lambda d, t: job.progress(d, t))
+                reports.append(rep)
+                self.catalog.add_verification(job_id=job.id, target=st.name, snapshot_id=None, started_at=started,
+                                              read_data=read_data, objects_checked=rep.objects_checked,
+                                              bytes_read=rep.bytes_read, problems=rep.problems)
+                for sid in rep.snapshots:
+                    self.catalog.add_verification(job_id=job.id, target=st.name, snapshot_id=sid, started_at=started,
+                                                  read_data=read_data, objects_checked=0, bytes_read=0,
+                                                  problems=rep.affected.get(sid, []))
+            result = CheckResult(reports, read_data)
+            job.result = {"ok": result.ok, "problems": sum(len(r.problems) for r in reports)}
+            return result

@@ -1,0 +1,91 @@
+"""The one exception hierarchy of Backstop.
+
+Every error carries the operator-facing message: one line saying what went
+wrong and what to do. Front ends print ``str(err)`` and exit with
+``err.exit_code``; they never need to inspect the cause.
+"""
+
+from __future__ import annotations
+
+
+class BackstopError(Exception):
+    """Base of every error Backstop raises on purpose."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(BackstopError):
+    """Bad arguments on the command line."""
+
+    exit_code = 2
+
+
+class ConfigError(BackstopError):
+    """The configuration file is missing, unreadable or invalid."""
+
+    exit_code = 2
+
+
+class StorageError(BackstopError):
+    """A storage target failed an operation."""
+
+    def __init__(self, target: str, message: str) -> None:
+        super().__init__(f"target '{target}': {message}")
+        self.target = target
+
+
+class TargetUnreachable(StorageError):
+    """A target cannot be reached at all (server down, directory gone)."""
+
+
+class ObjectNotFound(StorageError):
+    """A named object does not exist on a target."""
+
+    def __init__(self, target: str, name: str) -> None:
+        super().__init__(target, f"object {name} is missing")
+        self.name = name
+
+
+class RepositoryError(BackstopError):
+    """The repository is missing, of another format, or inconsistent."""
+
+
+class RepositoryNotInitialised(RepositoryError):
+    """No repository exists at a target yet."""
+
+
+class WrongKey(RepositoryError):
+    """The passphrase or key file does not unlock the repository."""
+
+    exit_code = 2
+
+
+class IntegrityError(RepositoryError):
+    """Stored data failed a checksum or authentication check."""
+
+
+class LockConflict(RepositoryError):
+    """Another process holds a conflicting repository lock."""
+
+
+class PostgresError(BackstopError):
+    """PostgreSQL or one of its tools failed."""
+
+
+class RestoreRefused(BackstopError):
+    """A restore was refused before anything was changed."""
+
+    exit_code = 2
+
+
+class NotFound(BackstopError):
+    """A snapshot, database or job that was asked for does not exist."""
+
+    exit_code = 2

@@ -1,0 +1,257 @@
+"""Logical backups: stream `pg_dump -Fc -Z0` out and `pg_restore` back in.
+
+pg_dump takes one repeatable-read snapshot with ACCESS SHARE locks only, so
+the live workload is neither blocked nor sees a torn state (M1). Nothing is
+staged on disk: the archive streams through a pipe into the chunker, and on
+restore from the repository straight into pg_restore's stdin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from core.errors import PostgresError, RestoreRefused
+
+DUMP_FORMAT = "pg_dump-custom"
+_ENV = {**os.environ, "PGAPPNAME": "backstop"}
+
+
+def with_dbname(dsn: str, dbname: str) -> str:
+    """The same connection string pointing at another database."""
+    return make_conninfo(dsn, dbname=dbname)
+
+
+def redact(dsn: str) -> str:
+    """A connection string fit for messages: no password."""
+    try:
+        d = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "(unparsable dsn)"
+    d.pop("password", None)
+    return " ".join(f"{k}={v}" for k, v in d.items())
+
+
+async def connect(dsn: str, what: str) -> psycopg.AsyncConnection:
+    """Open an autocommit connection with a clear error on failure."""
+    try:
+        return await psycopg.AsyncConnection.connect(dsn, autocommit=True, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "connection failed"
+        raise PostgresError(f"cannot connect to {what} ({redact(dsn)}): {first}; is the server running?") from None
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What we learn about a database before dumping it."""
+
+    server_version: str
+    server_major: int
+    estimated_bytes: int
+    tables: list[str]
+
+
+async def source_info(dsn: str, db_name: str) -> SourceInfo:
+    """Server version, a size estimate for progress, and the user tables."""
+    async with await connect(dsn, f"database {db_name!r}") as conn:
+        cur = await conn.execute("SELECT current_setting('server_version'), current_setting('server_version_num')::int")
+        version, num = await cur.fetchone()  # type: ignore[misc]
+        cur = await conn.execute(
+            "SELECT coalesce(sum(pg_table_size(c.oid)), 0)::bigint FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE c.relkind IN ('r','m') AND n.nspname NOT IN ('pg_catalog','information_schema')"
+        )
+        (size,) = await cur.fetchone()  # type: ignore[misc]
+        cur = await conn.execute(
+            "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE c.relkind IN ('r','p') AND n.nspname NOT IN ('pg_catalog','information_schema')"
+            " AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1"
+        )
+        tables = [r[0] for r in await cur.fetchall()]
+    return SourceInfo(str(version), int(num) // 10000, int(size), tables)
+
+
+async def database_exists(dsn: str, name: str) -> bool:
+    """True when a database called ``name`` exists on the server of ``dsn``."""
+    async with await connect(with_dbname(dsn, "postgres"), "the server") as conn:
+        cur = await conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+        return await cur.fetchone() is not None
+
+
+async def create_database(dsn: str, name: str) -> None:
+    """CREATE DATABASE from template0 (what pg_restore expects)."""
+    async with await connect(with_dbname(dsn, "postgres"), "the server") as conn:
+        await conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
+
+
+async def drop_database(dsn: str, name: str) -> None:
+    """DROP DATABASE IF EXISTS, disconnecting its sessions."""
+    async with await connect(with_dbname(dsn, "postgres"), "the server") as conn:
+        await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+class DumpProcess:
+    """A running `pg_dump` whose archive is read from ``reader`` (a raw pipe)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, reader: "os.FileIO", stderr_task: asyncio.Task[bytes]) -> None:
+        self.proc = proc
+        self.reader = reader
+        self._stderr = stderr_task
+
+    async def wait(self) -> None:
+        """Wait for exit; PostgresError with pg_dump's own message on failure."""
+        rc = await self.proc.wait()
+        err = (await self._stderr).decode(errors="replace").strip()
+        if rc != 0:
+            last = err.splitlines()[-1] if err else f"exit code {rc}"
+            raise PostgresError(f"pg_dump failed: {last}")
+
+    def kill(self) -> None:
+        """Stop pg_dump (the backup is being abandoned)."""
+        if self.proc.returncode is None:
+            self.proc.kill()
+
+
+async def start_dump(bin_dir: Path, dsn: str) -> DumpProcess:
+    """Start `pg_dump -Fc -Z0` writing into a pipe we read from a thread."""
+    r, w = os.pipe()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            str(bin_dir / "pg_dump"), "--format=custom", "--compress=0", "--no-sync", f"--dbname={dsn}",
+            stdout=w, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL, env=_ENV,
+        )
+    except OSError as exc:
+        os.close(r)
+        raise PostgresError(f"cannot run pg_dump from {bin_dir}: {exc.strerror}") from None
+    finally:
+        os.close(w)
+    assert proc.stderr is not None
+    return DumpProcess(proc, os.fdopen(r, "rb", buffering=0), asyncio.ensure_future(proc.stderr.read()))  # type: ignore[arg-type]
+
+
+_TOC_LINE = re.compile(r"^(\d+); (\d+) (\d+) (.+)$")
+# Objects a restored table may depend on, restored whatever tables are chosen
+# (pg_restore runs with check_function_bodies off, so functions referring to
+# absent tables still load).
+_DEPENDENCY_KINDS = ("SCHEMA ", "EXTENSION ", "TYPE ", "DOMAIN ", "FUNCTION ", "COLLATION ")
+
+
+def _table_entry(desc: str) -> tuple[str, tuple[str, str]] | None:
+    """(kind, (schema, table)) for TOC entries that belong to one table."""
+    for kind in ("TABLE DATA", "TABLE", "CONSTRAINT", "ACL", "COMMENT"):
+        if desc.startswith(kind + " "):
+            parts = desc[len(kind) + 1:].split(" ")
+            break
+    else:
+        return None
+    if len(parts) < 3:
+        return None
+    if kind in ("ACL", "COMMENT"):
+        # "ACL schema TABLE name owner": only whole-table entries qualify.
+        if parts[1] != "TABLE" or len(parts) < 4:
+            return None
+        return kind, (parts[0], parts[2])
+    # TABLE / TABLE DATA: "schema name owner"; CONSTRAINT: "schema table conname owner".
+    return kind, (parts[0], parts[1])
+
+
+async def table_list_file(bin_dir: Path, stream: AsyncIterator[bytes], tables: list[str]) -> tuple[str, list[str]]:
+    """Build a pg_restore -L list selecting ``tables`` (schema.table) with their data.
+
+    Reads only the start of the archive: pg_restore -l stops after the TOC.
+    Returns (list file text, tables not found in the archive).
+    """
+    proc = await asyncio.create_subprocess_exec(
+        str(bin_dir / "pg_restore"), "-l", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=_ENV,
+    )
+    out_task = asyncio.ensure_future(proc.stdout.read())  # type: ignore[union-attr]
+    err_task = asyncio.ensure_future(proc.stderr.read())  # type: ignore[union-attr]
+    assert proc.stdin is not None
+    try:
+        async for piece in stream:
+            proc.stdin.write(piece)
+            await proc.stdin.drain()
+            if out_task.done():
+                break
+        proc.stdin.close()
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # pg_restore -l closes its input once it has the TOC
+    rc = await proc.wait()
+    out, err = (await out_task).decode(), (await err_task).decode()
+    if rc != 0:
+        raise PostgresError(f"pg_restore -l failed: {err.strip().splitlines()[-1] if err.strip() else rc}")
+    wanted = {tuple(t.split(".", 1)) for t in tables}
+    found: set[tuple[str, ...]] = set()
+    keep = []
+    for line in out.splitlines():
+        m = _TOC_LINE.match(line)
+        if not m:
+            continue
+        desc = m.group(4)
+        if desc.startswith(_DEPENDENCY_KINDS):
+            keep.append(line)  # types, domains, functions the tables may need
+            continue
+        sel = _table_entry(desc)
+        if sel and sel[1] in wanted:
+            keep.append(line)
+            if sel[0] in ("TABLE", "TABLE DATA"):
+                found.add(sel[1])
+    missing = [".".join(t) for t in sorted(wanted - found)]
+    return "\n".join(keep) + "\n", missing
+
+
+async def restore_stream(bin_dir: Path, dsn: str, stream: AsyncIterator[bytes], list_text: str | None = None) -> int:
+    """Feed an archive stream into `pg_restore`; returns the bytes fed."""
+    args = [str(bin_dir / "pg_restore"), f"--dbname={dsn}", "--exit-on-error", "--no-password"]
+    list_path = None
+    if list_text is not None:
+        fd, list_path = tempfile.mkstemp(prefix="backstop-toc-", suffix=".list")
+        with os.fdopen(fd, "w") as f:
+            f.write(list_text)
+        args.append(f"--use-list={list_path}")
+    fed = 0
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            env=_ENV,
+        )
+        assert proc.stdin is not None and proc.stderr is not None
+        err_task = asyncio.ensure_future(proc.stderr.read())
+        try:
+            async for piece in stream:
+                proc.stdin.write(piece)
+                await proc.stdin.drain()
+                fed += len(piece)
+            proc.stdin.close()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # pg_restore quit early; its exit status says why
+        except BaseException:
+            proc.kill()
+            await proc.wait()
+            raise
+        rc = await proc.wait()
+        err = (await err_task).decode(errors="replace").strip()
+        if rc != 0:
+            lines = [ln for ln in err.splitlines() if ln.strip()]
+            detail = next((ln for ln in lines if "error" in ln.lower()), lines[-1] if lines else f"exit code {rc}")
+            raise PostgresError(f"pg_restore failed: {detail}")
+    finally:
+        if list_path:
+            os.unlink(list_path)
+    return fed
+
+
+def ensure_new_database(name: str) -> None:
+    """Reject names pg would mangle, before anything is created."""
+    if not name or len(name.encode()) > 63:
+        raise RestoreRefused(f"--into {name!r}: a database name must be 1 to 63 bytes long")

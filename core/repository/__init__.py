@@ -1,0 +1,1 @@
+"""The repository format: packs, index, manifests, keys, locks (see FORMAT.md)."""

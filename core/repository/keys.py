@@ -1,0 +1,135 @@
+"""Envelope keys: a KEK derived from the passphrase wraps each data key (DEK).
+
+A DEK is two secrets: ``enc_key`` (AES-256-GCM for chunks and objects) and
+``id_key`` (keys the BLAKE3 hash that names chunks). ``id_key`` is the same in
+every DEK version of a repository, so rotating the DEK keeps deduplication.
+Rotating the KEK rewrites only the small ``keys/`` objects.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import lru_cache
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from core.errors import RepositoryError, WrongKey
+
+KEY_PREFIX = "keys/"
+# scrypt N=2^15, r=8: ~32 MiB and ~0.1 s per unlock here; slows guessing
+# without making every CLI call (archive_command) sluggish.
+SCRYPT_N = 2**15
+SCRYPT_R = 8
+SCRYPT_P = 1
+
+
+def key_object_name(version: int) -> str:
+    """Name of the object that holds DEK ``version``."""
+    return f"{KEY_PREFIX}dek-{version:08d}"
+
+
+@dataclass(frozen=True)
+class DataKey:
+    """One version of the data key."""
+
+    version: int
+    enc_key: bytes
+    id_key: bytes
+
+    def __repr__(self) -> str:  # never print key material
+        return f"DataKey(version={self.version})"
+
+
+@dataclass(frozen=True)
+class KdfParams:
+    salt: bytes
+    n: int = SCRYPT_N
+    r: int = SCRYPT_R
+    p: int = SCRYPT_P
+
+    def to_json(self) -> dict[str, object]:
+        return {"kdf": "scrypt", "salt": _b64(self.salt), "n": self.n, "r": self.r, "p": self.p}
+
+    @classmethod
+    def from_json(cls, d: dict[str, object]) -> "KdfParams":
+        if d.get("kdf") != "scrypt":
+            raise RepositoryError(f"unsupported key derivation {d.get('kdf')!r}; upgrade backstop")
+        return cls(salt=_unb64(str(d["salt"])), n=int(d["n"]), r=int(d["r"]), p=int(d["p"]))  # type: ignore[arg-type]
+
+
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode()
+
+
+def _unb64(s: str) -> bytes:
+    return base64.b64decode(s)
+
+
+@lru_cache(maxsize=8)
+def derive_kek(passphrase: bytes, params: KdfParams) -> bytes:
+    """The key-encryption key for a passphrase (cached: scrypt is slow on purpose)."""
+    return Scrypt(salt=params.salt, length=32, n=params.n, r=params.r, p=params.p).derive(passphrase)
+
+
+def _aad(repo_id: str, version: int) -> bytes:
+    return f"backstop-dek:{repo_id}:{version}".encode()
+
+
+def new_data_key(version: int, id_key: bytes | None = None) -> DataKey:
+    """A fresh DEK; pass the repository's ``id_key`` to keep chunk ids stable."""
+    return DataKey(version=version, enc_key=secrets.token_bytes(32), id_key=id_key or secrets.token_bytes(32))
+
+
+def wrap_data_key(dek: DataKey, passphrase: bytes, repo_id: str, params: KdfParams | None = None) -> bytes:
+    """Serialise a DEK wrapped by the passphrase's KEK (the stored key object)."""
+    params = params or KdfParams(salt=secrets.token_bytes(16))
+    kek = derive_kek(passphrase, params)
+    nonce = os.urandom(12)
+    secret = json.dumps({"enc_key": _b64(dek.enc_key), "id_key": _b64(dek.id_key)}).encode()
+    wrapped = nonce + AESGCM(kek).encrypt(nonce, secret, _aad(repo_id, dek.version))
+    doc = {
+        "format": 1,
+        "version": dek.version,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "kek": params.to_json(),
+        "wrapped": _b64(wrapped),
+    }
+    return json.dumps(doc, indent=1).encode()
+
+
+def key_object_kdf(data: bytes) -> KdfParams:
+    """The KDF parameters a stored key object was wrapped with."""
+    return KdfParams.from_json(_parse(data)["kek"])
+
+
+def _parse(data: bytes) -> dict:
+    try:
+        doc = json.loads(data)
+        if not isinstance(doc, dict) or doc.get("format") != 1:
+            raise ValueError("not a key object")
+        return doc
+    except ValueError:
+        raise RepositoryError("a key object in keys/ is damaged or of an unknown format") from None
+
+
+def unwrap_data_key(data: bytes, passphrase: bytes, repo_id: str, where: str) -> DataKey:
+    """Recover a DEK from its stored key object; WrongKey if the passphrase is wrong."""
+    doc = _parse(data)
+    version = int(doc["version"])
+    kek = derive_kek(passphrase, KdfParams.from_json(doc["kek"]))
+    raw = _unb64(doc["wrapped"])
+    try:
+        secret = json.loads(AESGCM(kek).decrypt(raw[:12], raw[12:], _aad(repo_id, version)))
+    except InvalidTag:
+        raise WrongKey(
+            f"wrong passphrase: it does not unlock the repository key at {where}; "
+            "check encryption.passphrase_file / passphrase_env"
+        ) from None
+    return DataKey(version=version, enc_key=_unb64(secret["enc_key"]), id_key=_unb64(secret["id_key"]))

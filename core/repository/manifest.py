@@ -1,0 +1,61 @@
+"""Snapshot manifests: the last object a backup writes, and what makes it exist."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+from core.repository.crypto import open_object, seal_object
+from core.repository.keys import DataKey
+
+SNAPSHOT_PREFIX = "snapshots/"
+_KIND = b"snapshot"
+
+
+@dataclass
+class FileEntry:
+    """One stored stream or file: its chunks in order and its plaintext SHA-256."""
+
+    name: str
+    format: str
+    size: int
+    sha256: str
+    chunks: list[str]  # chunk ids, hex
+
+
+@dataclass
+class Manifest:
+    """Everything needed to restore one snapshot."""
+
+    db: str
+    kind: str  # "logical" (physical base backups come later)
+    started_at: str
+    finished_at: str
+    files: list[FileEntry]
+    size_bytes: int
+    stored_bytes: int
+    new_chunks: int
+    targets: list[str]
+    server_version: str = ""
+    tool_versions: dict[str, str] = field(default_factory=dict)
+    tables: list[str] = field(default_factory=list)
+    host: str = ""
+    format: int = 1
+
+    def seal(self, key: DataKey) -> tuple[str, str, bytes]:
+        """Encrypt; returns (snapshot id, object name, bytes)."""
+        data = seal_object(json.dumps(asdict(self), separators=(",", ":")).encode(), _KIND, key)
+        sid = hashlib.sha256(data).hexdigest()
+        return sid, f"{SNAPSHOT_PREFIX}{sid}", data
+
+    @classmethod
+    def open(cls, data: bytes, keys: dict[int, DataKey]) -> "Manifest":
+        """Decrypt and parse a stored manifest."""
+        doc = json.loads(open_object(data, _KIND, keys))
+        doc["files"] = [FileEntry(**f) for f in doc["files"]]
+        return cls(**doc)
+
+    def chunk_ids(self) -> set[bytes]:
+        """Every chunk this snapshot needs."""
+        return {bytes.fromhex(c) for f in self.files for c in f.chunks}

@@ -1,0 +1,60 @@
+"""The interface every storage target implements."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One stored object as listed by a target."""
+
+    name: str  # repository-relative, '/'-separated, e.g. "data/ab/ab12..."
+    size: int
+
+
+class Storage(abc.ABC):
+    """An async object store holding one repository.
+
+    Names are repository-relative paths with '/' separators. Writes are
+    atomic: an object is either absent or complete, never partial. Every
+    failure raises a ``core.errors.StorageError`` subclass whose message
+    names the target.
+    """
+
+    name: str
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """Where the repository lives, for messages (no secrets)."""
+
+    @abc.abstractmethod
+    async def put(self, name: str, data: bytes) -> None:
+        """Store ``data`` under ``name`` atomically, replacing any old object."""
+
+    @abc.abstractmethod
+    async def get(self, name: str) -> bytes:
+        """Return the whole object; ObjectNotFound if absent."""
+
+    @abc.abstractmethod
+    async def get_range(self, name: str, offset: int, length: int) -> bytes:
+        """Return ``length`` bytes from ``offset``; ObjectNotFound if absent."""
+
+    @abc.abstractmethod
+    async def exists(self, name: str) -> bool:
+        """True when the object exists."""
+
+    @abc.abstractmethod
+    async def list(self, prefix: str) -> list[ObjectInfo]:
+        """All objects whose name starts with ``prefix`` (recursive)."""
+
+    @abc.abstractmethod
+    async def delete(self, name: str) -> None:
+        """Remove the object; absent objects are not an error."""
+
+    async def prepare(self) -> None:
+        """Create the container (directory, bucket) if absent; used by `init`."""
+
+    async def close(self) -> None:
+        """Release connections and threads."""

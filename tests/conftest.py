@@ -1,0 +1,3 @@
+"""Shared fixtures: real PostgreSQL clusters and real S3 servers."""
+
+pytest_plugins = ["tests.fixtures.pg", "tests.fixtures.s3"]
