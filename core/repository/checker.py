@@ -80,6 +80,8 @@ async def check_target(repo: Repository, st: Storage, read_data: bool, pool: Thr
 async def _check(repo: Repository, st: Storage, read_data: bool, pool: ThreadPoolExecutor, rep: TargetReport,
                  on_progress: Callable[[int, int], None] | None) -> None:
     where = f"target '{st.name}'"
+    # The target must open on its own: if the others are lost, this is all there is.
+    rep.problems.extend(await repo.verify_identity(st))
     # Index objects.
     chunk_pack: dict[bytes, tuple[str, int, int, int]] = {}
     pack_sizes: dict[str, int] = {}

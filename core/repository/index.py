@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from core.errors import IntegrityError
 from core.repository.crypto import open_object, seal_object
 from core.repository.keys import DataKey
 from core.repository.packs import Pack
@@ -54,12 +55,15 @@ class IndexFile:
     @classmethod
     def open(cls, data: bytes, keys: dict[int, DataKey]) -> "IndexFile":
         """Decrypt and parse an index object."""
-        doc = json.loads(open_object(data, _KIND, keys))
         out = cls()
-        for p in doc["packs"]:
-            out.packs[p["id"]] = int(p["size"])
-            for cid, kv, off, ln, raw in p["blobs"]:
-                out.chunks[bytes.fromhex(cid)] = Location(p["id"], kv, off, ln, raw)
+        try:
+            doc = json.loads(open_object(data, _KIND, keys))
+            for p in doc["packs"]:
+                out.packs[p["id"]] = int(p["size"])
+                for cid, kv, off, ln, raw in p["blobs"]:
+                    out.chunks[bytes.fromhex(cid)] = Location(p["id"], kv, off, ln, raw)
+        except (ValueError, KeyError, TypeError):
+            raise IntegrityError("index object is malformed") from None
         return out
 
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
+from core.errors import IntegrityError, RepositoryError
 from core.repository.crypto import open_object, seal_object
 from core.repository.keys import DataKey
 
@@ -52,9 +53,14 @@ class Manifest:
     @classmethod
     def open(cls, data: bytes, keys: dict[int, DataKey]) -> "Manifest":
         """Decrypt and parse a stored manifest."""
-        doc = json.loads(open_object(data, _KIND, keys))
-        doc["files"] = [FileEntry(**f) for f in doc["files"]]
-        return cls(**doc)
+        try:
+            doc = json.loads(open_object(data, _KIND, keys))
+            if doc.get("format", 1) > 1:
+                raise RepositoryError("snapshot manifest format is newer than this backstop; upgrade it")
+            doc["files"] = [FileEntry(**f) for f in doc["files"]]
+            return cls(**doc)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise IntegrityError("snapshot manifest is malformed") from None
 
     def chunk_ids(self) -> set[bytes]:
         """Every chunk this snapshot needs."""

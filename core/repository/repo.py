@@ -78,12 +78,15 @@ class RepoParams:
             doc = json.loads(data)
             if doc.pop("format") != "backstop-repository":
                 raise ValueError
-            params = cls(**doc)
-        except (ValueError, KeyError, TypeError):
+            version = int(doc["version"])
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise RepositoryError(f"{where}: the config object is not a backstop repository config") from None
-        if params.version > FORMAT_VERSION:
-            raise RepositoryError(f"{where}: repository format {params.version} is newer than this backstop; upgrade it")
-        return params
+        if version > FORMAT_VERSION:
+            raise RepositoryError(f"{where}: repository format {version} is newer than this backstop; upgrade it")
+        try:
+            return cls(**doc)
+        except TypeError:
+            raise RepositoryError(f"{where}: the repository config object is damaged") from None
 
 
 def _now() -> str:
@@ -106,10 +109,11 @@ class Repository:
     """One logical repository, identical on every target."""
 
     def __init__(self, storages: list[Storage], params: RepoParams, keys: dict[int, DataKey],
-                 unreachable: dict[str, str] | None = None) -> None:
+                 unreachable: dict[str, str] | None = None, passphrase: bytes = b"") -> None:
         self.storages = storages
         self.params = params
         self.keys = keys
+        self._passphrase = passphrase  # kept to check each target's own key objects
         # Targets that could not be opened (name -> message), when tolerated.
         self.unreachable = unreachable or {}
 
@@ -146,7 +150,7 @@ class Repository:
                 await st.put(name, data)
             await st.put(CONFIG_NAME, params.to_bytes())
             created.append(st.name)
-        return cls(storages, params, keys), created
+        return cls(storages, params, keys, passphrase=passphrase), created
 
     @classmethod
     async def open(cls, storages: list[Storage], passphrase: bytes, require_all: bool = True) -> "Repository":
@@ -176,9 +180,26 @@ class Repository:
         src, params = usable[0]
         keys = _unwrap_all(await _read_key_objects(src), passphrase, params.repo_id, f"target '{src.name}'")
         live = [s for s, _ in usable]
-        return cls(live, params, keys, unreachable)
+        return cls(live, params, keys, unreachable, passphrase)
 
     # -- keys ---------------------------------------------------------------
+
+    async def verify_identity(self, st: Storage) -> list[str]:
+        """Problems with a target's own config and key objects (empty when it opens on its own)."""
+        where = f"target '{st.name}'"
+        try:
+            params = await _read_config(st)
+            if params is None:
+                return [f"{where}: the config object is missing"]
+            if params.repo_id != self.params.repo_id:
+                return [f"{where}: holds another repository ({params.repo_id[:8]})"]
+            keys = _unwrap_all(await _read_key_objects(st), self._passphrase, params.repo_id, where)
+        except (RepositoryError, StorageError) as exc:
+            return [f"{where}: {exc}" if not str(exc).startswith(where) else str(exc)]
+        missing = sorted(set(self.keys) - set(keys))
+        if missing:
+            return [f"{where}: key version(s) {missing} are missing from keys/"]
+        return []
 
     @property
     def key(self) -> DataKey:
@@ -293,8 +314,10 @@ class Repository:
             try:
                 doc = json.loads(await st.get(o.name))
                 created = datetime.fromisoformat(doc["created"])
-            except (ObjectNotFound, ValueError, KeyError):
-                continue
+                if created.tzinfo is None:
+                    created = created.replace(tzinfo=timezone.utc)
+            except (ObjectNotFound, ValueError, KeyError, TypeError):
+                continue  # vanished meanwhile, or not a lock we can read: it cannot hold anything
             age = (datetime.now(timezone.utc) - created).total_seconds()
             out.append({**doc, "name": o.name, "stale": age > STALE_LOCK_SECONDS})
         return out

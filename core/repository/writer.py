@@ -78,6 +78,7 @@ class StreamWriter:
         refs: list[str] = []
         inflight: deque[tuple[bytes, int, Future[bytes]]] = deque()
         id_key = self.key.id_key
+        size = 0
         last_report = 0.0
         try:
             for ch in cdc.cut_stream(reader):
@@ -87,6 +88,7 @@ class StreamWriter:
                 sha.update(data)
                 cid = chunk_id(data, id_key)
                 refs.append(cid.hex())
+                size += len(data)
                 self.stats.bytes_read += len(data)
                 self.stats.chunks += 1
                 if cid not in self.index and cid not in self._pending:
@@ -105,7 +107,7 @@ class StreamWriter:
                 fut.cancel()
         if self.on_progress:
             self.on_progress(self.stats.bytes_read)
-        return FileEntry(name=name, format=fmt, size=self.stats.bytes_read, sha256=sha.hexdigest(), chunks=refs)
+        return FileEntry(name=name, format=fmt, size=size, sha256=sha.hexdigest(), chunks=refs)
 
     def finish(self) -> None:
         """Ship the last partial pack and wait for every upload (worker thread)."""

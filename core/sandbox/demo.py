@@ -1,0 +1,120 @@
+"""`backstop demo`: a private PostgreSQL with warranty data, a local repository, a first backup.
+
+Everything lives in one sandbox directory (the XDG data dir by default), so
+the demo never touches a real server or repository. The cluster keeps
+running after the demo so the CLI can be tried on it; `--stop` stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import secrets
+import shutil
+from pathlib import Path
+
+from core.config import default_data_dir, load_config
+from core.errors import BackstopError
+
+DB_NAME = "warranty"
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def sandbox_dir(arg: str | None) -> Path:
+    """Where the sandbox lives."""
+    return Path(arg).absolute() if arg else default_data_dir() / "demo"
+
+
+def _cluster(base: Path):  # type: ignore[no-untyped-def]
+    from core.postgres.cluster import LocalCluster, free_port
+
+    state_file = base / "sandbox.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    port = state.get("port") or free_port()
+    cluster = LocalCluster(base / "pg", port=port)
+    state_file.write_text(json.dumps({"port": port}))
+    return cluster
+
+
+def _write_config(base: Path, dsn: str) -> Path:
+    passfile = base / "passphrase"
+    if not passfile.exists():
+        passfile.write_text(secrets.token_urlsafe(24) + "\n")
+        passfile.chmod(0o600)
+    cfg = base / "backstop.yaml"
+    cfg.write_text(
+        "# Written by `backstop demo`: a sandbox configuration.\n"
+        f"catalog: {{url: \"sqlite:///{base / 'catalog.db'}\"}}\n"
+        f"encryption: {{passphrase_file: {passfile}}}\n"
+        "targets:\n"
+        f"  - {{name: local1, type: local, path: {base / 'repository'}}}\n"
+        "databases:\n"
+        f"  - {{name: {DB_NAME}, dsn: \"{dsn}\"}}\n"
+    )
+    return cfg
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Set up (or reuse) the sandbox, take a backup, and show the catalog."""
+    base = sandbox_dir(args.dir)
+    if getattr(args, "stop", False):
+        if (base / "pg").exists():
+            _cluster(base).stop()
+            _say(f"sandbox PostgreSQL in {base} stopped")
+        return 0
+    if args.reset and base.exists():
+        if (base / "pg").exists():
+            try:
+                _cluster(base).stop()
+            except BackstopError:
+                pass  # a broken sandbox is being thrown away anyway
+        shutil.rmtree(base)
+    base.mkdir(parents=True, exist_ok=True)
+    cluster = _cluster(base)
+    if not (cluster.data_dir / "PG_VERSION").exists():
+        _say(f"creating a private PostgreSQL cluster in {cluster.data_dir} (binaries: {cluster.bin_dir})")
+        cluster.init()
+    if not cluster.is_running():
+        cluster.start()
+    _say(f"PostgreSQL listening on 127.0.0.1:{cluster.port}")
+    import psycopg
+
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname=%s", (DB_NAME,)).fetchone()
+    if not exists:
+        from core.sandbox.warranty import generate
+
+        _say(f"loading warranty-cost data: {args.claims} claims …")
+        cluster.create_database(DB_NAME)
+        generate(cluster.dsn(DB_NAME), claims=args.claims)
+    cfg_path = _write_config(base, cluster.dsn(DB_NAME))
+    return asyncio.run(_backup_and_show(cfg_path))
+
+
+async def _backup_and_show(cfg_path: Path) -> int:
+    from core.cli import cmd_check, cmd_snapshots
+    from core.engine import Engine
+
+    async with Engine(load_config(cfg_path)) as engine:
+        res = await engine.init()
+        if res.created_on:
+            _say(f"created an encrypted repository on {', '.join(res.created_on)}")
+        _say(f"backing up database {DB_NAME} …")
+        rec = await engine.backup(DB_NAME)
+        _say(f"snapshot {rec.short_id}: {rec.size_bytes / 2**20:.1f} MiB logical, "
+             f"{rec.stored_bytes / 2**20:.1f} MiB new in the repository\n")
+        ns = argparse.Namespace(db=None, json=False, read_data=True, target=None)
+        await cmd_snapshots(engine, ns)
+        _say("")
+        await cmd_check(engine, ns)
+    _say(
+        f"\nTry it yourself:\n  export BACKSTOP_CONFIG={cfg_path}\n"
+        f"  backstop backup --db {DB_NAME}\n  backstop snapshots\n"
+        f"  backstop restore --db {DB_NAME} --into {DB_NAME}_copy\n  backstop check --read-data\n"
+        f"Stop the sandbox server with: backstop demo --stop"
+    )
+    return 0

@@ -1,0 +1,362 @@
+"""A repository in an S3 (or S3-compatible) bucket.
+
+boto3 is imported lazily: it costs a few hundred milliseconds and the WAL
+archiving path must start fast, so nothing touches it until the first request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from core.config import S3TargetConfig
+from core.errors import ObjectNotFound, StorageError, TargetUnreachable
+from core.storage.base import ObjectInfo, Storage
+
+# boto3 clients are generated at runtime; stubs (mypy-boto3-s3) are not a dependency.
+S3Client = Any
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Parts uploaded at once per large object; more rarely helps and costs memory.
+_PART_CONCURRENCY = 4
+
+_NOT_FOUND_CODES = {"NoSuchKey", "NotFound", "404"}
+_DENIED_CODES = {
+    "AccessDenied",
+    "403",
+    "Forbidden",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+    "ExpiredToken",
+    "TokenRefreshRequired",
+    "InvalidClientTokenId",
+    "AccountProblem",
+}
+_REGION_CODES = {"PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException", "301"}
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    """First line of a server-supplied message, bounded, for error text."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+class S3Storage(Storage):
+    """Objects are keys ``prefix + name`` in one bucket."""
+
+    def __init__(self, config: S3TargetConfig) -> None:
+        self.config = config
+        self.name = config.name
+        prefix = config.prefix.lstrip("/")
+        # "backups" and "backups/" both mean the folder backups/.
+        self.prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+        self._client: S3Client | None = None
+        self._client_lock = threading.Lock()
+        self._bucket_checked = False
+
+    def describe(self) -> str:
+        where = self.config.endpoint_url or (f"AWS {self.config.region}" if self.config.region else "AWS")
+        text = f"s3 {where} bucket {self.config.bucket}"
+        return f"{text} prefix {self.prefix}" if self.prefix else text
+
+    # -- client --------------------------------------------------------------
+
+    def _get_client(self) -> S3Client:
+        """The boto3 client, created on first use (thread-safe)."""
+        with self._client_lock:
+            if self._client is None:
+                self._client = self._make_client()
+            return self._client
+
+    def _make_client(self) -> S3Client:
+        import boto3
+        from botocore.config import Config
+        from botocore.exceptions import BotoCoreError, ProfileNotFound
+
+        cfg = self.config
+        verify: bool | str = cfg.verify_tls if isinstance(cfg.verify_tls, bool) else str(cfg.verify_tls)
+        if isinstance(cfg.verify_tls, Path) and not cfg.verify_tls.is_file():
+            raise StorageError(
+                self.name, f"CA bundle {cfg.verify_tls} (verify_tls) does not exist; fix the path in the config"
+            )
+        botocfg = Config(
+            region_name=cfg.region,
+            retries={"mode": "standard", "max_attempts": cfg.max_attempts},
+            connect_timeout=cfg.connect_timeout_s,
+            read_timeout=cfg.read_timeout_s,
+            # Room for parallel part uploads from several concurrent puts.
+            max_pool_connections=4 * _PART_CONCURRENCY,
+        )
+        try:
+            session = boto3.Session(profile_name=cfg.profile)
+            return session.client("s3", endpoint_url=cfg.endpoint_url, verify=verify, config=botocfg)
+        except ProfileNotFound:
+            raise StorageError(
+                self.name,
+                f"AWS profile {cfg.profile!r} is not defined; add it to ~/.aws/config or fix 'profile'",
+            ) from None
+        except (BotoCoreError, ValueError) as exc:
+            raise StorageError(self.name, f"cannot set up the S3 client: {_one_line(str(exc))}") from None
+
+    # -- error mapping -------------------------------------------------------
+
+    def _map_error(self, exc: Exception, action: str, name: str | None) -> StorageError:
+        """Translate a boto3/botocore exception into our hierarchy (no secrets)."""
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            ConnectionError,
+            CredentialRetrievalError,
+            HTTPClientError,
+            NoCredentialsError,
+            PartialCredentialsError,
+            SSLError,
+        )
+
+        where = self.describe()
+        if isinstance(exc, StorageError):
+            return exc
+        if isinstance(exc, SSLError):
+            return StorageError(
+                self.name,
+                f"TLS handshake with {where} failed; check verify_tls (CA bundle) and the endpoint's certificate",
+            )
+        if isinstance(exc, (ConnectionError, HTTPClientError)):
+            return TargetUnreachable(
+                self.name,
+                f"cannot connect to {where} ({type(exc).__name__}); "
+                "check that the server is running and endpoint_url is right",
+            )
+        if isinstance(exc, (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError)):
+            return StorageError(
+                self.name,
+                "no usable AWS credentials; set them up in the standard AWS credential chain "
+                "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws/credentials, profile or instance role)",
+            )
+        if isinstance(exc, ClientError):
+            err = exc.response.get("Error", {})
+            code = str(err.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "unknown"))
+            if code in _NOT_FOUND_CODES and name is not None:
+                return ObjectNotFound(self.name, name)
+            if code == "NoSuchBucket" or (code in _NOT_FOUND_CODES and name is None):
+                return StorageError(
+                    self.name,
+                    f"bucket {self.config.bucket} does not exist at {where}; "
+                    "create it (backstop init does) or fix 'bucket' in the config",
+                )
+            if code in _DENIED_CODES:
+                return StorageError(
+                    self.name,
+                    f"credentials were refused by {where} ({code}) during {action}; "
+                    "check the AWS credential chain (environment, ~/.aws, profile) and the bucket policy",
+                )
+            if code in _REGION_CODES:
+                return StorageError(
+                    self.name, f"bucket {self.config.bucket} is in another region ({code}); set 'region' in the config"
+                )
+            what = f" of {name}" if name else ""
+            message = _one_line(str(err.get("Message") or ""))
+            return StorageError(
+                self.name, f"S3 error {code} during {action}{what}" + (f": {message}" if message else "")
+            )
+        if isinstance(exc, BotoCoreError):
+            return StorageError(self.name, f"S3 {action} failed: {_one_line(str(exc))}")
+        return StorageError(self.name, f"S3 {action} failed: {type(exc).__name__}: {_one_line(str(exc))}")
+
+    async def _run(self, action: str, name: str | None, fn: Callable[[S3Client], T]) -> T:
+        """Run a blocking boto3 call in a thread, mapping its errors."""
+
+        def call() -> T:
+            from botocore.exceptions import BotoCoreError, ClientError
+
+            try:
+                return fn(self._get_client())
+            except (BotoCoreError, ClientError, OSError) as exc:
+                raise self._map_error(exc, action, name) from None
+
+        return await asyncio.to_thread(call)
+
+    def _key(self, name: str) -> str:
+        if not name or name.startswith("/"):
+            raise StorageError(self.name, f"invalid object name {name!r} (a bug in Backstop; please report it)")
+        return self.prefix + name
+
+    # -- blocking implementations -----------------------------------------
+
+    def _multipart_put(self, client: S3Client, key: str, data: bytes) -> None:
+        """Upload in parts; abort on any failure so no partial object appears."""
+        bucket = self.config.bucket
+        chunk = self.config.multipart_chunk_mib * 1024 * 1024
+        upload_id = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+
+        def upload(number: int) -> dict[str, Any]:
+            body = data[(number - 1) * chunk : number * chunk]
+            resp = client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body)
+            part = {"PartNumber": number, "ETag": resp["ETag"]}
+            # With flexible checksums on, complete() must repeat each part's checksum.
+            part.update({k: v for k, v in resp.items() if k.startswith("Checksum") and k != "ChecksumType"})
+            return part
+
+        count = -(-len(data) // chunk)
+        try:
+            with ThreadPoolExecutor(max_workers=min(_PART_CONCURRENCY, count)) as pool:
+                parts = list(pool.map(upload, range(1, count + 1)))
+            client.complete_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        except BaseException:
+            try:
+                client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+            except Exception as abort_exc:  # noqa: BLE001 - best effort; the original error matters
+                log.warning("target %s: could not abort multipart upload of %s: %s", self.name, key, abort_exc)
+            raise
+
+    def _put(self, client: S3Client, name: str, data: bytes) -> None:
+        key = self._key(name)
+        if len(data) > self.config.multipart_chunk_mib * 1024 * 1024:
+            self._multipart_put(client, key, data)
+        else:
+            client.put_object(Bucket=self.config.bucket, Key=key, Body=data)
+
+    def _get(self, client: S3Client, name: str, offset: int, length: int | None) -> bytes:
+        from botocore.exceptions import ClientError
+
+        kwargs: dict[str, Any] = {"Bucket": self.config.bucket, "Key": self._key(name)}
+        if length is not None:
+            kwargs["Range"] = f"bytes={offset}-{offset + length - 1}"
+        try:
+            resp = client.get_object(**kwargs)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "InvalidRange":
+                raise
+            resp = None
+        data = b"" if resp is None else resp["Body"].read()
+        if length is not None and len(data) != length:
+            raise StorageError(
+                self.name,
+                f"object {name} is shorter than expected: wanted {length} bytes at offset {offset}, "
+                f"got {len(data)}; the object is truncated or the caller's index is wrong; verify the repository",
+            )
+        return data
+
+    def _check_bucket(self, client: S3Client) -> None:
+        """Raise if the bucket is missing (HEAD on a key cannot tell us)."""
+        from botocore.exceptions import ClientError
+
+        if not self._bucket_checked:
+            try:
+                client.head_bucket(Bucket=self.config.bucket)
+            except ClientError as exc:
+                raise self._map_error(exc, "bucket check", None) from None
+            self._bucket_checked = True
+
+    def _exists(self, client: S3Client, name: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            client.head_object(Bucket=self.config.bucket, Key=self._key(name))
+            return True
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code")) not in _NOT_FOUND_CODES:
+                raise
+        self._check_bucket(client)
+        return False
+
+    def _list(self, client: S3Client, prefix: str) -> list[ObjectInfo]:
+        paginator = client.get_paginator("list_objects_v2")
+        found: list[ObjectInfo] = []
+        cut = len(self.prefix)
+        for page in paginator.paginate(Bucket=self.config.bucket, Prefix=self.prefix + prefix):
+            for obj in page.get("Contents", []):
+                key = obj["Key"]
+                # Some S3-compatible servers list "folder/" markers; they are not objects.
+                if key.endswith("/"):
+                    continue
+                found.append(ObjectInfo(name=key[cut:], size=int(obj["Size"])))
+        found.sort(key=lambda o: o.name)
+        return found
+
+    def _delete(self, client: S3Client, name: str) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            client.delete_object(Bucket=self.config.bucket, Key=self._key(name))
+        except ClientError as exc:
+            # S3 itself answers 204 for a missing key; some compatible servers say 404.
+            if exc.response.get("Error", {}).get("Code") != "NoSuchKey":
+                raise
+
+    def _ensure_bucket(self, client: S3Client) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            client.head_bucket(Bucket=self.config.bucket)
+            return
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code")) not in _NOT_FOUND_CODES | {"NoSuchBucket"}:
+                raise
+        kwargs: dict[str, Any] = {"Bucket": self.config.bucket}
+        region = self.config.region or client.meta.region_name
+        # us-east-1 is the one region that rejects an explicit LocationConstraint.
+        if region and region != "us-east-1" and not self.config.endpoint_url:
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        try:
+            client.create_bucket(**kwargs)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code == "BucketAlreadyOwnedByYou":
+                return
+            if code == "BucketAlreadyExists":
+                raise StorageError(
+                    self.name,
+                    f"bucket name {self.config.bucket} is taken by another account; choose another 'bucket'",
+                ) from None
+            raise
+        self._bucket_checked = True
+
+    # -- Storage API ---------------------------------------------------------
+
+    async def put(self, name: str, data: bytes) -> None:
+        await self._run("upload", name, lambda c: self._put(c, name, data))
+
+    async def get(self, name: str) -> bytes:
+        return await self._run("download", name, lambda c: self._get(c, name, 0, None))
+
+    async def get_range(self, name: str, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0:
+            raise StorageError(self.name, f"invalid range {offset}+{length} for {name} (a bug in Backstop)")
+        if length == 0:
+            # "bytes=x-(x-1)" is not a valid Range; still report a missing object.
+            if not await self.exists(name):
+                raise ObjectNotFound(self.name, name)
+            return b""
+        return await self._run("ranged download", name, lambda c: self._get(c, name, offset, length))
+
+    async def exists(self, name: str) -> bool:
+        return await self._run("existence check", name, lambda c: self._exists(c, name))
+
+    async def list(self, prefix: str) -> list[ObjectInfo]:
+        return await self._run("listing", None, lambda c: self._list(c, prefix))
+
+    async def delete(self, name: str) -> None:
+        await self._run("delete", name, lambda c: self._delete(c, name))
+
+    async def ensure_bucket(self) -> None:
+        """Create the bucket if it does not exist (used by `backstop init`)."""
+        await self._run("bucket creation", None, self._ensure_bucket)
+
+    async def prepare(self) -> None:
+        await self.ensure_bucket()
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await asyncio.to_thread(client.close)
