@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 from typing import Any, Callable, Coroutine
@@ -235,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dir", metavar="PATH", help="sandbox directory (default: the XDG data dir)")
     sp.add_argument("--claims", type=int, default=50_000, help="warranty claims to generate (default 50000)")
     sp.add_argument("--reset", action="store_true", help="delete the sandbox and start again")
+    sp.add_argument("--stop", action="store_true", help="stop the sandbox's PostgreSQL server and exit")
     sp.set_defaults(func=None, sync=_demo)
     return p
 
