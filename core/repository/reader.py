@@ -13,7 +13,7 @@ import hashlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Callable, Iterator
 
 from core.errors import IntegrityError, StorageError
 from core.repository.crypto import open_chunk
@@ -22,7 +22,9 @@ from core.repository.manifest import FileEntry
 from core.repository.packs import pack_object_name
 from core.repository.repo import Repository
 
-MAX_RUN = 8 * 1024 * 1024
+# A run is capped by plaintext, not stored bytes: with 40:1 compression an
+# 8 MiB stored read would expand to 320 MiB in memory.
+MAX_RUN_PLAIN = 8 * 1024 * 1024
 READ_AHEAD = 4
 
 
@@ -31,23 +33,33 @@ class _Run:
     pack_id: str
     start: int
     end: int
+    plain: int
     chunks: list[tuple[bytes, Location]] = field(default_factory=list)
 
 
-def _plan_runs(entry: FileEntry, index: Index) -> list[_Run]:
-    runs: list[_Run] = []
+def check_complete(entry: FileEntry, index: Index) -> None:
+    """Fail before anything is restored if a chunk of the file is not indexed."""
+    for hexid in entry.chunks:
+        if bytes.fromhex(hexid) not in index.chunks:
+            raise IntegrityError(f"chunk {hexid[:16]} of {entry.name} is not in the index; run `backstop check`")
+
+
+def _plan_runs(entry: FileEntry, index: Index) -> Iterator[_Run]:
+    """Group adjacent chunks of one pack into single reads, lazily (memory stays flat)."""
+    run: _Run | None = None
     for hexid in entry.chunks:
         cid = bytes.fromhex(hexid)
-        loc = index.chunks.get(cid)
-        if loc is None:
-            raise IntegrityError(f"chunk {hexid[:16]} of {entry.name} is not in the index; run `backstop check`")
-        last = runs[-1] if runs else None
-        if last and last.pack_id == loc.pack_id and last.end == loc.offset and last.end - last.start < MAX_RUN:
-            last.end = loc.offset + loc.length
-            last.chunks.append((cid, loc))
+        loc = index.chunks[cid]
+        if run and run.pack_id == loc.pack_id and run.end == loc.offset and run.plain + loc.raw_length <= MAX_RUN_PLAIN:
+            run.end = loc.offset + loc.length
+            run.plain += loc.raw_length
+            run.chunks.append((cid, loc))
         else:
-            runs.append(_Run(loc.pack_id, loc.offset, loc.offset + loc.length, [(cid, loc)]))
-    return runs
+            if run:
+                yield run
+            run = _Run(loc.pack_id, loc.offset, loc.offset + loc.length, loc.raw_length, [(cid, loc)])
+    if run:
+        yield run
 
 
 class StreamReader:
@@ -92,10 +104,10 @@ class StreamReader:
 
     async def stream(self, entry: FileEntry) -> AsyncIterator[bytes]:
         """Yield the file's plaintext in order; checks its SHA-256 at the end."""
-        runs = _plan_runs(entry, self.index)
+        check_complete(entry, self.index)
         sha = hashlib.sha256()
         pending: deque[asyncio.Task[list[bytes]]] = deque()
-        it = iter(runs)
+        it = _plan_runs(entry, self.index)
         try:
             for run in it:
                 pending.append(asyncio.ensure_future(self._fetch(run)))

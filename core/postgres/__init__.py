@@ -1,0 +1,1 @@
+"""PostgreSQL plumbing: locating binaries, private clusters, database fingerprints."""

@@ -1,0 +1,1 @@
+"""Sandbox data: realistic, deterministic databases for the demo, tests and benchmarks."""
