@@ -84,15 +84,18 @@ class StreamWriter:
             for ch in cdc.cut_stream(reader):
                 if self._abort.is_set():
                     raise WriteAborted("backup aborted")
-                data = bytes(ch.data)
-                sha.update(data)
-                cid = chunk_id(data, id_key)
+                # The view is only valid until the next chunk is cut: hash it in
+                # place, and copy only the chunks that are new and must be sealed.
+                view = ch.data
+                sha.update(view)
+                cid = chunk_id(view, id_key)
                 refs.append(cid.hex())
-                size += len(data)
-                self.stats.bytes_read += len(data)
+                size += ch.length
+                self.stats.bytes_read += ch.length
                 self.stats.chunks += 1
                 if cid not in self.index and cid not in self._pending:
                     self._pending.add(cid)
+                    data = bytes(view)
                     inflight.append((cid, len(data), self.pool.submit(seal_chunk, data, cid, self.key, self.level)))
                     while len(inflight) > self._max_inflight:
                         self._add_sealed(*inflight.popleft())
