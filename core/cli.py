@@ -134,6 +134,10 @@ async def cmd_snapshots(engine, args) -> int:  # type: ignore[no-untyped-def]
 
 
 async def cmd_restore(engine, args) -> int:  # type: ignore[no-untyped-def]
+    if args.force:
+        from core.cli_security import restore_force
+
+        return await restore_force(engine, args)
     res = await engine.restore(args.db, args.into, args.snapshot, args.table)
     if args.json:
         print(json.dumps({"snapshot": res.snapshot_id, "db": res.db, "into": res.into, "tables": res.tables,
@@ -183,6 +187,23 @@ async def cmd_jobs(engine, args) -> int:  # type: ignore[no-untyped-def]
     return EXIT_OK
 
 
+def _tui(args: argparse.Namespace) -> int:
+    from core.config import load_config
+    from core.engine import Engine
+
+    if args.demo and args.config is None:
+        from core.sandbox.demo import sandbox_dir
+
+        args.config = str(sandbox_dir(None) / "backstop.yaml")
+    engine = Engine(load_config(args.config))
+    # The dashboard's catalog reads start now and overlap Textual's import and start-up.
+    first = engine.prefetch_dashboard()
+    # Imported here: Textual costs ~200 ms that no other command should pay.
+    from tui.app import run_console
+
+    return run_console(engine, first, operator=getattr(args, "operator", None))
+
+
 def _demo(args: argparse.Namespace) -> int:
     from core.sandbox.demo import run_demo
 
@@ -198,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--config", default=argparse.SUPPRESS, metavar="PATH",
                         help="config file (default: $BACKSTOP_CONFIG)")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print data as JSON")
+    common.add_argument("--operator", default=argparse.SUPPRESS, metavar="NAME",
+                        help="who is acting (default: $BACKSTOP_OPERATOR, else the OS user name)")
+    common.add_argument("--otp", default=argparse.SUPPRESS, metavar="CODE",
+                        help="one-time code for destructive actions (default: prompt when on a terminal)")
 
     p = argparse.ArgumentParser(prog="backstop", description="Backup and recovery for PostgreSQL.", parents=[common])
     p.add_argument("--version", action="version", version=f"backstop {__version__}")
@@ -220,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--into", required=True, metavar="NEW_DB", help="name of the new database to create")
     sp.add_argument("--table", action="append", default=[], metavar="SCHEMA.TABLE",
                     help="restore only this table with its data (repeatable)")
+    sp.add_argument("--force", action="store_true",
+                    help="if --into exists, replace it (operator with a one-time code; the old one is kept aside)")
     sp = add("check", cmd_check, "verify the repository; --read-data fetches and decrypts every chunk")
     sp.add_argument("--read-data", action="store_true", help="read, decrypt and hash every stored chunk")
     sp.add_argument("--target", metavar="NAME", help="check only this target")
@@ -230,12 +257,18 @@ def build_parser() -> argparse.ArgumentParser:
     csub.required = True
     cr = csub.add_parser("rebuild", help="re-read snapshots from the repository into the catalog", parents=[common])
     cr.set_defaults(func=cmd_catalog_rebuild)
+    sp = sub.add_parser("tui", help="open the operator console (Textual)", parents=[common])
+    sp.add_argument("--demo", action="store_true", help="open it on the `backstop demo` sandbox")
+    sp.set_defaults(func=None, sync=_tui)
     sp = sub.add_parser("demo", help="run the sandbox demo (private PostgreSQL, local repository)", parents=[common])
     sp.add_argument("--dir", metavar="PATH", help="sandbox directory (default: the XDG data dir)")
     sp.add_argument("--claims", type=int, default=50_000, help="warranty claims to generate (default 50000)")
     sp.add_argument("--reset", action="store_true", help="delete the sandbox and start again")
     sp.add_argument("--stop", action="store_true", help="stop the sandbox's PostgreSQL server and exit")
     sp.set_defaults(func=None, sync=_demo)
+    from core import cli_security  # operators, audit, keys, forget, prune (light imports only)
+
+    cli_security.add_parsers(sub, common)
     return p
 
 
@@ -245,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.config = getattr(args, "config", None)
     args.json = getattr(args, "json", False)
+    args.operator = getattr(args, "operator", None)
+    args.otp = getattr(args, "otp", None)
     try:
         if getattr(args, "sync", None) is not None:
             return args.sync(args)

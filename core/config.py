@@ -8,11 +8,13 @@ Secrets are never inline: they come from files or environment variables.
 from __future__ import annotations
 
 import os
+import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.errors import ConfigError
 
@@ -44,9 +46,32 @@ class CatalogConfig(_Strict):
         return Path(self.url[len("sqlite:///"):])
 
 
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: object) -> timedelta:
+    """``90d``, ``24h``, ``5m``, ``30s``, ``2w`` or a number of seconds, as a timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    m = _DURATION_RE.match(str(value))
+    if not m:
+        raise ValueError(f"expected a duration like 90d, 24h, 5m or 30s, got {value!r}")
+    return timedelta(seconds=float(m.group(1)) * _DURATION_UNITS[m.group(2)])
+
+
+# A config value written as ``90d``/``5m``; validated into a timedelta.
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
 class EncryptionConfig(_Strict):
     passphrase_file: Path | None = None
     passphrase_env: str | None = None
+    # Key rotation policy: `backstop key rotate --if-due` rotates once the newest
+    # key wrap is older than this (the scheduler calls it). None: rotate by hand only.
+    rotate_every: Duration | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> "EncryptionConfig":
@@ -109,6 +134,8 @@ class DatabaseConfig(_Strict):
     dsn: str
     # Directory holding pg_dump/pg_restore; found automatically when absent.
     bin_dir: Path | None = None
+    # Recovery time objective: restores (and drills) are measured against it.
+    rto_minutes: float = Field(default=60, gt=0)
 
 
 class RepositoryConfig(_Strict):
@@ -119,12 +146,25 @@ class RepositoryConfig(_Strict):
     compression_level: int = Field(default=3, ge=1, le=19)
 
 
+class SecurityConfig(_Strict):
+    """Operators and one-time codes (TOTP, RFC 6238: SHA-1, 6 digits, 30 s steps)."""
+
+    # Wrong codes in a row before an operator is locked out, and for how long.
+    max_failures: int = Field(default=5, ge=1, le=100)
+    lockout: Duration = Field(default=timedelta(minutes=5))
+    # Clock drift tolerated between server and authenticator, in 30-second steps.
+    totp_drift_steps: int = Field(default=1, ge=0, le=2)
+    # Shown by authenticator apps next to the account name.
+    issuer: str = Field(default="Backstop", min_length=1, max_length=64, pattern=r"^[^:]+$")
+
+
 class BackstopConfig(_Strict):
     catalog: CatalogConfig = Field(default_factory=CatalogConfig)
     encryption: EncryptionConfig
     targets: list[TargetConfig] = Field(min_length=1)
     databases: list[DatabaseConfig] = Field(default_factory=list)
     repository: RepositoryConfig = Field(default_factory=RepositoryConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
     # Threads for compression and encryption (they release the GIL).
     workers: int = Field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)), ge=1, le=64)
 

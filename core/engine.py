@@ -8,25 +8,35 @@ and records results in the catalog.
 from __future__ import annotations
 
 import asyncio
+import functools
+import importlib.util
 import socket
 import time
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from core import __version__
+from core.admin import AdminMixin
 from core.catalog.models import SnapshotRecord
+from core.catalog.reader import CatalogReader
 from core.catalog.store import Catalog
 from core.config import BackstopConfig
-from core.errors import RestoreRefused, UsageError
+from core.errors import BackstopError, RestoreRefused, UsageError
 from core.events import EventBus
+from core.insights.overview import Dashboard, build_dashboard, build_trend_series
+from core.insights.trends import Trends
 from core.jobs import Job, run_job
+from core.planner import (CopyCheck, LogicalSnapshot, PastRestore, PlanningFacts, RestorePlan, RestoreRequest,
+                          TargetState, plan, with_tables)
 from core.postgres import logical
 from core.postgres.tools import find_bin_dir, server_major, tool_major
 from core.repository.checker import TargetReport, check_target
 from core.repository.manifest import Manifest
 from core.repository.reader import StreamReader
-from core.repository.repo import Repository
+from core.repository.repo import CONFIG_NAME, Repository
+from core.repository.verify import CopyReport, verify_copy
 from core.repository.writer import StreamWriter
 from core.storage.base import Storage
 from core.storage.factory import make_storages
@@ -66,7 +76,7 @@ class CheckResult:
         return all(r.ok for r in self.reports)
 
 
-class Engine:
+class Engine(AdminMixin):
     """Backup, restore and verification for the databases in one config."""
 
     def __init__(self, config: BackstopConfig, catalog: Catalog | None = None, bus: EventBus | None = None) -> None:
@@ -82,6 +92,8 @@ class Engine:
         if self._storages:
             await asyncio.gather(*(s.close() for s in self._storages), return_exceptions=True)
         self.pool.shutdown(wait=False, cancel_futures=True)
+        if "reader" in self.__dict__:  # opened only by the console
+            self.reader.close()
         self.catalog.close()
 
     async def __aenter__(self) -> "Engine":
@@ -114,6 +126,7 @@ class Engine:
         for st in stores:
             await st.prepare()
         repo, created = await Repository.init(stores, passphrase, self.config.repository)
+        await self._after_init(repo, created)  # the new key is a key event: audited
         return InitResult(repo.params.repo_id, created, [s.name for s in stores if s.name not in created])
 
     # -- backup ----------------------------------------------------------------
@@ -198,16 +211,25 @@ class Engine:
         names: set[str] = set()
         for st in repo.storages:
             names |= await repo.snapshot_names(st)
-        for sid in sorted(names):
-            m = await repo.read_manifest(sid)
+        manifests = {sid: await repo.read_manifest(sid) for sid in sorted(names)}
+        # A re-sealed manifest replaces the one it names (an interrupted re-encryption left both).
+        replaced = {m.supersedes for m in manifests.values() if m.supersedes}
+        for sid, m in manifests.items():
+            if sid in replaced:
+                continue
             self.catalog.add_snapshot(SnapshotRecord(sid, m.db, m.kind, m.started_at, m.finished_at, m.size_bytes,
                                                      m.stored_bytes, m.targets))
-        return len(names)
+        await self.restore_security_state(repo)  # the audit log and operators come back too
+        return len(names) - len(replaced & names)
 
     # -- restore ----------------------------------------------------------------
 
-    async def restore(self, db_name: str, into: str, snapshot: str = "latest", tables: list[str] | None = None) -> RestoreResult:
-        """Restore a snapshot into a new database on the same server (whole, or some tables)."""
+    async def restore(self, db_name: str, into: str, snapshot: str = "latest", tables: list[str] | None = None,
+                      target: str | None = None) -> RestoreResult:
+        """Restore a snapshot into a new database on the same server (whole, or some tables).
+
+        ``target`` (from a restore plan) is read first; the others remain fallbacks.
+        """
         dbc = self.config.database(db_name)
         tables = list(tables or [])
         for t in tables:
@@ -224,12 +246,14 @@ class Engine:
             try:
                 if await logical.database_exists(dbc.dsn, into):
                     raise RestoreRefused(
-                        f"database {into!r} already exists; restore into a new name with --into "
-                        "(restoring over an existing database needs an operator with MFA)"
+                        f"database {into!r} already exists; restore into a new name with --into, or replace it "
+                        "with --force (needs an enrolled operator and a one-time code; the old one is kept aside)"
                     )
                 repo = await self.open_repository(require_all=False)
                 for name, msg in repo.unreachable.items():
                     job.warn(f"target '{name}' skipped: {msg}")
+                if target:
+                    repo.storages.sort(key=lambda st: st.name != target)
                 job.phase("prepare")
                 manifest = await repo.read_manifest(snap.id)
                 if tables:
@@ -304,3 +328,127 @@ class Engine:
             result = CheckResult(reports, read_data)
             job.result = {"ok": result.ok, "problems": sum(len(r.problems) for r in reports)}
             return result
+
+    # -- console (TUI) read side and actions -------------------------------------------
+    # The operator console's needs in one place; the computations live in
+    # core.insights and core.planner, the catalog queries in core.catalog.reader.
+
+    @functools.cached_property
+    def reader(self) -> CatalogReader:
+        """Read-only catalog access with its own connections (safe from worker threads)."""
+        return CatalogReader(self.config.catalog.sqlite_path)
+
+    def dashboard(self, now: float | None = None) -> Dashboard:
+        """KPIs, alerts and running jobs (blocking catalog reads: call it from a thread)."""
+        return build_dashboard(self.reader, self.config, time.time() if now is None else now)
+
+    def prefetch_dashboard(self) -> "Future[Dashboard]":
+        """Start computing the dashboard in a thread (a front end's start-up overlaps it)."""
+        fut: Future[Dashboard] = Future()
+
+        def run() -> None:
+            try:
+                fut.set_result(self.dashboard())
+            except BaseException as exc:  # handed to whoever waits for the result
+                fut.set_exception(exc)
+
+        threading.Thread(target=run, name="backstop-dashboard", daemon=True).start()
+        return fut
+
+    def trends(self, now: float | None = None, days: int = 30) -> Trends:
+        """Restore times, backup durations, stored sizes and failures (blocking: call it from a thread)."""
+        return build_trend_series(self.reader, self.config, time.time() if now is None else now, days=days)
+
+    async def target_states(self, timeout_s: float = 5.0) -> list[TargetState]:
+        """Each configured target and whether it answers right now."""
+        async def probe(st: Storage) -> str:
+            try:
+                await asyncio.wait_for(st.exists(CONFIG_NAME), timeout_s)
+                return ""
+            except asyncio.TimeoutError:
+                return f"no answer within {timeout_s:.0f}s"
+            except (BackstopError, OSError) as exc:
+                return str(exc)
+        stores = {s.name: s for s in self.storages()}
+        details = await asyncio.gather(*(probe(stores[t.name]) for t in self.config.targets))
+        return [TargetState(t.name, t.type, getattr(t, "region", None), not d, d)
+                for t, d in zip(self.config.targets, details)]
+
+    @functools.cached_property
+    def _manifest_tables(self) -> dict[str, list[str]]:
+        return {}
+
+    async def snapshot_tables(self, snapshot_id: str) -> list[str]:
+        """The tables a snapshot holds (from its manifest; cached, manifests never change)."""
+        if snapshot_id not in self._manifest_tables:
+            repo = await self.open_repository(require_all=False)
+            self._manifest_tables[snapshot_id] = list((await repo.read_manifest(snapshot_id)).tables)
+        return self._manifest_tables[snapshot_id]
+
+    async def plan_restore(self, request: RestoreRequest, *, now: datetime | None = None,
+                           targets: list[TargetState] | None = None) -> RestorePlan:
+        """Gather the facts (catalog, target reachability, table lists, history) and ask the planner."""
+        dbc = self.config.database(request.db)
+        rows = self.reader.latest_snapshots(request.db, limit=200)
+        if request.point.kind == "snapshot" and request.point.snapshot_id:
+            chosen = self.reader.snapshot_by_id(request.point.snapshot_id)
+            if chosen is not None and chosen.db == request.db and all(r.id != chosen.id for r in rows):
+                rows.append(chosen)
+        sources: list[LogicalSnapshot] = [
+            LogicalSnapshot(r.id, r.db, datetime.fromisoformat(r.started_at), datetime.fromisoformat(r.finished_at),
+                            r.size_bytes, r.targets,
+                            tuple(CopyCheck(c.target, c.ok, c.read_data, c.at) for c in r.checks))
+            for r in rows]
+        if request.tables:
+            # Read table lists newest first until one has every table (a dropped table
+            # sends the planner to an older snapshot); unreadable manifests stay unknown.
+            for i, s in enumerate(sources[:20]):
+                try:
+                    sources[i] = with_tables(s, await self.snapshot_tables(s.id))
+                except BackstopError:
+                    continue
+                if all(t in (sources[i].tables or ()) for t in request.tables):
+                    break
+        history = [PastRestore(r.db, r.bytes, r.duration_s, r.ok, r.started_at)
+                   for r in self.reader.restores(limit=200)]
+        states = targets if targets is not None else await self.target_states()
+        facts = PlanningFacts(sources, states, history, dbc.rto_minutes * 60,
+                              now or datetime.now(timezone.utc))
+        return plan(request, facts)
+
+    async def verify_snapshot(self, snapshot: str) -> list[CopyReport]:
+        """Read one snapshot back from every target holding it; results go to the catalog."""
+        snap = self.catalog.snapshot(snapshot)
+        async with run_job(self.bus, "verify", snap.db, f"verification of snapshot {snap.short_id} of {snap.db}") as job:
+            repo = await self.open_repository(require_all=False)
+            reports = [CopyReport(name, snap.id, time.time(), problems=[f"target '{name}' is unreachable: {msg}"])
+                       for name, msg in repo.unreachable.items() if name in snap.targets]
+            for st in repo.storages:
+                if st.name in snap.targets:
+                    job.phase(f"read {st.name}")
+                    reports.append(await verify_copy(repo, st, snap.id, self.pool, on_progress=job.progress))
+            for r in reports:
+                self.catalog.add_verification(job_id=job.id, target=r.target, snapshot_id=snap.id,
+                                              started_at=r.started_at, read_data=True,
+                                              objects_checked=r.objects_checked, bytes_read=r.bytes_read,
+                                              problems=r.problems)
+                for p in r.problems:
+                    job.warn(p)
+            job.result = {"snapshot": snap.id, "ok": all(r.ok for r in reports),
+                          "targets": {r.target: r.ok for r in reports}}
+            return reports
+
+    # -- destructive restores (the gate and the swap live in core.admin) ------------------
+
+    def destructive_restore_available(self) -> tuple[bool, str]:
+        """Whether restoring over a live database may be offered, and if not, why."""
+        if not hasattr(self, "restore_over"):
+            return False, ("disabled: it needs the MFA gate (core.security), which this build does not have; "
+                           "restore into a new database and switch applications to it")
+        return True, "needs an enrolled operator (role operator or admin) and a fresh one-time code"
+
+    def live_database(self, db_name: str) -> str:
+        """The PostgreSQL database a configured database's DSN points at (what a restore over it replaces)."""
+        from psycopg.conninfo import conninfo_to_dict
+
+        return str(conninfo_to_dict(self.config.database(db_name).dsn).get("dbname") or db_name)

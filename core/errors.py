@@ -89,3 +89,19 @@ class NotFound(BackstopError):
     """A snapshot, database or job that was asked for does not exist."""
 
     exit_code = 2
+
+
+class AuthError(BackstopError):
+    """The security gate refused an action: unknown operator, role too low, wrong or reused code, locked out."""
+
+    exit_code = 2
+
+
+class MfaRequired(AuthError):
+    """A destructive action was asked for without a one-time code."""
+
+
+class KeyInUse(RepositoryError):
+    """A data key cannot be retired: stored data still needs it."""
+
+    exit_code = 2

@@ -87,6 +87,38 @@ _MIGRATIONS: list[str] = [
         error TEXT
     );
     """,
+    # Operators, the tamper-evident audit log (core/security). Secrets and
+    # keyed hashes are computed there; SQLite only stores them.
+    """
+    CREATE TABLE operators (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        secret_sealed BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        created_by TEXT NOT NULL,
+        last_step INTEGER NOT NULL,
+        failures INTEGER NOT NULL,
+        locked_until REAL NOT NULL,
+        mac TEXT NOT NULL
+    );
+    CREATE TABLE audit_log (
+        seq INTEGER PRIMARY KEY,
+        ts REAL NOT NULL,
+        operator TEXT NOT NULL,
+        host TEXT NOT NULL,
+        action TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        prev TEXT NOT NULL,
+        mac TEXT NOT NULL
+    );
+    CREATE INDEX audit_log_ts ON audit_log (ts);
+    CREATE TABLE security_state (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
 ]
 
 # Progress rows are kept in job_events at most this often per job; the jobs
@@ -114,6 +146,11 @@ class Catalog:
         (version,) = self._db.execute("PRAGMA user_version").fetchone()
         for i, script in enumerate(_MIGRATIONS[version:], start=version + 1):
             self._db.executescript(f"BEGIN; {script}; PRAGMA user_version={i}; COMMIT;")
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The SQLite connection, for modules that own their tables' queries (core/security)."""
+        return self._db
 
     def close(self) -> None:
         self._db.close()
@@ -222,6 +259,19 @@ class Catalog:
         if len(cur) > 1:
             raise NotFound(f"snapshot id {ref!r} is ambiguous ({len(cur)} match); give more characters")
         return next(s for s in self.snapshots(db) if s.id == cur[0][0])
+
+    def rename_snapshot(self, old: str, new: str) -> None:
+        """A snapshot got a new id (its manifest was re-sealed): move its row and history."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("UPDATE snapshots SET id=? WHERE id=?", (new, old))
+            db.execute("UPDATE verifications SET snapshot_id=? WHERE snapshot_id=?", (new, old))
+            db.execute("UPDATE restores SET snapshot_id=? WHERE snapshot_id=?", (new, old))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def delete_snapshot(self, sid: str) -> None:
         """Forget a snapshot's row (the repository object is handled by the caller)."""

@@ -83,6 +83,24 @@ def open_chunk(blob: bytes | memoryview, cid: bytes, key: DataKey) -> bytes:
     return plain
 
 
+def reseal_chunk(blob: bytes | memoryview, cid: bytes, old: DataKey, new: DataKey) -> bytes:
+    """Move a sealed chunk to another data key, keeping its compressed bytes.
+
+    The chunk is fully checked first (authenticated, decompressed and matched
+    with its id), so re-encryption never copies damage; the compressed form
+    is then sealed again as is, which spares re-compressing it.
+    """
+    try:
+        packed = AESGCM(old.enc_key).decrypt(bytes(blob[:NONCE_SIZE]), bytes(blob[NONCE_SIZE:]), cid)
+        plain = decompress(packed)
+    except (InvalidTag, zstandard.ZstdError):
+        raise IntegrityError(f"chunk {cid.hex()[:16]} failed authentication") from None
+    if chunk_id(plain, old.id_key) != cid:
+        raise IntegrityError(f"chunk {cid.hex()[:16]} does not match its id")
+    nonce = os.urandom(NONCE_SIZE)
+    return nonce + AESGCM(new.enc_key).encrypt(nonce, packed, cid)
+
+
 def seal_object(payload: bytes, kind: bytes, key: DataKey, level: int = 3) -> bytes:
     """Compress and encrypt a metadata object (index, manifest, pack header)."""
     nonce = os.urandom(NONCE_SIZE)

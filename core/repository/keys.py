@@ -87,21 +87,50 @@ def new_data_key(version: int, id_key: bytes | None = None) -> DataKey:
     return DataKey(version=version, enc_key=secrets.token_bytes(32), id_key=id_key or secrets.token_bytes(32))
 
 
-def wrap_data_key(dek: DataKey, passphrase: bytes, repo_id: str, params: KdfParams | None = None) -> bytes:
-    """Serialise a DEK wrapped by the passphrase's KEK (the stored key object)."""
+def wrap_data_key(dek: DataKey, passphrase: bytes, repo_id: str, params: KdfParams | None = None,
+                  dek_created: str | None = None) -> bytes:
+    """Serialise a DEK wrapped by the passphrase's KEK (the stored key object).
+
+    ``params`` reuses a KEK (same salt) so opening the repository costs one
+    scrypt however many DEK versions it has; ``dek_created`` keeps a DEK's
+    birth time when it is re-wrapped by a KEK rotation.
+    """
     params = params or KdfParams(salt=secrets.token_bytes(16))
     kek = derive_kek(passphrase, params)
     nonce = os.urandom(12)
     secret = json.dumps({"enc_key": _b64(dek.enc_key), "id_key": _b64(dek.id_key)}).encode()
     wrapped = nonce + AESGCM(kek).encrypt(nonce, secret, _aad(repo_id, dek.version))
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     doc = {
         "format": 1,
         "version": dek.version,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": now,
+        "dek_created": dek_created or now,
         "kek": params.to_json(),
         "wrapped": _b64(wrapped),
     }
     return json.dumps(doc, indent=1).encode()
+
+
+@dataclass(frozen=True)
+class KeyObjectInfo:
+    """The plaintext fields of a key object (nothing secret)."""
+
+    version: int
+    created: str  # when this wrap was made (the last KEK rotation)
+    dek_created: str  # when the DEK itself was made
+    kdf: KdfParams
+
+
+def key_object_info(data: bytes) -> KeyObjectInfo:
+    """Read a key object's plaintext fields without unwrapping it."""
+    doc = _parse(data)
+    try:
+        created = str(doc["created"])
+        return KeyObjectInfo(int(doc["version"]), created, str(doc.get("dek_created") or created),
+                             KdfParams.from_json(doc["kek"]))
+    except (KeyError, TypeError, ValueError):
+        raise RepositoryError("a key object in keys/ is damaged or of an unknown format") from None
 
 
 def key_object_kdf(data: bytes) -> KdfParams:

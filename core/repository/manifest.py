@@ -43,10 +43,16 @@ class Manifest:
     tables: list[str] = field(default_factory=list)
     host: str = ""
     format: int = 1
+    # Id of the manifest this one replaces (re-sealed under a newer data key);
+    # written only when set, so ordinary manifests stay as before (FORMAT.md 10).
+    supersedes: str | None = None
 
     def seal(self, key: DataKey) -> tuple[str, str, bytes]:
         """Encrypt; returns (snapshot id, object name, bytes)."""
-        data = seal_object(json.dumps(asdict(self), separators=(",", ":")).encode(), _KIND, key)
+        doc = asdict(self)
+        if doc["supersedes"] is None:
+            del doc["supersedes"]
+        data = seal_object(json.dumps(doc, separators=(",", ":")).encode(), _KIND, key)
         sid = hashlib.sha256(data).hexdigest()
         return sid, f"{SNAPSHOT_PREFIX}{sid}", data
 

@@ -37,6 +37,13 @@ from core.storage.base import Storage
 
 CONFIG_NAME = "config"
 LOCK_PREFIX = "locks/"
+# Copies of the audit log and of the operator records (core/security), sealed
+# envelopes of these kinds. Named by position or name, not content: replaced in place.
+AUDIT_PREFIX = "audit/"
+AUDIT_KIND = b"audit"
+OPERATOR_PREFIX = "operators/"
+OPERATOR_KIND = b"operator"
+RECORD_KINDS = {AUDIT_PREFIX: AUDIT_KIND, OPERATOR_PREFIX: OPERATOR_KIND}
 FORMAT_VERSION = 1
 # A lock older than this was left by a crashed process; it no longer blocks.
 STALE_LOCK_SECONDS = 6 * 3600

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -12,6 +12,10 @@ class ObjectInfo:
 
     name: str  # repository-relative, '/'-separated, e.g. "data/ab/ab12..."
     size: int
+    # Last modification, seconds since the epoch (None if the target cannot tell):
+    # prune keeps unreferenced packs younger than its grace period. Not part of equality:
+    # the same object listed twice is the same object.
+    mtime: float | None = field(default=None, compare=False)
 
 
 class Storage(abc.ABC):

@@ -207,7 +207,8 @@ class LocalStorage(Storage):
                         if prefix.startswith(name + "/") or name.startswith(prefix):
                             stack.append((Path(entry.path), name + "/"))
                     elif name.startswith(prefix) and entry.is_file():
-                        found.append(ObjectInfo(name=name, size=entry.stat().st_size))
+                        st = entry.stat()
+                        found.append(ObjectInfo(name=name, size=st.st_size, mtime=st.st_mtime))
                 except FileNotFoundError:
                     continue  # deleted while we walked
                 except OSError as exc:

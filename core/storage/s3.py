@@ -280,7 +280,9 @@ class S3Storage(Storage):
                 # Some S3-compatible servers list "folder/" markers; they are not objects.
                 if key.endswith("/"):
                     continue
-                found.append(ObjectInfo(name=key[cut:], size=int(obj["Size"])))
+                modified = obj.get("LastModified")
+                found.append(ObjectInfo(name=key[cut:], size=int(obj["Size"]),
+                                        mtime=modified.timestamp() if modified is not None else None))
         found.sort(key=lambda o: o.name)
         return found
 

@@ -1,0 +1,1 @@
+"""Insight over the catalog: KPIs, alerts and trend series (pure computations, no I/O)."""

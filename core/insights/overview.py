@@ -1,0 +1,78 @@
+"""Assemble the dashboard and the trend series from the catalog (the engine's read side).
+
+These functions do the catalog reads (bounded by time windows, so they stay
+fast with 100,000 snapshots and a million job events) and hand the records
+to the pure computations in ``kpis``, ``alerts`` and ``trends``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from core.catalog.models import JobRecord
+from core.catalog.reader import CatalogReader
+from core.config import BackstopConfig
+from core.insights.alerts import Alert, build_alerts
+from core.insights.kpis import DAY, Kpi, completion_from_counts, integrity_from_counts, recovery_time
+from core.insights.trends import Trends, build_trends
+
+DEFAULT_RTO_S = 3600.0
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    """What the dashboard shows."""
+
+    kpis: tuple[Kpi, Kpi, Kpi]
+    alerts: tuple[Alert, ...]
+    running: tuple[JobRecord, ...]
+    now: float
+
+
+def rto_targets(config: BackstopConfig) -> dict[str, float]:
+    """Each configured database's RTO in seconds."""
+    return {d.name: d.rto_minutes * 60 for d in config.databases}
+
+
+def default_rto(config: BackstopConfig) -> float:
+    """The RTO used for databases without one: the tightest configured, else one hour."""
+    return min(rto_targets(config).values(), default=DEFAULT_RTO_S)
+
+
+def build_dashboard(reader: CatalogReader, config: BackstopConfig, now: float, *, trend_days: int = 14) -> Dashboard:
+    """KPIs, alerts and running jobs as of ``now``."""
+    days = max(trend_days, 7)
+    total = reader.snapshot_count()
+    covered = reader.snapshots_verified_since(now - 30 * DAY)
+    restores = reader.restores(since=now - 90 * DAY)
+    rto = rto_targets(config)
+    kpis = (
+        # Missed runs come from the scheduler once it exists; until then none are known.
+        completion_from_counts(reader.backup_counts_by_age(now, days), {}, trend_days=trend_days),
+        integrity_from_counts(reader.verification_counts_by_age(now, days), snapshots_total=total,
+                              snapshots_verified_recently=covered, trend_days=trend_days),
+        recovery_time(restores, now, rto_s=rto, default_rto_s=default_rto(config), trend_days=trend_days),
+    )
+    # Snapshots of the last 30 days left unverified (older ones weigh on the coverage KPI);
+    # the newest hour is skipped: its verification may be running.
+    cutoff = datetime.fromtimestamp(now - 3600, timezone.utc).isoformat(timespec="seconds")
+    since = datetime.fromtimestamp(now - 30 * DAY, timezone.utc).isoformat(timespec="seconds")
+    alerts = build_alerts(
+        now=now, recent_jobs=reader.failed_jobs_since(now - DAY),
+        never_verified=reader.never_verified(since, cutoff), damaged=reader.damaged_copies(),
+        target_checks=reader.latest_target_checks(), configured_targets=[t.name for t in config.targets],
+        latest_backup=reader.latest_snapshot_per_db(), configured_dbs=[d.name for d in config.databases],
+    )
+    return Dashboard(kpis, tuple(alerts), tuple(reader.running_jobs()), now)
+
+
+def build_trend_series(reader: CatalogReader, config: BackstopConfig, now: float, *, days: int = 30) -> Trends:
+    """Every series of the trends screen over the last ``days`` days."""
+    since_iso = datetime.fromtimestamp(now - days * DAY, timezone.utc).isoformat(timespec="seconds")
+    return build_trends(
+        restores=reader.restores(since=now - 365 * DAY, limit=500),
+        snapshot_rows=reader.snapshot_series(since_iso),
+        jobs=reader.failed_jobs_since(now - days * DAY),  # only failures are charted
+        rto_s=rto_targets(config), default_rto_s=default_rto(config), now=now, days=days,
+    )

@@ -1,0 +1,494 @@
+"""The restore planner: from what happened to which backup, which target, how long, and why.
+
+``plan(request, facts)`` is pure: the engine gathers the facts (catalog rows,
+verification results, target reachability, manifest table lists, restore
+history) and the planner decides. That keeps every decision testable
+without PostgreSQL or storage, and lets the CLI and the console show the
+same plan.
+
+Recovery sources are abstract. A logical snapshot can restore exactly one
+point (its consistent moment); a physical base backup with an archived WAL
+range will restore any moment in ``[recoverable_from, recoverable_until]``.
+The planner only asks ``source.covers(moment)``, so physical backups plug
+in as another ``RecoverySource`` without changing the decision rules.
+
+The rules, by incident (what an on-call DBA would do):
+
+- accidental deletion: the newest point *before* the deletion, restored
+  side by side so rows can be copied back; tables only when that is enough;
+  a table missing from newer snapshots (dropped) is taken from the newest
+  snapshot that still has it.
+- corruption: the newest point before the corruption was seen whose copy is
+  verified: a snapshot that never passed a read-back check may hold the
+  corruption or be damaged itself.
+- host loss: the newest snapshot (least data lost) from the fastest
+  reachable target; the old host is gone, so restore to a new place.
+- region outage: like host loss, but only targets outside the lost region,
+  preferring the closest one that is reachable.
+- ransomware: the newest snapshot that predates the compromise *and*
+  passed a read-back verification, preferring an offsite copy (an attacker
+  on the host can reach local copies); never over the live database.
+- drill: the newest snapshot, from the target least recently exercised by a
+  restore, so every copy gets proven over time.
+
+Severity: ``low`` (some rows or one table), ``high`` (a whole database),
+``critical`` (production down or data compromised: a restore that will
+succeed matters more than the last few minutes of data, so a verified copy
+is required and an unverified one is only offered as a risky plan).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Literal, Protocol, Sequence
+
+DEFAULT_RATE_BPS = 30 * 1024 * 1024  # assumed restore throughput with no history
+FIXED_OVERHEAD_S = 5.0  # create database, open repository, read manifest and index
+
+
+class Incident(str, Enum):
+    """What happened."""
+
+    ACCIDENTAL_DELETION = "accidental_deletion"
+    CORRUPTION = "corruption"
+    HOST_LOSS = "host_loss"
+    REGION_OUTAGE = "region_outage"
+    RANSOMWARE = "ransomware"
+    DRILL = "drill"
+
+    @property
+    def label(self) -> str:
+        return _INCIDENT_LABELS[self]
+
+
+_INCIDENT_LABELS = {
+    Incident.ACCIDENTAL_DELETION: "Accidental deletion",
+    Incident.CORRUPTION: "Data corruption",
+    Incident.HOST_LOSS: "Database host lost",
+    Incident.REGION_OUTAGE: "Region outage",
+    Incident.RANSOMWARE: "Ransomware / compromise",
+    Incident.DRILL: "Restore drill",
+}
+
+
+class Severity(str, Enum):
+    """How bad it is."""
+
+    LOW = "low"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+# Incidents where data after the incident moment is suspect or missing.
+_CUT_AT_INCIDENT = {Incident.ACCIDENTAL_DELETION, Incident.CORRUPTION, Incident.RANSOMWARE}
+# Incidents where only a copy that passed a read-back check is trusted.
+_NEEDS_VERIFIED = {Incident.CORRUPTION, Incident.RANSOMWARE}
+
+
+@dataclass(frozen=True)
+class PointInTime:
+    """Where to recover to: the latest point, one snapshot, or a moment (needs WAL for exactness)."""
+
+    kind: Literal["latest", "snapshot", "time"] = "latest"
+    snapshot_id: str | None = None
+    at: datetime | None = None
+
+    @staticmethod
+    def latest() -> "PointInTime":
+        return PointInTime("latest")
+
+    @staticmethod
+    def snapshot(sid: str) -> "PointInTime":
+        return PointInTime("snapshot", snapshot_id=sid)
+
+    @staticmethod
+    def moment(at: datetime) -> "PointInTime":
+        return PointInTime("time", at=at)
+
+
+@dataclass(frozen=True)
+class RestoreRequest:
+    """What the operator asks for."""
+
+    db: str
+    incident: Incident
+    severity: Severity = Severity.HIGH
+    tables: tuple[str, ...] = ()
+    point: PointInTime = field(default_factory=PointInTime.latest)
+    # When the damage happened or was first seen; points at or after it are suspect.
+    incident_at: datetime | None = None
+    # Region lost in a region outage (targets there are not used even if they answer).
+    lost_region: str | None = None
+
+
+@dataclass(frozen=True)
+class CopyCheck:
+    """The newest verification of one source's copy on one target."""
+
+    target: str
+    ok: bool
+    read_data: bool
+    at: float
+
+
+@dataclass(frozen=True)
+class TargetState:
+    """A storage target as the planner sees it."""
+
+    name: str
+    kind: str  # local, s3
+    region: str | None = None
+    reachable: bool = True
+    detail: str = ""
+
+    @property
+    def offsite(self) -> bool:
+        return self.kind != "local"
+
+
+class RecoverySource(Protocol):
+    """Anything that can be restored: a logical snapshot today, base backup + WAL later."""
+
+    id: str
+    db: str
+    kind: str
+    size_bytes: int
+    targets: tuple[str, ...]
+    checks: tuple[CopyCheck, ...]
+    tables: tuple[str, ...] | None
+
+    @property
+    def recoverable_from(self) -> datetime: ...
+    @property
+    def recoverable_until(self) -> datetime: ...
+    def covers(self, moment: datetime) -> bool: ...
+
+
+@dataclass(frozen=True)
+class LogicalSnapshot:
+    """A logical snapshot: restores exactly the moment its dump's snapshot was taken (its start)."""
+
+    id: str
+    db: str
+    started_at: datetime
+    finished_at: datetime
+    size_bytes: int
+    targets: tuple[str, ...]
+    checks: tuple[CopyCheck, ...] = ()
+    tables: tuple[str, ...] | None = None  # None: not known (manifest not read)
+    kind: str = "logical"
+
+    @property
+    def recoverable_from(self) -> datetime:
+        return self.started_at
+
+    @property
+    def recoverable_until(self) -> datetime:
+        return self.started_at
+
+    def covers(self, moment: datetime) -> bool:
+        return self.started_at <= moment
+
+
+@dataclass(frozen=True)
+class PastRestore:
+    """A measured restore, for the duration estimate and drill rotation."""
+
+    db: str
+    bytes: int
+    duration_s: float
+    ok: bool
+    at: float
+    target: str | None = None
+
+
+@dataclass(frozen=True)
+class PlanningFacts:
+    """Everything the planner may look at."""
+
+    sources: Sequence[RecoverySource]  # any order
+    targets: Sequence[TargetState]
+    history: Sequence[PastRestore] = ()
+    rto_s: float | None = None
+    now: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A source or copy the planner looked at and did not choose, and why."""
+
+    source_id: str
+    target: str | None
+    why: str
+
+
+@dataclass(frozen=True)
+class RestorePlan:
+    """The proposal: a valid plan (possibly risky) or the reason there is none."""
+
+    request: RestoreRequest
+    source: RecoverySource | None
+    target: str | None
+    point: datetime | None
+    scope: Literal["database", "tables"]
+    tables: tuple[str, ...]
+    destination: str
+    estimated_s: float | None
+    estimate_basis: str
+    rto_s: float | None
+    reasons: tuple[str, ...]
+    risks: tuple[str, ...]
+    rejected: tuple[Rejected, ...]
+    refusal: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.source is not None and self.refusal is None
+
+    @property
+    def risky(self) -> bool:
+        return self.ok and bool(self.risks)
+
+    @property
+    def snapshot_id(self) -> str | None:
+        return self.source.id if self.source else None
+
+
+def _fmt(t: datetime) -> str:
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _dur(s: float) -> str:
+    s = int(round(s))
+    return f"{s}s" if s < 60 else (f"{s // 60}m {s % 60:02d}s" if s < 3600 else f"{s // 3600}h {(s % 3600) // 60:02d}m")
+
+
+def default_destination(db: str, incident: Incident, now: datetime) -> str:
+    """A new database name that says what it is (never the live database)."""
+    tag = "drill" if incident is Incident.DRILL else "restore"
+    return f"{db}_{tag}_{now.astimezone(timezone.utc):%Y%m%d_%H%M}"
+
+
+def estimate(size_bytes: int, db: str, history: Sequence[PastRestore]) -> tuple[float, str]:
+    """Restore duration from measured throughput: this database's history, then any, then a default."""
+    own = [h for h in history if h.ok and h.db == db and h.duration_s > 0 and h.bytes > 0]
+    pool = own or [h for h in history if h.ok and h.duration_s > 0 and h.bytes > 0]
+    if pool:
+        rate = statistics.median(h.bytes / h.duration_s for h in pool)
+        where = f"{len(pool)} past restore(s) of {db}" if own else f"{len(pool)} past restore(s) of other databases"
+        basis = f"median {rate / 2**20:.1f} MiB/s over {where}"
+    else:
+        rate = DEFAULT_RATE_BPS
+        basis = f"no restore history: assumed {rate / 2**20:.0f} MiB/s; run a drill to measure it"
+    return FIXED_OVERHEAD_S + size_bytes / rate, basis
+
+
+@dataclass(frozen=True)
+class _Choice:
+    source: RecoverySource
+    target: TargetState
+    check: CopyCheck | None
+
+
+def _copy_rank(incident: Incident, t: TargetState, check: CopyCheck | None, drilled: dict[str, float]) -> tuple:
+    """Sort key for the copies of one source (smaller is better)."""
+    verified = 0 if check and check.ok and check.read_data else (1 if check and check.ok else 2)
+    if incident is Incident.RANSOMWARE:
+        # An attacker on the host can reach local copies: prefer offsite ones.
+        return (verified, 0 if t.offsite else 1, t.name)
+    if incident is Incident.DRILL:
+        # Exercise the copy least recently restored from.
+        return (drilled.get(t.name, 0.0), t.name)
+    # Otherwise speed: local directories restore faster than object storage.
+    return (verified, 0 if not t.offsite else 1, t.name)
+
+
+def plan(request: RestoreRequest, facts: PlanningFacts) -> RestorePlan:
+    """Choose the recovery source and target for ``request``; see the module docstring for the rules."""
+    inc, sev = request.incident, request.severity
+    now = facts.now
+    targets = {t.name: t for t in facts.targets}
+    rejected: list[Rejected] = []
+    reasons: list[str] = []
+    risks: list[str] = []
+    tables = tuple(request.tables)
+    scope: Literal["database", "tables"] = "tables" if tables else "database"
+    destination = default_destination(request.db, inc, now)
+
+    def refuse(msg: str) -> RestorePlan:
+        return RestorePlan(request, None, None, None, scope, tables, destination, None, "", facts.rto_s,
+                           tuple(reasons), tuple(risks), tuple(rejected), refusal=msg)
+
+    sources = sorted((s for s in facts.sources if s.db == request.db), key=lambda s: s.recoverable_until, reverse=True)
+    if not sources:
+        return refuse(f"no backups of {request.db} in the catalog; take one with `backstop backup --db {request.db}`")
+
+    # 1. Which points are acceptable at all.
+    if request.point.kind == "snapshot":
+        wanted = request.point.snapshot_id or ""
+        sources = [s for s in sources if s.id.startswith(wanted)] if len(wanted) >= 4 else []
+        if len(sources) != 1:
+            return refuse(f"snapshot {wanted[:12]!r} of {request.db} is not in the catalog"
+                          if not sources else f"snapshot id {wanted!r} is ambiguous; give more characters")
+        reasons.append(f"snapshot {sources[0].id[:8]} was chosen by the operator")
+    elif request.point.kind == "time" and request.point.at is not None:
+        at = request.point.at
+        before = [s for s in sources if s.covers(at)]
+        for s in sources:
+            if not s.covers(at):
+                rejected.append(Rejected(s.id, None, f"starts after the chosen moment {_fmt(at)}"))
+        if not before:
+            return refuse(f"no backup of {request.db} covers {_fmt(at)}: the oldest starts "
+                          f"{_fmt(sources[-1].recoverable_from)}")
+        sources = before
+    if request.incident_at is not None and inc in _CUT_AT_INCIDENT:
+        cut = request.incident_at
+        clean = [s for s in sources if s.recoverable_until < cut]
+        for s in sources:
+            if s.recoverable_until >= cut:
+                rejected.append(Rejected(s.id, None, f"taken {_fmt(s.recoverable_until)}, after the incident "
+                                                     f"at {_fmt(cut)}: it holds the damage"))
+        if not clean:
+            return refuse(f"every backup of {request.db} was taken after the incident at {_fmt(cut)}; "
+                          "none holds the data as it was before")
+        sources = clean
+        reasons.append(f"taken before the incident at {_fmt(cut)}")
+    elif inc in _CUT_AT_INCIDENT and request.point.kind == "latest":
+        risks.append("the incident time is unknown: the newest backup may already contain the damage; "
+                     "give the time to exclude later backups")
+
+    # 2. Tables: the source must contain them.
+    if tables:
+        usable = []
+        for s in sources:
+            if s.tables is None:
+                usable.append(s)
+                continue
+            missing = [t for t in tables if t not in s.tables]
+            if missing:
+                rejected.append(Rejected(s.id, None, f"table(s) {', '.join(missing)} did not exist at "
+                                                     f"{_fmt(s.recoverable_until)}"))
+            else:
+                usable.append(s)
+        if not usable:
+            shown = sources[0]
+            return refuse(f"table(s) {', '.join(tables)} did not exist in "
+                          + (f"snapshot {shown.id[:8]} ({_fmt(shown.recoverable_until)})" if len(sources) == 1
+                             else f"any of the {len(sources)} eligible backups of {request.db}"))
+        if usable[0] is not sources[0]:
+            reasons.append(f"newer backups lack {', '.join(tables)} (dropped?): using the newest that has them")
+        sources = usable
+
+    # 3. Copies: reachable targets outside a lost region, not known to be damaged.
+    drilled: dict[str, float] = {}
+    for h in facts.history:
+        if h.target:
+            drilled[h.target] = max(drilled.get(h.target, 0.0), h.at)
+    choices: list[_Choice] = []
+    for s in sources:
+        checks = {c.target: c for c in s.checks}
+        copies = []
+        for name in s.targets:
+            t = targets.get(name)
+            if t is None:
+                rejected.append(Rejected(s.id, name, f"target {name} is no longer configured"))
+            elif not t.reachable:
+                rejected.append(Rejected(s.id, name, f"target {name} is unreachable" + (f": {t.detail}" if t.detail else "")))
+            elif request.lost_region and t.region == request.lost_region:
+                rejected.append(Rejected(s.id, name, f"target {name} is in the lost region {t.region}"))
+            elif name in checks and not checks[name].ok:
+                rejected.append(Rejected(s.id, name, f"the copy on {name} failed its last verification"))
+            else:
+                copies.append(_Choice(s, t, checks.get(name)))
+        copies.sort(key=lambda c: _copy_rank(inc, c.target, c.check, drilled))
+        choices.extend(copies)
+    if not choices:
+        whys = list(dict.fromkeys(r.why for r in rejected if r.target))
+        return refuse(f"no reachable, undamaged copy of any eligible backup of {request.db}: " + "; ".join(whys[:3]))
+
+    def verified(c: _Choice) -> bool:
+        return c.check is not None and c.check.ok
+
+    # 4. Newest eligible point, unless a verified copy is required.
+    need_verified = inc in _NEEDS_VERIFIED or sev is Severity.CRITICAL
+    best = choices[0]  # choices are ordered newest source first, best copy first
+    if need_verified:
+        good = [c for c in choices if verified(c)]
+        if good:
+            if good[0].source is not best.source:
+                rejected.append(Rejected(best.source.id, None, "newer but never verified by reading it back"))
+                reasons.append("newest backup with a passed read-back verification "
+                               f"({'required for ' + inc.label.lower() if inc in _NEEDS_VERIFIED else 'required at critical severity'})")
+            best = good[0]
+        else:
+            risks.append("no eligible backup has passed a verification; the restore may fail or bring back "
+                         "damaged data: verify it first (screen 4) if time allows")
+    elif not verified(best):
+        risks.append(f"snapshot {best.source.id[:8]} was never verified on {best.target.name}")
+        alt = next((c for c in choices if verified(c)), None)
+        if alt is not None and alt.source is not best.source:
+            risks.append(f"a verified alternative is {alt.source.id[:8]} from {_fmt(alt.source.recoverable_until)}")
+    if best.source is choices[0].source and not reasons:
+        reasons.append("newest eligible backup: the least data lost")
+
+    # 5. Why this copy.
+    other_copies = [c for c in choices if c.source is best.source and c is not best]
+    t = best.target
+    why_target = [f"{t.name} is reachable"]
+    if best.check and best.check.ok:
+        why_target.append("its copy passed " + ("a read-back check" if best.check.read_data else "a structural check"))
+    if inc is Incident.RANSOMWARE and t.offsite:
+        why_target.append("it is offsite (out of an attacker's reach on the host)")
+    elif inc is Incident.DRILL:
+        why_target.append("it is the copy least recently exercised by a restore")
+    elif not t.offsite:
+        why_target.append("it is a local directory (fastest to read)")
+    if inc is Incident.REGION_OUTAGE and request.lost_region:
+        why_target.append(f"outside the lost region {request.lost_region}")
+    reasons.append("target " + ", ".join(why_target))
+    if not other_copies:
+        unreachable = [r for r in rejected if r.source_id == best.source.id and r.target]
+        if unreachable:
+            risks.append(f"{t.name} holds the only usable copy of {best.source.id[:8]}: "
+                         + "; ".join(r.why for r in unreachable))
+    if inc is Incident.RANSOMWARE and not t.offsite:
+        risks.append("only a local copy is usable: check it was not reachable from the compromised host")
+
+    # 6. The moment restored and what it loses.
+    point = best.source.recoverable_until
+    if request.point.kind == "time" and request.point.at is not None:
+        at = request.point.at
+        if best.source.recoverable_until < at:
+            reasons.append(f"restores {_fmt(point)}; changes up to {_fmt(at)} are not in any backup "
+                           "(point-in-time recovery needs WAL archiving)")
+        else:
+            point = at
+    if inc in (Incident.HOST_LOSS, Incident.REGION_OUTAGE):
+        lost = (now - point).total_seconds()
+        reasons.append(f"restores {_fmt(point)}: about {_dur(max(0.0, lost))} of changes since then are lost")
+    if tables and best.source.tables is None:
+        risks.append("the snapshot's table list could not be read; the restore will fail if a table is missing")
+    if scope == "database" and inc is Incident.ACCIDENTAL_DELETION and sev is Severity.LOW:
+        reasons.append("low severity: consider restoring only the affected tables")
+
+    # 7. Duration against the RTO.
+    est, basis = estimate(best.source.size_bytes, request.db, facts.history)
+    if tables:
+        basis += "; tables only: the whole dump is still read, so this is an upper bound"
+    if facts.rto_s is not None and est > facts.rto_s:
+        risks.append(f"estimated {_dur(est)} exceeds the RTO of {_dur(facts.rto_s)}")
+    if sev is Severity.CRITICAL:
+        reasons.append("critical: a new database is created side by side; switch applications to it "
+                       "once checked, rather than restoring over the live one")
+
+    rejected_final = [r for r in rejected if not (r.source_id == best.source.id and r.target is None)]
+    return RestorePlan(request, best.source, best.target.name, point, scope, tables, destination, est, basis,
+                       facts.rto_s, tuple(reasons), tuple(risks), tuple(rejected_final))
+
+
+def with_tables(source: LogicalSnapshot, tables: Sequence[str]) -> LogicalSnapshot:
+    """A copy of ``source`` with its table list filled in (from its manifest)."""
+    return replace(source, tables=tuple(tables))

@@ -1,0 +1,1 @@
+"""The operator console: a Textual app over ``core.engine`` (presentation only)."""

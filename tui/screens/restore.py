@@ -1,0 +1,589 @@
+"""6 Restore: a step-by-step wizard from what happened to a measured, recorded restore.
+
+Steps: what happened → how bad (and when) → scope → tables → point in time →
+the planner's proposal → destination → review → (MFA confirmation when
+destructive) → live progress → result. `enter` chooses, `escape` goes back a
+step, `ctrl+n` continues where a step has a form. Nothing is restored before
+the review step's explicit "Start".
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import ClassVar
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Vertical, VerticalScroll
+from textual.widgets import ContentSwitcher, Input, Log, OptionList, ProgressBar, SelectionList, Static
+from textual.widgets.option_list import Option
+from textual.worker import get_current_worker
+
+from core.engine import RestoreResult
+from core.errors import AuthError, BackstopError
+from core.planner import Incident, PointInTime, RestorePlan, RestoreRequest, Severity
+from tui import format as fmt
+from tui.bridge import JobChanged, JobProgressed
+from tui.screens.base import ConsoleScreen
+from tui.screens.modals import DestructiveApproval, DestructiveConfirmScreen
+
+SEVERITY_TEXT = {
+    Severity.LOW: "Low: some rows or one table are wrong or gone",
+    Severity.HIGH: "High: a whole database is affected",
+    Severity.CRITICAL: "Critical: production is down or data is compromised",
+}
+_TIMED = {Incident.ACCIDENTAL_DELETION, Incident.CORRUPTION, Incident.RANSOMWARE}
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+STEPS = ("incident", "severity", "scope", "tables", "point", "plan", "destination", "review", "progress", "result")
+
+
+@dataclass
+class WizardState:
+    """What the operator chose so far."""
+
+    incident: Incident | None = None
+    severity: Severity = Severity.HIGH
+    incident_at: datetime | None = None
+    db: str | None = None
+    tables: list[str] = field(default_factory=list)
+    whole: bool = True
+    point: PointInTime = field(default_factory=PointInTime.latest)
+    plan: RestorePlan | None = None
+    destination: str = ""
+    over_live: bool = False
+    approval: DestructiveApproval | None = None
+    job_id: str | None = None
+    result: RestoreResult | None = None
+    error: str | None = None
+
+    def request(self) -> RestoreRequest:
+        """The planner request these choices make."""
+        assert self.incident is not None and self.db is not None
+        return RestoreRequest(self.db, self.incident, self.severity, tuple(self.tables if not self.whole else ()),
+                              self.point, self.incident_at)
+
+
+def parse_when(text: str) -> datetime | None:
+    """'YYYY-MM-DD HH:MM' (UTC) or empty; raises ValueError otherwise."""
+    text = text.strip()
+    if not text:
+        return None
+    for pattern in ("%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d"):
+        try:
+            return datetime.strptime(text, pattern).replace(tzinfo=timezone.utc)
+        except ValueError:
+            continue
+    raise ValueError(f"cannot read {text!r}: use YYYY-MM-DD HH:MM (UTC)")
+
+
+def plan_text(p: RestorePlan) -> str:
+    """The planner's proposal for operators."""
+    if not p.ok:
+        lines = [f"NO VALID PLAN: {p.refusal}"]
+    else:
+        assert p.source is not None and p.point is not None
+        head = "PLAN (RISKY)" if p.risky else "PLAN"
+        what = ", ".join(p.tables) if p.tables else "whole database"
+        lines = [
+            f"{head}: restore snapshot {p.source.id[:8]} ({p.source.kind}) of {p.request.db} from target {p.target}",
+            f"  point      {p.point.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S} UTC   scope {what}",
+            f"  estimate   {fmt.duration(p.estimated_s)} ({p.estimate_basis})"
+            + (f"   RTO {fmt.duration(p.rto_s)}" if p.rto_s else ""),
+            "  why:",
+            *[f"   - {r}" for r in p.reasons],
+        ]
+        if p.risks:
+            lines += ["  RISKS:", *[f"   ! {r}" for r in p.risks]]
+    if p.rejected:
+        # One line per reason, naming the snapshots it applies to (a down target rejects many).
+        by_why: dict[str, list[str]] = {}
+        for r in p.rejected:
+            by_why.setdefault(r.why, []).append(r.source_id[:8])
+        lines.append("  not chosen:")
+        for why, ids in list(by_why.items())[:6]:
+            more = f" +{len(ids) - 2}" if len(ids) > 2 else ""
+            lines.append(f"   x {', '.join(ids[:2])}{more}: {why}")
+        if len(by_why) > 6:
+            lines.append(f"   … and {len(by_why) - 6} more reasons")
+    return "\n".join(lines)
+
+
+class RestoreScreen(ConsoleScreen):
+    """The restore wizard."""
+
+    NUMBER = 6
+    SCREEN_TITLE = "Restore"
+    AUTO_FOCUS = "#incident-options"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "step_back", "Back a step", id="restore.back"),
+        Binding("ctrl+n", "next", "Continue", id="restore.next"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.state = WizardState()
+        self.history: list[str] = []
+        self.preset_snapshot: str | None = None
+
+    # -- layout ---------------------------------------------------------------------
+
+    def compose_body(self) -> ComposeResult:
+        with ContentSwitcher(initial="step-incident", id="steps"):
+            with Vertical(id="step-incident", classes="step"):
+                yield Static("What happened?", classes="step-title")
+                yield OptionList(*[Option(i.label, id=i.value) for i in Incident], id="incident-options")
+            with Vertical(id="step-severity", classes="step"):
+                yield Static("How bad is it?", classes="step-title")
+                yield OptionList(*[Option(t, id=s.value) for s, t in SEVERITY_TEXT.items()], id="severity-options")
+                yield Static("When did it happen or start? (UTC, YYYY-MM-DD HH:MM; empty if unknown)",
+                             id="when-label")
+                yield self._input("when-input", "e.g. 2026-11-20 09:30")
+                yield Static("", id="when-error", classes="error-text")
+            with Vertical(id="step-scope", classes="step"):
+                yield Static("Which database, and how much of it?", classes="step-title")
+                yield OptionList(id="db-options")
+                yield OptionList(Option("The whole database", id="whole"),
+                                 Option("Only some tables", id="tables"), id="scope-options")
+            with Vertical(id="step-tables", classes="step"):
+                yield Static("Tables to restore (space toggles, ctrl+n continues)", classes="step-title",
+                             id="tables-title")
+                yield SelectionList[str](id="table-options")
+            with Vertical(id="step-point", classes="step"):
+                yield Static("To which point in time?", classes="step-title")
+                yield OptionList(id="point-options")
+            with Vertical(id="step-plan", classes="step"):
+                yield Static("The planner proposes (tab scrolls the plan)", classes="step-title")
+                with VerticalScroll(id="plan-scroll", classes="plan-scroll"):
+                    yield Static("planning …", id="plan-text")
+                yield OptionList(id="plan-options")
+            with Vertical(id="step-destination", classes="step"):
+                yield Static("Where to restore?", classes="step-title")
+                yield Static("New database name:")
+                yield self._input("dest-input", "new database name")
+                yield Static("", id="dest-error", classes="error-text")
+                yield OptionList(id="dest-options")
+                yield Static("", id="dest-note", classes="chart-note")
+            with Vertical(id="step-review", classes="step"):
+                yield Static("Review", classes="step-title")
+                yield Static("", id="review-text", classes="plan-text")
+                yield OptionList(Option("Start the restore", id="start"), Option("Back", id="back"),
+                                 id="review-options")
+            with Vertical(id="step-progress", classes="step"):
+                yield Static("Restoring …", classes="step-title", id="progress-title")
+                yield ProgressBar(total=100, show_eta=False, id="restore-progress")
+                yield Static("", id="progress-text")
+                yield Log(id="restore-log", max_lines=500)
+            with Vertical(id="step-result", classes="step"):
+                yield Static("Result", classes="step-title")
+                yield Static("", id="result-text", classes="plan-text")
+                yield OptionList(Option("Start another restore", id="again"),
+                                 Option("Go to the dashboard", id="dashboard"), id="result-options")
+
+    def _input(self, id: str, placeholder: str) -> Input:
+        inp = Input(placeholder=placeholder, id=id)
+        inp.cursor_blink = self.console.cursor_blink
+        return inp
+
+    def on_mount(self) -> None:
+        pending, self.console.pending_restore = self.console.pending_restore, None
+        if pending is not None:
+            self.reset(*pending)
+        else:
+            self.show_step("incident", remember=False)
+
+    # -- navigation ---------------------------------------------------------------------
+
+    @property
+    def step(self) -> str:
+        return (self.query_one("#steps", ContentSwitcher).current or "step-incident").removeprefix("step-")
+
+    def show_step(self, name: str, remember: bool = True) -> None:
+        """Switch to a step and focus its first control."""
+        if remember and self.step != name:
+            self.history.append(self.step)
+        self.query_one("#steps", ContentSwitcher).current = f"step-{name}"
+        self.set_status(f"step {STEPS.index(name) + 1} of {len(STEPS)}: {name}")
+        getattr(self, f"_enter_{name}", lambda: None)()
+
+    def action_step_back(self) -> None:
+        """Escape: one step back; at the first step, back to the previous screen."""
+        if self.step == "progress":
+            self.notify("The restore keeps running; its progress is on screens 1 and 2 too.")
+            return
+        if self.step == "result" or not self.history:
+            if self.step == "result":
+                self.reset()
+            else:
+                self.console.go_back()
+            return
+        self.show_step(self.history.pop(), remember=False)
+
+    def action_next(self) -> None:
+        """ctrl+n: continue from steps with a form."""
+        if self.step == "tables":
+            self._tables_done()
+        elif self.step == "severity":
+            self._when_done()
+        elif self.step == "destination":
+            self._choose_destination("new")
+
+    def reset(self, db: str | None = None, snapshot: str | None = None, incident: Incident | None = None) -> None:
+        """Start over (optionally with a database and snapshot chosen in the catalog, or a drill)."""
+        self.state = WizardState(db=db, incident=incident)
+        self.preset_snapshot = snapshot
+        if snapshot:
+            self.state.point = PointInTime.snapshot(snapshot)
+        self.history.clear()
+        self.query_one("#when-input", Input).value = ""
+        self.show_step("incident", remember=False)
+        if incident is not None:
+            options = self.query_one("#incident-options", OptionList)
+            options.highlighted = list(Incident).index(incident)
+            self.show_step("severity")
+
+    # -- steps -------------------------------------------------------------------------
+
+    def _enter_incident(self) -> None:
+        self.query_one("#incident-options", OptionList).focus()
+
+    @on(OptionList.OptionSelected, "#incident-options")
+    def _incident(self, event: OptionList.OptionSelected) -> None:
+        self.state.incident = Incident(event.option.id)
+        self.show_step("severity")
+
+    def _enter_severity(self) -> None:
+        timed = self.state.incident in _TIMED
+        for wid in ("#when-label", "#when-input", "#when-error"):
+            self.query_one(wid).display = timed
+        self.query_one("#severity-options", OptionList).focus()
+
+    @on(OptionList.OptionSelected, "#severity-options")
+    def _severity(self, event: OptionList.OptionSelected) -> None:
+        self.state.severity = Severity(event.option.id)
+        if self.state.incident in _TIMED:
+            self.query_one("#when-input", Input).focus()
+        else:
+            self.state.incident_at = None
+            self.show_step("scope")
+
+    @on(Input.Submitted, "#when-input")
+    def _when_submitted(self) -> None:
+        self._when_done()
+
+    def _when_done(self) -> None:
+        try:
+            self.state.incident_at = parse_when(self.query_one("#when-input", Input).value)
+        except ValueError as exc:
+            self.query_one("#when-error", Static).update(str(exc))
+            return
+        self.query_one("#when-error", Static).update("")
+        self.show_step("scope")
+
+    def _enter_scope(self) -> None:
+        dbs = self.query_one("#db-options", OptionList)
+        names = [d.name for d in self.engine.config.databases]
+        dbs.clear_options()
+        dbs.add_options([Option(n, id=n) for n in names])
+        if self.state.db in names:
+            dbs.highlighted = names.index(self.state.db)
+        elif names:
+            dbs.highlighted = 0
+        self.query_one("#scope-options", OptionList).display = False
+        dbs.focus()
+
+    @on(OptionList.OptionSelected, "#db-options")
+    def _db(self, event: OptionList.OptionSelected) -> None:
+        self.state.db = event.option.id
+        scope = self.query_one("#scope-options", OptionList)
+        scope.display = True
+        scope.highlighted = 0 if self.state.whole else 1
+        scope.focus()
+
+    @on(OptionList.OptionSelected, "#scope-options")
+    def _scope(self, event: OptionList.OptionSelected) -> None:
+        self.state.whole = event.option.id == "whole"
+        if self.state.whole:
+            self.state.tables = []
+            self.show_step("point")
+        else:
+            self.show_step("tables")
+
+    def _enter_tables(self) -> None:
+        self.query_one("#tables-title", Static).update("Reading the table list of the newest snapshot …")
+        self.query_one("#table-options", SelectionList).focus()
+        self.load_tables()
+
+    @work(group="wizard-tables", exclusive=True, exit_on_error=False,
+          description="restore wizard: read the table list from the newest snapshot's manifest")
+    async def load_tables(self) -> None:
+        assert self.state.db is not None
+        table_list = self.query_one("#table-options", SelectionList)
+        title = self.query_one("#tables-title", Static)
+        rows = self.engine.reader.latest_snapshots(self.state.db, limit=1)
+        if not rows:
+            title.update(f"No snapshots of {self.state.db}: nothing to restore (escape goes back).")
+            return
+        try:
+            names = await self.engine.snapshot_tables(self.preset_snapshot or rows[0].id)
+        except BackstopError as exc:
+            title.update(f"Cannot read the table list: {exc}")
+            return
+        table_list.clear_options()
+        table_list.add_options([(n, n, n in self.state.tables) for n in names])
+        title.update(f"Tables in snapshot {(self.preset_snapshot or rows[0].id)[:8]} "
+                     "(space toggles, ctrl+n continues)")
+
+    def _tables_done(self) -> None:
+        chosen = list(self.query_one("#table-options", SelectionList).selected)
+        if not chosen:
+            self.notify("Choose at least one table (space), or go back and restore the whole database.",
+                        severity="warning")
+            return
+        self.state.tables = chosen
+        self.show_step("point")
+
+    def _enter_point(self) -> None:
+        assert self.state.db is not None
+        opts = self.query_one("#point-options", OptionList)
+        opts.clear_options()
+        opts.add_option(Option("Latest: let the planner choose the best snapshot (recommended)", id="latest"))
+        rows = self.engine.reader.latest_snapshots(self.state.db, limit=30)
+        for r in rows:
+            verified = "verified" if any(c.ok for c in r.checks) else "unverified"
+            opts.add_option(Option(f"{fmt.iso_short(r.finished_at)} UTC  {r.id[:8]}  {fmt.size(r.size_bytes):>9}  "
+                                   f"{verified}", id=r.id))
+        ids = ["latest"] + [r.id for r in rows]
+        want = self.state.point.snapshot_id if self.state.point.kind == "snapshot" else "latest"
+        opts.highlighted = ids.index(want) if want in ids else 0
+        opts.focus()
+
+    @on(OptionList.OptionSelected, "#point-options")
+    def _point(self, event: OptionList.OptionSelected) -> None:
+        sid = event.option.id or "latest"
+        self.state.point = PointInTime.latest() if sid == "latest" else PointInTime.snapshot(sid)
+        self.show_step("plan")
+
+    def _enter_plan(self) -> None:
+        self.query_one("#plan-text", Static).update("planning: reading the catalog and probing the targets …")
+        opts = self.query_one("#plan-options", OptionList)
+        opts.clear_options()
+        opts.focus()
+        self.make_plan()
+
+    @work(group="wizard-plan", exclusive=True, exit_on_error=False,
+          description="restore wizard: ask the planner for a plan")
+    async def make_plan(self) -> None:
+        try:
+            p = await self.engine.plan_restore(self.state.request(),
+                                               now=datetime.fromtimestamp(self.now(), timezone.utc))
+        except BackstopError as exc:
+            self.query_one("#plan-text", Static).update(f"Planning failed: {exc}")
+            return
+        if get_current_worker().is_cancelled:
+            return
+        self.state.plan = p
+        self.query_one("#plan-text", Static).update(plan_text(p))
+        opts = self.query_one("#plan-options", OptionList)
+        opts.clear_options()
+        if p.ok:
+            opts.add_option(Option("Accept the plan and choose where to restore" + (" (risky)" if p.risky else ""),
+                                   id="accept"))
+        opts.add_option(Option("Back: change the choices", id="back"))
+        opts.highlighted = 0
+        opts.focus()
+
+    @on(OptionList.OptionSelected, "#plan-options")
+    def _plan_choice(self, event: OptionList.OptionSelected) -> None:
+        if event.option.id == "accept":
+            self.show_step("destination")
+        else:
+            self.action_step_back()
+
+    def _enter_destination(self) -> None:
+        p = self.state.plan
+        assert p is not None and self.state.db is not None
+        inp = self.query_one("#dest-input", Input)
+        if not inp.value or inp.value.startswith(f"{self.state.db}_"):
+            inp.value = self.state.destination or p.destination
+        opts = self.query_one("#dest-options", OptionList)
+        opts.clear_options()
+        opts.add_option(Option("Restore into the NEW database named above (safe, default)", id="new"))
+        available, why = self.engine.destructive_restore_available()
+        if available and p.tables:
+            available, why = False, "whole databases only: restore the tables into a new database and copy rows back"
+        opts.add_option(Option(f"Restore OVER the live database {self.state.db} (destructive, needs MFA)",
+                               id="live", disabled=not available))
+        self.query_one("#dest-note", Static).update(
+            f"Over the live database: {why}" + (f" (acting as operator {self.console.operator})" if available else ""))
+        opts.highlighted = 0
+        opts.focus()
+
+    @on(Input.Submitted, "#dest-input")
+    def _dest_submitted(self) -> None:
+        self._choose_destination("new")
+
+    @on(OptionList.OptionSelected, "#dest-options")
+    def _dest_choice(self, event: OptionList.OptionSelected) -> None:
+        self._choose_destination(event.option.id or "new")
+
+    def _choose_destination(self, kind: str) -> None:
+        assert self.state.db is not None
+        err = self.query_one("#dest-error", Static)
+        if kind == "live":
+            self.state.over_live = True
+            self.state.destination = self.state.db
+        else:
+            name = self.query_one("#dest-input", Input).value.strip()
+            if not _NAME_RE.match(name):
+                err.update("Use letters, digits and underscores (at most 63), starting with a letter.")
+                self.query_one("#dest-input", Input).focus()
+                return
+            if name == self.state.db:
+                err.update("That is the live database: choose the destructive option to restore over it.")
+                return
+            self.state.over_live = False
+            self.state.destination = name
+        err.update("")
+        self.show_step("review")
+
+    def _enter_review(self) -> None:
+        s = self.state
+        assert s.plan is not None and s.plan.source is not None and s.incident is not None
+        dest = (f"OVER THE LIVE DATABASE {self.engine.live_database(s.db)} (destructive: MFA confirmation follows)"
+                if s.over_live
+                else f"new database {s.destination}")
+        when = f" at {s.incident_at:%Y-%m-%d %H:%M} UTC" if s.incident_at else ""
+        self.query_one("#review-text", Static).update(
+            f"incident     {s.incident.label}{when}, severity {s.severity.value}\n"
+            f"database     {s.db}  ({', '.join(s.plan.tables) or 'whole database'})\n"
+            f"snapshot     {s.plan.source.id[:12]} from target {s.plan.target}\n"
+            f"destination  {dest}\n"
+            f"estimate     {fmt.duration(s.plan.estimated_s)}"
+            + (f"  (RTO {fmt.duration(s.plan.rto_s)})" if s.plan.rto_s else "")
+            + ("\nRISKS        " + "; ".join(s.plan.risks) if s.plan.risks else ""))
+        opts = self.query_one("#review-options", OptionList)
+        opts.highlighted = 0
+        opts.focus()
+
+    @on(OptionList.OptionSelected, "#review-options")
+    def _review_choice(self, event: OptionList.OptionSelected) -> None:
+        if event.option.id != "start":
+            self.action_step_back()
+            return
+        if self.state.over_live:
+            assert self.state.db is not None
+            live = self.engine.live_database(self.state.db)
+            self.app.push_screen(
+                DestructiveConfirmScreen(f"restore over {live} as operator {self.console.operator}", live,
+                                         self.console.cursor_blink),
+                self._confirmed)
+        else:
+            self.start_restore()
+
+    def _confirmed(self, approval: DestructiveApproval | None) -> None:
+        if approval is None:
+            self.notify("Cancelled: nothing was changed.")
+            return
+        self.state.approval = approval
+        self.start_restore()
+
+    def start_restore(self) -> None:
+        """Go to the progress step and run the restore in a worker."""
+        self.query_one("#restore-log", Log).clear()
+        self.query_one("#progress-text", Static).update("starting …")
+        bar = self.query_one("#restore-progress", ProgressBar)
+        bar.update(total=None, progress=0)
+        self.show_step("progress")
+        self.run_restore()
+
+    @work(group="restore", exclusive=True, exit_on_error=False, description="restore wizard: run the restore")
+    async def run_restore(self) -> None:
+        s = self.state
+        assert s.plan is not None and s.plan.source is not None and s.db is not None
+        try:
+            if s.over_live:
+                from core.security.gate import Identity
+
+                assert s.approval is not None
+                who = Identity(self.console.operator, s.approval.code)
+                over = await self.engine.restore_over(s.db, self.engine.live_database(s.db), s.plan.source.id,
+                                                      who=who)
+                kept = [f"the previous database is kept as {over.aside}"] if over.aside else []
+                s.result = replace(over.restore, warnings=[*over.restore.warnings, *kept])
+            else:
+                s.result = await self.engine.restore(s.db, s.destination, s.plan.source.id, list(s.plan.tables),
+                                                     target=s.plan.target)
+            s.error = None
+        except AuthError as exc:
+            s.error = f"REFUSED by the MFA gate: {exc}"
+            s.result = None
+        except BackstopError as exc:
+            s.error = str(exc)
+            s.result = None
+        self.show_result()
+
+    def show_result(self) -> None:
+        """The outcome, with the measured time against the estimate and the RTO."""
+        s = self.state
+        text = self.query_one("#result-text", Static)
+        if s.result is not None:
+            r = s.result
+            p = s.plan
+            assert p is not None
+            vs = ""
+            if p.estimated_s:
+                vs = f" (estimated {fmt.duration(p.estimated_s)})"
+            rto = ""
+            if p.rto_s:
+                rto = "  within the RTO" if r.duration_s <= p.rto_s else "  OVER THE RTO"
+                rto += f" of {fmt.duration(p.rto_s)}"
+            warn = "".join(f"\nWARNING {w}" for w in r.warnings)
+            text.update(f"RESTORED snapshot {r.snapshot_id[:8]} of {r.db} into {r.into} "
+                        f"({', '.join(r.tables) or 'whole database'})\n"
+                        f"measured {fmt.duration(r.duration_s)}{vs}{rto}; {fmt.size(r.bytes)} read\n"
+                        f"recorded in the catalog: it counts in Average Recovery Time and on screen 5.{warn}")
+        else:
+            if s.error and s.error.startswith("REFUSED"):
+                text.update(f"{s.error}\nNothing was changed; the refusal is in the audit log (screen 8).")
+            else:
+                text.update(f"RESTORE FAILED: {s.error}\nNothing was left half-done: a database the restore "
+                            "created is dropped again, and the live database was not touched.")
+        self.show_step("result")
+
+    def _enter_result(self) -> None:
+        opts = self.query_one("#result-options", OptionList)
+        opts.highlighted = 0
+        opts.focus()
+
+    @on(OptionList.OptionSelected, "#result-options")
+    def _result_choice(self, event: OptionList.OptionSelected) -> None:
+        if event.option.id == "again":
+            self.reset()
+        else:
+            self.reset()
+            self.console.goto("dashboard")
+
+    # -- live progress ---------------------------------------------------------------------
+
+    def job_changed(self, msg: JobChanged) -> None:
+        if self.step != "progress":
+            return
+        log = self.query_one("#restore-log", Log)
+        if msg.event == "started" and msg.kind == "restore":
+            self.state.job_id = msg.job_id
+            log.write_line(f"started: {msg.text}")
+        elif msg.job_id == self.state.job_id:
+            if msg.event == "phase":
+                self.query_one("#progress-text", Static).update(f"phase: {msg.text}")
+            log.write_line(f"{msg.event}: {msg.text}")
+
+    def job_progress(self, msg: JobProgressed) -> None:
+        if msg.job_id != self.state.job_id:
+            return
+        self.query_one("#restore-progress", ProgressBar).update(total=msg.total or None, progress=msg.done)
+        self.query_one("#progress-text", Static).update(
+            f"{msg.phase}: {fmt.size(msg.done)} of {fmt.size(msg.total)} at {fmt.size(msg.rate)}/s, "
+            f"eta {fmt.eta(msg.done, msg.total, msg.rate)}")
