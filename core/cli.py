@@ -187,21 +187,26 @@ async def cmd_jobs(engine, args) -> int:  # type: ignore[no-untyped-def]
     return EXIT_OK
 
 
-def _tui(args: argparse.Namespace) -> int:
+def open_console(config: str | None, operator: str | None = None) -> int:
+    """Open the Textual operator console on a config (used by `tui` and `demo`)."""
     from core.config import load_config
     from core.engine import Engine
 
-    if args.demo and args.config is None:
-        from core.sandbox.demo import sandbox_dir
-
-        args.config = str(sandbox_dir(None) / "backstop.yaml")
-    engine = Engine(load_config(args.config))
+    engine = Engine(load_config(config))
     # The dashboard's catalog reads start now and overlap Textual's import and start-up.
     first = engine.prefetch_dashboard()
     # Imported here: Textual costs ~200 ms that no other command should pay.
     from tui.app import run_console
 
-    return run_console(engine, first, operator=getattr(args, "operator", None))
+    return run_console(engine, first, operator=operator)
+
+
+def _tui(args: argparse.Namespace) -> int:
+    if args.demo and args.config is None:
+        from core.sandbox.demo import sandbox_dir
+
+        args.config = str(sandbox_dir(None) / "backstop.yaml")
+    return open_console(args.config, getattr(args, "operator", None))
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -265,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--claims", type=int, default=50_000, help="warranty claims to generate (default 50000)")
     sp.add_argument("--reset", action="store_true", help="delete the sandbox and start again")
     sp.add_argument("--stop", action="store_true", help="stop the sandbox's PostgreSQL server and exit")
+    sp.add_argument("--no-tui", action="store_true", help="print the summary only; do not open the console")
     sp.set_defaults(func=None, sync=_demo)
     from core import cli_security  # operators, audit, keys, forget, prune (light imports only)
 

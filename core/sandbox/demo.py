@@ -1,4 +1,5 @@
-"""`backstop demo`: a private PostgreSQL with warranty data, a local repository, a first backup.
+"""`backstop demo`: a private PostgreSQL with warranty data, a local repository, a first backup,
+then the operator console (when run on a terminal).
 
 Everything lives in one sandbox directory (the XDG data dir by default), so
 the demo never touches a real server or repository. The cluster keeps
@@ -12,6 +13,7 @@ import asyncio
 import json
 import secrets
 import shutil
+import sys
 from pathlib import Path
 
 from core.config import default_data_dir, load_config
@@ -92,7 +94,14 @@ def run_demo(args: argparse.Namespace) -> int:
         cluster.create_database(DB_NAME)
         generate(cluster.dsn(DB_NAME), claims=args.claims)
     cfg_path = _write_config(base, cluster.dsn(DB_NAME))
-    return asyncio.run(_backup_and_show(cfg_path))
+    rc = asyncio.run(_backup_and_show(cfg_path))
+    # On a terminal the demo ends in the operator console; piped or in CI it
+    # ends with the printed summary.
+    if rc == 0 and not getattr(args, "no_tui", False) and sys.stdin.isatty() and sys.stdout.isatty():
+        from core.cli import open_console
+
+        return open_console(str(cfg_path))
+    return rc
 
 
 async def _backup_and_show(cfg_path: Path) -> int:
@@ -115,6 +124,6 @@ async def _backup_and_show(cfg_path: Path) -> int:
         f"\nTry it yourself:\n  export BACKSTOP_CONFIG={cfg_path}\n"
         f"  backstop backup --db {DB_NAME}\n  backstop snapshots\n"
         f"  backstop restore --db {DB_NAME} --into {DB_NAME}_copy\n  backstop check --read-data\n"
-        f"Stop the sandbox server with: backstop demo --stop"
+        f"  backstop tui\nStop the sandbox server with: backstop demo --stop"
     )
     return 0
