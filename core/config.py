@@ -167,6 +167,8 @@ class BackstopConfig(_Strict):
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     # Threads for compression and encryption (they release the GIL).
     workers: int = Field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)), ge=1, le=64)
+    # pg_restore processes run at once in a whole-database restore (like pg_restore -j).
+    restore_jobs: int = Field(default=2, ge=1, le=16)
 
     @model_validator(mode="after")
     def _unique_names(self) -> "BackstopConfig":

@@ -15,6 +15,7 @@ import time
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import AsyncIterator
 from datetime import datetime, timezone
 
 from core import __version__
@@ -31,9 +32,10 @@ from core.jobs import Job, run_job
 from core.planner import (CopyCheck, LogicalSnapshot, PastRestore, PlanningFacts, RestorePlan, RestoreRequest,
                           TargetState, plan, with_tables)
 from core.postgres import logical
+from core.postgres.parallel_restore import parallel_restore
 from core.postgres.tools import find_bin_dir, server_major, tool_major
 from core.repository.checker import TargetReport, check_target
-from core.repository.manifest import Manifest
+from core.repository.manifest import FileEntry, Manifest
 from core.repository.reader import StreamReader
 from core.repository.repo import CONFIG_NAME, Repository
 from core.repository.verify import CopyReport, verify_copy
@@ -155,7 +157,7 @@ class Engine(AdminMixin):
                     size_bytes=entry.size, stored_bytes=writer.stats.stored_bytes, new_chunks=writer.stats.new_chunks,
                     targets=targets, server_version=info.server_version,
                     tool_versions={"backstop": __version__, "pg_dump": str(tool_major(bin_dir))},
-                    tables=info.tables, host=socket.gethostname(),
+                    tables=info.tables, table_bytes=info.table_bytes, host=socket.gethostname(),
                 )
                 sid, mname, mdata = manifest.seal(repo.key)
                 try:
@@ -276,9 +278,14 @@ class Engine(AdminMixin):
                 await logical.create_database(dbc.dsn, into)
                 created = True
                 job.phase("restore")
-                fed = await logical.restore_stream(
-                    bin_dir, logical.with_dbname(dbc.dsn, into), self._progress_stream(reader, entry, job), list_text
-                )
+                into_dsn = logical.with_dbname(dbc.dsn, into)
+                if list_text is None and self.config.restore_jobs > 1:
+                    await parallel_restore(bin_dir, into_dsn, _ProgressStreams(reader, entry, job),
+                                           self.config.restore_jobs, manifest.table_bytes, on_phase=job.phase)
+                    fed = entry.size
+                else:
+                    fed = await logical.restore_stream(bin_dir, into_dsn, self._progress_stream(reader, entry, job),
+                                                       list_text)
             except BaseException as exc:
                 if created:
                     # Only ever drop what this restore created itself.
@@ -452,3 +459,26 @@ class Engine(AdminMixin):
         from psycopg.conninfo import conninfo_to_dict
 
         return str(conninfo_to_dict(self.config.database(db_name).dsn).get("dbname") or db_name)
+
+
+class _ProgressStreams:
+    """Opens archive streams for parallel restore jobs; reports the furthest one's progress."""
+
+    def __init__(self, reader: StreamReader, entry: FileEntry, job: Job) -> None:
+        self.reader, self.entry, self.job = reader, entry, job
+        self._best = 0
+        self._last = 0.0
+
+    def __call__(self) -> AsyncIterator[bytes]:
+        return self._stream()
+
+    async def _stream(self) -> AsyncIterator[bytes]:
+        done = 0
+        async for piece in self.reader.stream(self.entry):
+            done += len(piece)
+            now = time.monotonic()
+            if done > self._best and now - self._last > 0.2:
+                self._best, self._last = done, now
+                self.job.progress(done, self.entry.size)
+            yield piece
+

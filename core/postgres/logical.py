@@ -58,6 +58,7 @@ class SourceInfo:
     server_major: int
     estimated_bytes: int
     tables: list[str]
+    table_bytes: dict[str, int]  # on-disk size per table: weights for parallel restore
 
 
 async def source_info(dsn: str, db_name: str) -> SourceInfo:
@@ -72,12 +73,14 @@ async def source_info(dsn: str, db_name: str) -> SourceInfo:
         )
         (size,) = await cur.fetchone()  # type: ignore[misc]
         cur = await conn.execute(
-            "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            "SELECT n.nspname || '.' || c.relname, pg_table_size(c.oid) FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
             " WHERE c.relkind IN ('r','p') AND n.nspname NOT IN ('pg_catalog','information_schema')"
             " AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1"
         )
-        tables = [r[0] for r in await cur.fetchall()]
-    return SourceInfo(str(version), int(num) // 10000, int(size), tables)
+        rows = await cur.fetchall()
+    return SourceInfo(str(version), int(num) // 10000, int(size), [r[0] for r in rows],
+                      {r[0]: int(r[1]) for r in rows})
 
 
 async def database_exists(dsn: str, name: str) -> bool:
@@ -164,14 +167,13 @@ def _table_entry(desc: str) -> tuple[str, tuple[str, str]] | None:
     return kind, (parts[0], parts[1])
 
 
-async def table_list_file(bin_dir: Path, stream: AsyncIterator[bytes], tables: list[str]) -> tuple[str, list[str]]:
-    """Build a pg_restore -L list selecting ``tables`` (schema.table) with their data.
+async def read_toc(bin_dir: Path, stream: AsyncIterator[bytes], *args: str) -> list[str]:
+    """The archive's table of contents as `pg_restore -l` lines (``args`` e.g. --section=data).
 
     Reads only the start of the archive: pg_restore -l stops after the TOC.
-    Returns (list file text, tables not found in the archive).
     """
     proc = await asyncio.create_subprocess_exec(
-        str(bin_dir / "pg_restore"), "-l", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        str(bin_dir / "pg_restore"), "-l", *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE, env=_ENV,
     )
     out_task = asyncio.ensure_future(proc.stdout.read())  # type: ignore[union-attr]
@@ -186,18 +188,34 @@ async def table_list_file(bin_dir: Path, stream: AsyncIterator[bytes], tables: l
         proc.stdin.close()
     except (BrokenPipeError, ConnectionResetError):
         pass  # pg_restore -l closes its input once it has the TOC
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()  # stop the read-ahead of the repository stream
     rc = await proc.wait()
     out, err = (await out_task).decode(), (await err_task).decode()
     if rc != 0:
         raise PostgresError(f"pg_restore -l failed: {err.strip().splitlines()[-1] if err.strip() else rc}")
+    return [line for line in out.splitlines() if _TOC_LINE.match(line)]
+
+
+def toc_desc(line: str) -> str:
+    """The description part of a TOC line: "TABLE DATA schema name owner"."""
+    m = _TOC_LINE.match(line)
+    return m.group(4) if m else ""
+
+
+async def table_list_file(bin_dir: Path, stream: AsyncIterator[bytes], tables: list[str]) -> tuple[str, list[str]]:
+    """Build a pg_restore -L list selecting ``tables`` (schema.table) with their data.
+
+    Returns (list file text, tables not found in the archive).
+    """
+    toc = await read_toc(bin_dir, stream)
     wanted = {tuple(t.split(".", 1)) for t in tables}
     found: set[tuple[str, ...]] = set()
     keep = []
-    for line in out.splitlines():
-        m = _TOC_LINE.match(line)
-        if not m:
-            continue
-        desc = m.group(4)
+    for line in toc:
+        desc = toc_desc(line)
         if desc.startswith(_DEPENDENCY_KINDS):
             keep.append(line)  # types, domains, functions the tables may need
             continue
@@ -234,11 +252,15 @@ async def restore_stream(bin_dir: Path, dsn: str, stream: AsyncIterator[bytes], 
                 fed += len(piece)
             proc.stdin.close()
         except (BrokenPipeError, ConnectionResetError):
-            pass  # pg_restore quit early; its exit status says why
+            pass  # pg_restore quit early (done, or failed: its exit status says which)
         except BaseException:
             proc.kill()
             await proc.wait()
             raise
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()  # stop the read-ahead of the repository stream
         rc = await proc.wait()
         err = (await err_task).decode(errors="replace").strip()
         if rc != 0:

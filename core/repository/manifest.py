@@ -41,6 +41,7 @@ class Manifest:
     server_version: str = ""
     tool_versions: dict[str, str] = field(default_factory=dict)
     tables: list[str] = field(default_factory=list)
+    table_bytes: dict[str, int] = field(default_factory=dict)  # source size per table (restore weights)
     host: str = ""
     format: int = 1
     # Id of the manifest this one replaces (re-sealed under a newer data key);

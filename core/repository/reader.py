@@ -72,6 +72,7 @@ class StreamReader:
         self.pool = pool
         self.on_damage = on_damage
         self.damaged: list[str] = []
+        self._reported: set[tuple[str, str]] = set()
 
     def _open_run(self, data: bytes, run: _Run) -> list[bytes]:
         view = memoryview(data)
@@ -97,9 +98,12 @@ class StreamReader:
             except (StorageError, IntegrityError) as exc:
                 msg = f"target '{st.name}': {name} is damaged or missing ({exc})"
                 errors.append(msg)
-                self.damaged.append(msg)
-                if self.on_damage:
-                    self.on_damage(msg)
+                # Parallel restore jobs read the same stream: report each bad copy once.
+                if (st.name, name) not in self._reported:
+                    self._reported.add((st.name, name))
+                    self.damaged.append(msg)
+                    if self.on_damage:
+                        self.on_damage(msg)
         raise IntegrityError(f"no intact copy of {name} on any target: " + "; ".join(errors))
 
     async def stream(self, entry: FileEntry) -> AsyncIterator[bytes]:
