@@ -71,8 +71,8 @@ def seal_chunk(data: bytes, cid: bytes, key: DataKey, level: int) -> bytes:
     return nonce + AESGCM(key.enc_key).encrypt(nonce, compress(data, level), cid)
 
 
-def open_chunk(blob: bytes | memoryview, cid: bytes, key: DataKey) -> bytes:
-    """Decrypt, decompress and check one chunk; IntegrityError if anything is off."""
+def _unseal(blob: bytes | memoryview, cid: bytes, key: DataKey) -> tuple[bytes, bytes]:
+    """(compressed, plaintext) of a sealed chunk, fully checked against its id."""
     try:
         packed = AESGCM(key.enc_key).decrypt(bytes(blob[:NONCE_SIZE]), bytes(blob[NONCE_SIZE:]), cid)
         plain = decompress(packed)
@@ -80,7 +80,12 @@ def open_chunk(blob: bytes | memoryview, cid: bytes, key: DataKey) -> bytes:
         raise IntegrityError(f"chunk {cid.hex()[:16]} failed authentication") from None
     if chunk_id(plain, key.id_key) != cid:
         raise IntegrityError(f"chunk {cid.hex()[:16]} does not match its id")
-    return plain
+    return packed, plain
+
+
+def open_chunk(blob: bytes | memoryview, cid: bytes, key: DataKey) -> bytes:
+    """Decrypt, decompress and check one chunk; IntegrityError if anything is off."""
+    return _unseal(blob, cid, key)[1]
 
 
 def reseal_chunk(blob: bytes | memoryview, cid: bytes, old: DataKey, new: DataKey) -> bytes:
@@ -90,13 +95,7 @@ def reseal_chunk(blob: bytes | memoryview, cid: bytes, old: DataKey, new: DataKe
     with its id), so re-encryption never copies damage; the compressed form
     is then sealed again as is, which spares re-compressing it.
     """
-    try:
-        packed = AESGCM(old.enc_key).decrypt(bytes(blob[:NONCE_SIZE]), bytes(blob[NONCE_SIZE:]), cid)
-        plain = decompress(packed)
-    except (InvalidTag, zstandard.ZstdError):
-        raise IntegrityError(f"chunk {cid.hex()[:16]} failed authentication") from None
-    if chunk_id(plain, old.id_key) != cid:
-        raise IntegrityError(f"chunk {cid.hex()[:16]} does not match its id")
+    packed, _ = _unseal(blob, cid, old)
     nonce = os.urandom(NONCE_SIZE)
     return nonce + AESGCM(new.enc_key).encrypt(nonce, packed, cid)
 
