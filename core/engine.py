@@ -216,7 +216,8 @@ class Engine(AdminMixin):
         manifests = {sid: await repo.read_manifest(sid) for sid in sorted(names)}
         # A re-sealed manifest replaces the one it names (an interrupted re-encryption left both).
         replaced = {m.supersedes for m in manifests.values() if m.supersedes}
-        for sid, m in manifests.items():
+        # Oldest first, so that rowid order (the tie-breaker for equal times) follows time.
+        for sid, m in sorted(manifests.items(), key=lambda kv: (kv[1].finished_at, kv[1].started_at, kv[0])):
             if sid in replaced:
                 continue
             self.catalog.add_snapshot(SnapshotRecord(sid, m.db, m.kind, m.started_at, m.finished_at, m.size_bytes,

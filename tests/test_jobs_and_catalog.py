@@ -58,4 +58,5 @@ def test_catalog_rebuild_from_repository(tmp_path, make_warranty_db, setup_facto
     after = json.loads(setup.cli("snapshots", "--json", check=True).stdout)
     assert {s["id"] for s in after} == ids
     strip = lambda rows: [{k: v for k, v in r.items() if k != "job_id"} for r in rows]  # noqa: E731
-    assert strip(after) == strip(before)
+    by_id = lambda rows: sorted(strip(rows), key=lambda r: r["id"])  # noqa: E731
+    assert by_id(after) == by_id(before)

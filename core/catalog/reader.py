@@ -167,7 +167,7 @@ class CatalogReader:
         """Rowids of the matching snapshots, newest first."""
         where, args = self._snapshot_where(db, words)
         out = array("q")
-        cur = self._db().execute(f"SELECT rowid FROM snapshots{where} ORDER BY finished_at DESC, id DESC", args)
+        cur = self._db().execute(f"SELECT rowid FROM snapshots{where} ORDER BY finished_at DESC, rowid DESC", args)
         while True:
             batch = cur.fetchmany(20_000)
             if not batch:
@@ -189,9 +189,9 @@ class CatalogReader:
         where, args = self._snapshot_where(db, words)
         n = max(0, stop - start)
         if start <= total - stop:
-            sql = f"SELECT rowid FROM snapshots{where} ORDER BY finished_at DESC, id DESC LIMIT ? OFFSET ?"
+            sql = f"SELECT rowid FROM snapshots{where} ORDER BY finished_at DESC, rowid DESC LIMIT ? OFFSET ?"
             return [r[0] for r in self._db().execute(sql, [*args, n, start])]
-        sql = f"SELECT rowid FROM snapshots{where} ORDER BY finished_at ASC, id ASC LIMIT ? OFFSET ?"
+        sql = f"SELECT rowid FROM snapshots{where} ORDER BY finished_at ASC, rowid ASC LIMIT ? OFFSET ?"
         rows = [r[0] for r in self._db().execute(sql, [*args, n, max(0, total - stop)])]
         rows.reverse()
         return rows
@@ -222,7 +222,7 @@ class CatalogReader:
     def latest_snapshots(self, db: str, limit: int = 200) -> list[SnapshotRow]:
         """The newest snapshots of one database, newest first."""
         rowids = [r[0] for r in self._db().execute(
-            "SELECT rowid FROM snapshots WHERE db=? ORDER BY finished_at DESC, id DESC LIMIT ?", (db, limit))]
+            "SELECT rowid FROM snapshots WHERE db=? ORDER BY finished_at DESC, rowid DESC LIMIT ?", (db, limit))]
         return self.snapshot_rows(rowids)
 
     def snapshot_by_id(self, sid: str) -> SnapshotRow | None:

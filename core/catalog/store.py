@@ -235,7 +235,8 @@ class Catalog:
         if db:
             sql += " WHERE db=?"
             args.append(db)
-        sql += " ORDER BY finished_at, id"
+        # rowid breaks ties: finished_at has one-second resolution.
+        sql += " ORDER BY finished_at, rowid"
         if limit is not None:
             sql += " LIMIT ? OFFSET ?"
             args += [limit, offset]
