@@ -45,8 +45,10 @@ OPERATOR_PREFIX = "operators/"
 OPERATOR_KIND = b"operator"
 RECORD_KINDS = {AUDIT_PREFIX: AUDIT_KIND, OPERATOR_PREFIX: OPERATOR_KIND}
 FORMAT_VERSION = 1
-# A lock older than this was left by a crashed process; it no longer blocks.
-STALE_LOCK_SECONDS = 6 * 3600
+# Holders rewrite their lock this often; one not rewritten for STALE_LOCK_SECONDS
+# was left by a crashed process and no longer blocks.
+LOCK_REFRESH_SECONDS = 300
+STALE_LOCK_SECONDS = 3600
 
 
 @dataclass(frozen=True)
@@ -302,16 +304,35 @@ class Repository:
 
     @asynccontextmanager
     async def lock(self, kind: str, purpose: str) -> AsyncIterator[None]:
-        """Hold a shared or exclusive lock on every target for the block's duration."""
+        """Hold a shared or exclusive lock on every target for the block's duration.
+
+        The lock is rewritten every LOCK_REFRESH_SECONDS, so however long the
+        holder runs it never looks stale; a crashed holder's lock goes stale
+        after STALE_LOCK_SECONDS.
+        """
         assert kind in ("shared", "exclusive")
         await self._check_lock_conflicts(kind)
         name = f"{LOCK_PREFIX}{uuid.uuid4().hex}"
         doc = {"kind": kind, "purpose": purpose, "host": socket.gethostname(), "pid": os.getpid(), "created": _now()}
         await self.put_all(name, json.dumps(doc).encode())
+        refresher = asyncio.ensure_future(self._refresh_lock(name, doc))
         try:
+            # Two processes may have passed the check at once: look again now
+            # that ours is visible, and give way if we collide.
+            await self._check_lock_conflicts(kind, ignore=name)
             yield
         finally:
+            refresher.cancel()
+            await asyncio.gather(refresher, return_exceptions=True)
             await self.delete_all(name)
+
+    async def _refresh_lock(self, name: str, doc: dict[str, object]) -> None:
+        while True:
+            await asyncio.sleep(LOCK_REFRESH_SECONDS)
+            try:
+                await self.put_all(name, json.dumps({**doc, "refreshed": _now()}).encode())
+            except StorageError:
+                pass  # a missed refresh only matters after STALE_LOCK_SECONDS; the next try may work
 
     async def locks(self) -> list[dict[str, object]]:
         """Locks currently present on the first target, with a `stale` flag."""
@@ -320,7 +341,7 @@ class Repository:
         for o in await st.list(LOCK_PREFIX):
             try:
                 doc = json.loads(await st.get(o.name))
-                created = datetime.fromisoformat(doc["created"])
+                created = datetime.fromisoformat(doc.get("refreshed") or doc["created"])
                 if created.tzinfo is None:
                     created = created.replace(tzinfo=timezone.utc)
             except (ObjectNotFound, ValueError, KeyError, TypeError):
@@ -329,9 +350,9 @@ class Repository:
             out.append({**doc, "name": o.name, "stale": age > STALE_LOCK_SECONDS})
         return out
 
-    async def _check_lock_conflicts(self, kind: str) -> None:
+    async def _check_lock_conflicts(self, kind: str, ignore: str | None = None) -> None:
         for lk in await self.locks():
-            if lk["stale"]:
+            if lk["stale"] or lk["name"] == ignore:
                 continue
             if kind == "exclusive" or lk["kind"] == "exclusive":
                 raise LockConflict(
