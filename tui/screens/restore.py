@@ -510,7 +510,7 @@ class RestoreScreen(ConsoleScreen):
                 assert s.approval is not None
                 who = Identity(self.console.operator, s.approval.code)
                 over = await self.engine.restore_over(s.db, self.engine.live_database(s.db), s.plan.source.id,
-                                                      who=who)
+                                                      who=who, target=s.plan.target)
                 kept = [f"the previous database is kept as {over.aside}"] if over.aside else []
                 s.result = replace(over.restore, warnings=[*over.restore.warnings, *kept])
             else:
