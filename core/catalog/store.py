@@ -119,6 +119,12 @@ _MIGRATIONS: list[str] = [
         value TEXT NOT NULL
     );
     """,
+    # The console's time-window queries (KPIs, trends) scan by time across databases.
+    """
+    CREATE INDEX snapshots_finished ON snapshots (finished_at);
+    CREATE INDEX verifications_finished ON verifications (finished_at);
+    CREATE INDEX restores_started ON restores (started_at);
+    """,
 ]
 
 # Progress rows are kept in job_events at most this often per job; the jobs
