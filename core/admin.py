@@ -368,7 +368,7 @@ class AdminMixin:
         from core.repository.reencrypt import reencrypt
 
         async def renamed(old: str, new: str) -> None:
-            if any(s.id == new for s in self.catalog.snapshots()):
+            if self.catalog.connection.execute("SELECT 1 FROM snapshots WHERE id=?", (new,)).fetchone():
                 self.catalog.delete_snapshot(old)
             else:
                 self.catalog.rename_snapshot(old, new)

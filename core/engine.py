@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import importlib.util
 import socket
 import time
 import threading
@@ -35,6 +34,7 @@ from core.postgres import logical
 from core.postgres.parallel_restore import parallel_restore
 from core.postgres.tools import find_bin_dir, server_major, tool_major
 from core.repository.checker import TargetReport, check_target
+from core.repository.gc import read_all_manifests
 from core.repository.manifest import FileEntry, Manifest
 from core.repository.reader import StreamReader
 from core.repository.repo import CONFIG_NAME, Repository
@@ -210,10 +210,7 @@ class Engine(AdminMixin):
     async def rebuild_catalog(self) -> int:
         """Re-read every snapshot manifest from the repository into the catalog."""
         repo = await self.open_repository(require_all=False)
-        names: set[str] = set()
-        for st in repo.storages:
-            names |= await repo.snapshot_names(st)
-        manifests = {sid: await repo.read_manifest(sid) for sid in sorted(names)}
+        manifests = await read_all_manifests(repo)
         # A re-sealed manifest replaces the one it names (an interrupted re-encryption left both).
         replaced = {m.supersedes for m in manifests.values() if m.supersedes}
         # Oldest first, so that rowid order (the tie-breaker for equal times) follows time.
@@ -223,7 +220,7 @@ class Engine(AdminMixin):
             self.catalog.add_snapshot(SnapshotRecord(sid, m.db, m.kind, m.started_at, m.finished_at, m.size_bytes,
                                                      m.stored_bytes, m.targets))
         await self.restore_security_state(repo)  # the audit log and operators come back too
-        return len(names) - len(replaced & names)
+        return len(manifests) - len(replaced & manifests.keys())
 
     # -- restore ----------------------------------------------------------------
 
@@ -280,13 +277,13 @@ class Engine(AdminMixin):
                 created = True
                 job.phase("restore")
                 into_dsn = logical.with_dbname(dbc.dsn, into)
+                streams = _ProgressStreams(reader, entry, job)
                 if list_text is None and self.config.restore_jobs > 1:
-                    await parallel_restore(bin_dir, into_dsn, _ProgressStreams(reader, entry, job),
-                                           self.config.restore_jobs, manifest.table_bytes, on_phase=job.phase)
+                    await parallel_restore(bin_dir, into_dsn, streams, self.config.restore_jobs,
+                                           manifest.table_bytes, on_phase=job.phase)
                     fed = entry.size
                 else:
-                    fed = await logical.restore_stream(bin_dir, into_dsn, self._progress_stream(reader, entry, job),
-                                                       list_text)
+                    fed = await logical.restore_stream(bin_dir, into_dsn, streams(), list_text)
             except BaseException as exc:
                 if created:
                     # Only ever drop what this restore created itself.
@@ -300,18 +297,6 @@ class Engine(AdminMixin):
                                      started_at=started, duration_s=duration, nbytes=fed, ok=True, error=None)
             job.result = {"snapshot": snap.id, "into": into, "duration_s": round(duration, 3), "bytes": fed}
             return RestoreResult(snap.id, db_name, into, tables, fed, duration, list(job.warnings))
-
-    async def _progress_stream(self, reader: StreamReader, entry, job: Job):  # type: ignore[no-untyped-def]
-        done = 0
-        last = 0.0
-        async for piece in reader.stream(entry):
-            done += len(piece)
-            now = time.monotonic()
-            if now - last > 0.2:
-                last = now
-                job.progress(done, entry.size)
-            yield piece
-        job.progress(done, entry.size)
 
     # -- check ---------------------------------------------------------------------
 
@@ -397,9 +382,10 @@ class Engine(AdminMixin):
                            targets: list[TargetState] | None = None) -> RestorePlan:
         """Gather the facts (catalog, target reachability, table lists, history) and ask the planner."""
         dbc = self.config.database(request.db)
-        rows = self.reader.latest_snapshots(request.db, limit=200)
+        # Catalog reads go to a thread: this runs on the console's event loop.
+        rows = await asyncio.to_thread(self.reader.latest_snapshots, request.db, 200)
         if request.point.kind == "snapshot" and request.point.snapshot_id:
-            chosen = self.reader.snapshot_by_id(request.point.snapshot_id)
+            chosen = await asyncio.to_thread(self.reader.snapshot_by_id, request.point.snapshot_id)
             if chosen is not None and chosen.db == request.db and all(r.id != chosen.id for r in rows):
                 rows.append(chosen)
         sources: list[LogicalSnapshot] = [
@@ -418,7 +404,7 @@ class Engine(AdminMixin):
                 if all(t in (sources[i].tables or ()) for t in request.tables):
                     break
         history = [PastRestore(r.db, r.bytes, r.duration_s, r.ok, r.started_at)
-                   for r in self.reader.restores(limit=200)]
+                   for r in await asyncio.to_thread(lambda: self.reader.restores(limit=200))]
         states = targets if targets is not None else await self.target_states()
         facts = PlanningFacts(sources, states, history, dbc.rto_minutes * 60,
                               now or datetime.now(timezone.utc))
@@ -463,7 +449,7 @@ class Engine(AdminMixin):
 
 
 class _ProgressStreams:
-    """Opens archive streams for parallel restore jobs; reports the furthest one's progress."""
+    """Opens archive streams for restore jobs; reports the furthest one's progress."""
 
     def __init__(self, reader: StreamReader, entry: FileEntry, job: Job) -> None:
         self.reader, self.entry, self.job = reader, entry, job
@@ -478,7 +464,7 @@ class _ProgressStreams:
         async for piece in self.reader.stream(self.entry):
             done += len(piece)
             now = time.monotonic()
-            if done > self._best and now - self._last > 0.2:
+            if done > self._best and (now - self._last > 0.2 or done == self.entry.size):
                 self._best, self._last = done, now
                 self.job.progress(done, self.entry.size)
             yield piece

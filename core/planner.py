@@ -45,6 +45,8 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Literal, Protocol, Sequence
 
+from core.insights.kpis import human_duration
+
 DEFAULT_RATE_BPS = 30 * 1024 * 1024  # assumed restore throughput with no history
 FIXED_OVERHEAD_S = 5.0  # create database, open repository, read manifest and index
 
@@ -261,9 +263,7 @@ def _fmt(t: datetime) -> str:
     return t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _dur(s: float) -> str:
-    s = int(round(s))
-    return f"{s}s" if s < 60 else (f"{s // 60}m {s % 60:02d}s" if s < 3600 else f"{s // 3600}h {(s % 3600) // 60:02d}m")
+_dur = human_duration
 
 
 def default_destination(db: str, incident: Incident, now: datetime) -> str:

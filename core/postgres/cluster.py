@@ -8,7 +8,6 @@ only with trust authentication; it is a scratch cluster, not a service.
 
 from __future__ import annotations
 
-import grp
 import os
 import pwd
 import shlex

@@ -134,7 +134,7 @@ _SCHEMA_QUERIES: dict[str, str] = {
         JOIN pg_class c ON c.oid = p.polrelid
         JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE {_USER_NS}""",
-    "sequence_options": f"""
+    "sequence_options": """
         SELECT schemaname, sequencename, data_type::text, start_value, min_value, max_value,
                increment_by, cycle, cache_size
         FROM pg_sequences WHERE schemaname !~ '^pg_' AND schemaname <> 'information_schema'""",

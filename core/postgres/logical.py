@@ -167,6 +167,30 @@ def _table_entry(desc: str) -> tuple[str, tuple[str, str]] | None:
     return kind, (parts[0], parts[1])
 
 
+async def _feed(proc: asyncio.subprocess.Process, stream: AsyncIterator[bytes],
+                until: "asyncio.Future[bytes] | None" = None) -> int:
+    """Write ``stream`` into the process's stdin until it ends, the process stops reading,
+    or ``until`` is done; returns the bytes written. The stream is always closed, which
+    stops its read-ahead from the repository."""
+    assert proc.stdin is not None
+    fed = 0
+    try:
+        async for piece in stream:
+            proc.stdin.write(piece)
+            await proc.stdin.drain()
+            fed += len(piece)
+            if until is not None and until.done():
+                break
+        proc.stdin.close()
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the process closed its input; its exit status tells why
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    return fed
+
+
 async def read_toc(bin_dir: Path, stream: AsyncIterator[bytes], *args: str) -> list[str]:
     """The archive's table of contents as `pg_restore -l` lines (``args`` e.g. --section=data).
 
@@ -178,20 +202,8 @@ async def read_toc(bin_dir: Path, stream: AsyncIterator[bytes], *args: str) -> l
     )
     out_task = asyncio.ensure_future(proc.stdout.read())  # type: ignore[union-attr]
     err_task = asyncio.ensure_future(proc.stderr.read())  # type: ignore[union-attr]
-    assert proc.stdin is not None
-    try:
-        async for piece in stream:
-            proc.stdin.write(piece)
-            await proc.stdin.drain()
-            if out_task.done():
-                break
-        proc.stdin.close()
-    except (BrokenPipeError, ConnectionResetError):
-        pass  # pg_restore -l closes its input once it has the TOC
-    finally:
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()  # stop the read-ahead of the repository stream
+    # pg_restore -l closes its input once it has the TOC.
+    await _feed(proc, stream, until=out_task)
     rc = await proc.wait()
     out, err = (await out_task).decode(), (await err_task).decode()
     if rc != 0:
@@ -237,30 +249,20 @@ async def restore_stream(bin_dir: Path, dsn: str, stream: AsyncIterator[bytes], 
         with os.fdopen(fd, "w") as f:
             f.write(list_text)
         args.append(f"--use-list={list_path}")
-    fed = 0
     try:
         proc = await asyncio.create_subprocess_exec(
             *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
             env=_ENV,
         )
-        assert proc.stdin is not None and proc.stderr is not None
+        assert proc.stderr is not None
         err_task = asyncio.ensure_future(proc.stderr.read())
         try:
-            async for piece in stream:
-                proc.stdin.write(piece)
-                await proc.stdin.drain()
-                fed += len(piece)
-            proc.stdin.close()
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # pg_restore quit early (done, or failed: its exit status says which)
+            # pg_restore may quit early (done, or failed: its exit status says which).
+            fed = await _feed(proc, stream)
         except BaseException:
             proc.kill()
             await proc.wait()
             raise
-        finally:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()  # stop the read-ahead of the repository stream
         rc = await proc.wait()
         err = (await err_task).decode(errors="replace").strip()
         if rc != 0:

@@ -22,6 +22,7 @@ from core.repository.keys import DataKey
 
 ENVELOPE_MAGIC = b"BKS\x01"
 _ENVELOPE_HEADER = struct.Struct(">4sI12s")  # magic, dek version, nonce
+ENVELOPE_HEADER_SIZE = _ENVELOPE_HEADER.size
 NONCE_SIZE = 12
 TAG_SIZE = 16
 # Refuse to decompress more than this from one chunk or object: a damaged

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from core.errors import IntegrityError, RepositoryError, StorageError
-from core.repository.crypto import ENVELOPE_MAGIC
+from core.repository.crypto import ENVELOPE_HEADER_SIZE, envelope_key_version
 from core.repository.index import INDEX_PREFIX, IndexFile
 from core.repository.keys import (
     KEY_PREFIX,
@@ -196,10 +196,7 @@ async def envelope_version(repo: Repository, name: str, offset: int = 0) -> int:
     errors = []
     for st in repo.storages:
         try:
-            head = await st.get_range(name, offset, 8)
-            if head[:4] != ENVELOPE_MAGIC:
-                raise IntegrityError(f"{name} is not a backstop envelope")
-            return int(struct.unpack(">I", head[4:8])[0])
+            return envelope_key_version(await st.get_range(name, offset, ENVELOPE_HEADER_SIZE))
         except (StorageError, IntegrityError) as exc:
             errors.append(str(exc))
     raise RepositoryError(f"cannot read {name} from any target: " + "; ".join(errors))
@@ -260,7 +257,7 @@ async def scan_key_usage(repo: Repository) -> KeyScan:
         data, _ = await repo.get_any(name)
         if sha256_hex(data) != name[len(INDEX_PREFIX):]:
             raise IntegrityError(f"{name} is damaged (checksum mismatch); run `backstop check`")
-        index_versions[name] = await envelope_version(repo, name)
+        index_versions[name] = envelope_key_version(data)
         u(index_versions[name]).index_objects += 1
         f = index_files[name] = IndexFile.open(data, repo.keys)
         packs.update(f.packs)

@@ -133,11 +133,6 @@ def key_object_info(data: bytes) -> KeyObjectInfo:
         raise RepositoryError("a key object in keys/ is damaged or of an unknown format") from None
 
 
-def key_object_kdf(data: bytes) -> KdfParams:
-    """The KDF parameters a stored key object was wrapped with."""
-    return KdfParams.from_json(_parse(data)["kek"])
-
-
 def _parse(data: bytes) -> dict:
     try:
         doc = json.loads(data)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from typing import Awaitable, Callable
 
 from core.errors import IntegrityError, RepositoryError, StorageError
-from core.repository.crypto import open_object, reseal_chunk, seal_object
+from core.repository.crypto import open_object, reseal_chunk, seal_object, envelope_key_version
 from core.repository.gc import live_chunks, pack_listings, read_all_manifests, referenced_packs, replace_index
 from core.repository.index import Index, IndexFile, Location
 from core.repository.keyring import bounded_gather, envelope_version, pack_header_version
@@ -177,7 +177,7 @@ async def reencrypt(repo: Repository, versions: set[int], pool: ThreadPoolExecut
         for st in repo.storages:
             for obj in await st.list(prefix):
                 data = await st.get(obj.name)
-                if int.from_bytes(data[4:8], "big") in versions:
+                if envelope_key_version(data) in versions:
                     await st.put(obj.name, seal_object(open_object(data, kind, repo.keys), kind, current))
                     report.records += 1
 

@@ -15,7 +15,6 @@ from typing import AsyncIterator
 
 from core.config import RepositoryConfig
 from core.errors import (
-    BackstopError,
     IntegrityError,
     LockConflict,
     ObjectNotFound,

@@ -9,6 +9,8 @@ the review step's explicit "Start".
 
 from __future__ import annotations
 
+import asyncio
+
 import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -322,7 +324,7 @@ class RestoreScreen(ConsoleScreen):
         assert self.state.db is not None
         table_list = self.query_one("#table-options", SelectionList)
         title = self.query_one("#tables-title", Static)
-        rows = self.engine.reader.latest_snapshots(self.state.db, limit=1)
+        rows = await asyncio.to_thread(self.engine.reader.latest_snapshots, self.state.db, 1)
         if not rows:
             title.update(f"No snapshots of {self.state.db}: nothing to restore (escape goes back).")
             return
