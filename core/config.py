@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+import stat
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal, Union
@@ -83,10 +85,15 @@ class EncryptionConfig(_Strict):
         """Read the passphrase from its file or environment variable."""
         if self.passphrase_env is not None:
             value = os.environ.get(self.passphrase_env)
-            if not value:
+            if value is None:
                 raise ConfigError(
                     f"encryption.passphrase_env: environment variable {self.passphrase_env} is not set; "
                     "export it with the repository passphrase"
+                )
+            if not value.strip():
+                raise ConfigError(
+                    f"encryption.passphrase_env: environment variable {self.passphrase_env} is "
+                    f"{'empty' if not value else 'whitespace only'}; export it with the repository passphrase"
                 )
             return value.encode()
         assert self.passphrase_file is not None
@@ -97,9 +104,37 @@ class EncryptionConfig(_Strict):
                 f"encryption.passphrase_file: cannot read {self.passphrase_file}: {exc.strerror}"
             ) from None
         data = data.rstrip(b"\r\n")
-        if not data:
-            raise ConfigError(f"encryption.passphrase_file: {self.passphrase_file} is empty")
+        # A blank passphrase is a mistake (a truncated or wrongly written file), never a choice:
+        # it would seal the repository with a key anyone can derive.
+        if not data.decode("utf-8", "replace").strip():
+            raise ConfigError(
+                f"encryption.passphrase_file: {self.passphrase_file} is "
+                f"{'empty' if not data else 'whitespace only'}; write the repository passphrase into it"
+            )
         return data
+
+    def passphrase_file_warning(self) -> str | None:
+        """A one-line warning when the passphrase file is open to other users, else None.
+
+        Like ssh's check of private key files, but a warning rather than a refusal,
+        so a scheduled backup still runs. An unreadable or missing file is
+        passphrase()'s error to report, not this one's.
+        """
+        if self.passphrase_file is None:
+            return None
+        try:
+            mode = stat.S_IMODE(self.passphrase_file.stat().st_mode)
+        except OSError:
+            return None
+        readable, writable = bool(mode & 0o044), bool(mode & 0o022)
+        if not (readable or writable):
+            return None
+        what = "readable and writable" if readable and writable else "readable" if readable else "writable"
+        path = str(self.passphrase_file)
+        return (
+            f"passphrase file {path} is {what} by other users (mode {mode:04o}); "
+            f"run chmod 600 {shlex.quote(path)}"
+        )
 
 
 class LocalTargetConfig(_Strict):

@@ -3,30 +3,49 @@
 PostgreSQL refuses to run as root, so when Backstop runs as root the server
 runs as an unprivileged account: ``postgres`` if it exists, else a system
 user ``backstop-pg`` created on first use. The cluster listens on 127.0.0.1
-only with trust authentication; it is a scratch cluster, not a service.
+only. By default it trusts every connection (test fixtures: throwaway data);
+given a password file it requires the superuser's password (SCRAM) from
+everyone, since any local user can reach 127.0.0.1 and a trusting superuser
+login runs programs as the server's account (``COPY ... TO PROGRAM``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
+import secrets
 import shlex
 import socket
 import stat
 import subprocess
-from collections.abc import Mapping
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from core.errors import PostgresError
-from core.postgres.tools import SERVER_TOOLS, find_bin_dir, first_line, tool_major
+from core.postgres.tools import SERVER_TOOLS, find_bin_dir, first_line, libpq_message, tool_major
 
 FALLBACK_USER = "backstop-pg"
 SUPERUSER = "postgres"
 _SOCKET_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1
+
+# pg_hba.conf of a cluster in password mode: nothing is trusted, not even local sockets.
+SCRAM_HBA = """\
+# Written by Backstop: every connection must give the password (SCRAM).
+# TYPE  DATABASE     USER  ADDRESS       METHOD
+local   all          all                 scram-sha-256
+host    all          all   127.0.0.1/32  scram-sha-256
+local   replication  all                 scram-sha-256
+host    replication  all   127.0.0.1/32  scram-sha-256
+"""
 
 
 def free_port() -> int:
@@ -112,6 +131,13 @@ class LocalCluster:
     extra ``-c name=value`` server settings applied at every start (e.g.
     ``{"fsync": "off"}`` for tests; nothing unsafe is on by default).
 
+    ``pgpass`` turns on password mode: initdb gives the superuser a random
+    password, kept only in that libpq password file (mode 0600, owned by the
+    user running Backstop), every connection must authenticate with SCRAM, and
+    :meth:`dsn` names the file (never the password). A cluster created in trust
+    mode is switched over by the next :meth:`start`. Without ``pgpass`` every
+    local connection is trusted.
+
     As root, parents of ``data_dir`` get o+x so the server account can reach
     it; avoid parents whose permissions something else resets (pytest strips
     group/other bits from /tmp/pytest-of-root at every session start).
@@ -123,10 +149,13 @@ class LocalCluster:
     bin_dir: Path = None  # type: ignore[assignment]
     run_as: str | None = None
     settings: Mapping[str, str] = field(default_factory=dict)
+    pgpass: Path | None = None
     _acct: _Account | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).absolute()
+        if self.pgpass is not None:
+            self.pgpass = Path(self.pgpass).absolute()
         self.bin_dir = Path(self.bin_dir) if self.bin_dir is not None else self._default_bin_dir()
         if os.geteuid() == 0:
             name = self.run_as or _ensure_system_user()
@@ -168,8 +197,113 @@ class LocalCluster:
         return self.data_dir / "server.log"
 
     def dsn(self, dbname: str = "postgres") -> str:
-        """libpq URI for ``dbname`` as the cluster superuser."""
-        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{dbname}"
+        """libpq URI for ``dbname`` as the cluster superuser (naming the password file in password mode)."""
+        uri = f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{dbname}"
+        if self.pgpass is None:
+            return uri
+        return f"{uri}?passfile={quote(str(self.pgpass), safe='/')}"
+
+    # -- password mode -----------------------------------------------------
+
+    def _password(self) -> str:
+        """The superuser's password from ``pgpass``, first generating and storing one."""
+        assert self.pgpass is not None
+        try:
+            for line in self.pgpass.read_text().splitlines():
+                fields = line.split(":", 4)  # host:port:database:user:password, unescaped: we wrote it
+                if len(fields) == 5 and fields[3] == SUPERUSER and fields[4]:
+                    return fields[4]
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise PostgresError(f"cannot read {self.pgpass}: {exc.strerror}; "
+                                "it must be readable by the user running backstop") from None
+        # URL-safe characters only: nothing a password file or a shell would need escaped.
+        password = secrets.token_urlsafe(32)
+        self.pgpass.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.pgpass.parent, prefix=".pgpass-")  # created 0600
+        try:
+            with os.fdopen(fd, "w") as f:
+                # Any port: the sandbox's port is chosen anew if its state is lost.
+                f.write(f"127.0.0.1:*:*:{SUPERUSER}:{password}\n")
+            os.replace(tmp, self.pgpass)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return password
+
+    @contextlib.contextmanager
+    def _initdb_pwfile(self, password: str) -> Iterator[Path]:
+        """The password in a file initdb can read (it runs as the server's account), removed afterwards."""
+        fd, name = tempfile.mkstemp(dir=self.data_dir.parent, prefix=".initdb-pw-")  # created 0600
+        path = Path(name)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(password + "\n")
+            if self._acct is not None:
+                os.chown(path, self._acct.uid, self._acct.gid)
+            yield path
+        finally:
+            path.unlink(missing_ok=True)
+
+    def _hba_path(self) -> Path:
+        return self.data_dir / "pg_hba.conf"
+
+    def _write_hba(self, text: str) -> None:
+        hba = self._hba_path()
+        st = hba.stat()
+        fd, tmp = tempfile.mkstemp(dir=self.data_dir, prefix=".pg_hba-")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            if os.geteuid() == 0:
+                os.chown(tmp, st.st_uid, st.st_gid)  # the server's account must still read it
+            os.chmod(tmp, stat.S_IMODE(st.st_mode))
+            os.replace(tmp, hba)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def _require_password(self, timeout: float = 10) -> None:
+        """Switch a running cluster made in trust mode to password mode (no-op once it is)."""
+        if self.pgpass is not None and self.pgpass.exists() and self._hba_path().read_text() == SCRAM_HBA:
+            return
+        password = self._password()
+        try:
+            # Still trusting (or already asking for this very password): either way this gets in.
+            with psycopg.connect(self.dsn(), autocommit=True, connect_timeout=10) as conn:
+                # Hashed here: the password itself never reaches the server or its log.
+                verifier = conn.pgconn.encrypt_password(password.encode(), SUPERUSER.encode(), b"scram-sha-256")
+                conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                    sql.Identifier(SUPERUSER), sql.Literal(verifier.decode())))
+                self._write_hba(SCRAM_HBA)
+                conn.execute("SELECT pg_reload_conf()")
+        except psycopg.Error as exc:
+            raise PostgresError(
+                f"cannot set the superuser password of the cluster in {self.data_dir}: {libpq_message(exc)}; "
+                f"if {self.pgpass} was lost, recreate the cluster (the demo's: backstop demo --reset)"
+            ) from None
+        # The postmaster rereads pg_hba.conf on its own time; wait until a wrong password is refused.
+        deadline = time.monotonic() + timeout
+        probe = make_conninfo(self.dsn(), password="not-the-password")
+        while True:
+            try:
+                psycopg.connect(probe, connect_timeout=5).close()
+            except psycopg.OperationalError as exc:
+                if "password" in str(exc):
+                    return
+                raise PostgresError(
+                    f"the cluster in {self.data_dir} stopped answering after reloading pg_hba.conf: "
+                    f"{libpq_message(exc)}; see {self.log_file}"
+                ) from None
+            if time.monotonic() > deadline:
+                raise PostgresError(
+                    f"the cluster in {self.data_dir} still accepts a wrong password after reloading "
+                    f"pg_hba.conf; stop and start it (the demo's: backstop demo --stop, then backstop demo)"
+                )
+            time.sleep(0.05)
 
     # -- process control -------------------------------------------------
 
@@ -230,18 +364,23 @@ class LocalCluster:
         if (self.data_dir / "PG_VERSION").exists():
             return
         self._prepare_data_dir()
-        args = [
-            self._tool("initdb"), "-D", str(self.data_dir), "-U", SUPERUSER,
-            "--auth=trust", "-E", "UTF8", "--locale=C",
-        ]
+        args = [self._tool("initdb"), "-D", str(self.data_dir), "-U", SUPERUSER, "-E", "UTF8", "--locale=C"]
         if no_sync:
             args.append("--no-sync")
-        proc = self._run(args)
+        with contextlib.ExitStack() as stack:
+            if self.pgpass is None:
+                args.append("--auth=trust")
+            else:
+                pwfile = stack.enter_context(self._initdb_pwfile(self._password()))
+                args += ["--auth-host=scram-sha-256", "--auth-local=scram-sha-256", f"--pwfile={pwfile}"]
+            proc = self._run(args)
         if proc.returncode != 0:
             raise PostgresError(
                 f"initdb failed for {self.data_dir}: {_last_line(proc)}; "
                 "check that the directory is empty and writable"
             )
+        if self.pgpass is not None:
+            self._write_hba(SCRAM_HBA)  # the exact text start() checks for
 
     def _socket_dir(self) -> str:
         # A socket path longer than sun_path makes the server refuse to start;
@@ -250,9 +389,16 @@ class LocalCluster:
         return str(self.data_dir) if len(probe) <= _SOCKET_PATH_MAX else ""
 
     def start(self, *, timeout: float = 60) -> None:
-        """Start the server (no-op when running) and wait until it accepts connections."""
-        if self.is_running():
-            return
+        """Start the server (no-op when running) and wait until it accepts connections.
+
+        In password mode a cluster still trusting connections is switched over.
+        """
+        if not self.is_running():
+            self._start(timeout)
+        if self.pgpass is not None:
+            self._require_password()
+
+    def _start(self, timeout: float) -> None:
         if not (self.data_dir / "PG_VERSION").exists():
             raise PostgresError(f"no cluster in {self.data_dir}; call init() first")
         if self._acct is not None:

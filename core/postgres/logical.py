@@ -9,9 +9,12 @@ restore from the repository straight into pg_restore's stdin.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
+import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator
@@ -21,9 +24,12 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from core.errors import PostgresError, RestoreRefused
+from core.postgres.tools import connect_error, connect_hint
 
 DUMP_FORMAT = "pg_dump-custom"
 _ENV = {**os.environ, "PGAPPNAME": "backstop"}
+# Connection parameters that are secrets: never on a command line, never in a message.
+_SECRETS = ("password", "sslpassword")
 
 
 def with_dbname(dsn: str, dbname: str) -> str:
@@ -37,8 +43,48 @@ def redact(dsn: str) -> str:
         d = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError:
         return "(unparsable dsn)"
-    d.pop("password", None)
+    for key in _SECRETS:
+        d.pop(key, None)
     return " ".join(f"{k}={v}" for k, v in d.items())
+
+
+@contextlib.contextmanager
+def tool_connection(dsn: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """``(dsn without its secrets, environment carrying them)`` for running a libpq tool.
+
+    Every local user can read a process's arguments (``ps``); only its owner can
+    read its environment. So the password travels as PGPASSWORD. libpq reads
+    sslpassword from no variable: it goes into a private service file, which is
+    removed when the block ends (keep the block open while the tool runs).
+    """
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        raise PostgresError("the database DSN cannot be parsed; check its syntax in the config") from None
+    env = dict(_ENV)
+    password = params.pop("password", None)
+    if password is not None:
+        env["PGPASSWORD"] = str(password)
+    sslpassword = params.pop("sslpassword", None)
+    private_dir = None
+    try:
+        if sslpassword is not None:
+            if "service" in params or "\n" in str(sslpassword):
+                raise PostgresError(
+                    "a DSN with sslpassword cannot also name a service (nor hold a line break in it); "
+                    "put sslpassword into that service's entry in pg_service.conf instead"
+                )
+            private_dir = tempfile.mkdtemp(prefix="backstop-pg-")  # mode 0700
+            service_file = os.path.join(private_dir, "pg_service.conf")
+            fd = os.open(service_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(f"[backstop]\nsslpassword={sslpassword}\n")
+            env["PGSERVICEFILE"] = service_file
+            params["service"] = "backstop"
+        yield make_conninfo("", **params), env
+    finally:
+        if private_dir is not None:
+            shutil.rmtree(private_dir, ignore_errors=True)
 
 
 async def connect(dsn: str, what: str) -> psycopg.AsyncConnection:
@@ -46,8 +92,7 @@ async def connect(dsn: str, what: str) -> psycopg.AsyncConnection:
     try:
         return await psycopg.AsyncConnection.connect(dsn, autocommit=True, connect_timeout=10)
     except psycopg.OperationalError as exc:
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "connection failed"
-        raise PostgresError(f"cannot connect to {what} ({redact(dsn)}): {first}; is the server running?") from None
+        raise PostgresError(f"cannot connect to {what} ({redact(dsn)}): {connect_error(exc)}") from None
 
 
 @dataclass(frozen=True)
@@ -102,43 +147,104 @@ async def drop_database(dsn: str, name: str) -> None:
         await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+# Lines that only echo the statement that failed, not why.
+_STATEMENT_ECHO = re.compile(r"^((detail|error): )?(the )?(query|command) was:", re.IGNORECASE)
+_SERVER_SAYS = "Error message from server: "
+
+
+def tool_failure(tool: str, stderr: str, rc: int) -> str:
+    """Why pg_dump/pg_restore failed, as one line: its first error plus the server's reason.
+
+    Their last line is usually a "detail: Query was: ..." echo that hides the
+    cause (permission denied, a lost connection, a failed allocation).
+    """
+    messages: list[str] = []
+    for raw in stderr.splitlines():
+        if not raw.strip() or raw[0].isspace():
+            continue  # libpq's indented continuation lines
+        line = " ".join(raw.split())  # the server's "ERROR:  ..." has a double space
+        if line.startswith(f"{tool}: "):
+            line = line[len(tool) + 2:]
+        if not _STATEMENT_ECHO.match(line):
+            messages.append(line)
+    errors = [m[len("error: "):] for m in messages if m.startswith("error: ")]
+    cause = errors[0] if errors else (messages[-1] if messages else f"exit code {rc}")
+    server = next((m.split(_SERVER_SAYS, 1)[1] for m in messages if _SERVER_SAYS in m), None)
+    if server and server not in cause:
+        cause = f"{cause.rstrip('.')}: {server}"
+    return cause
+
+
+def _dump_advice(cause: str) -> str:
+    c = cause.lower()
+    if c.startswith("connection to server"):
+        return connect_hint(cause)
+    if "permission denied" in c:
+        return "grant the backup role SELECT on every table and sequence (or the pg_read_all_data role)"
+    if "memory alloc" in c or "out of memory" in c:
+        return "see the server log: a row may be damaged or too large to read"
+    if "closed the connection" in c or "terminat" in c or "connection lost" in c:
+        return "see the server log for why the session ended, then run the backup again"
+    return "see the PostgreSQL server log, fix the cause and run the backup again"
+
+
+def _restore_advice(cause: str) -> str:
+    if "permission denied" in cause.lower() or "must be owner" in cause.lower():
+        return "restore as a superuser or as the owner of the objects in the snapshot"
+    return "see the PostgreSQL server log, fix the cause and run the restore again"
+
+
 class DumpProcess:
     """A running `pg_dump` whose archive is read from ``reader`` (a raw pipe)."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, reader: "os.FileIO", stderr_task: asyncio.Task[bytes]) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, reader: "os.FileIO", stderr_task: asyncio.Task[bytes],
+                 resources: contextlib.ExitStack) -> None:
         self.proc = proc
         self.reader = reader
         self._stderr = stderr_task
+        self._resources = resources  # what hands pg_dump its secrets; kept until it exits
 
     async def wait(self) -> None:
-        """Wait for exit; PostgresError with pg_dump's own message on failure."""
-        rc = await self.proc.wait()
-        err = (await self._stderr).decode(errors="replace").strip()
+        """Wait for exit; PostgresError with pg_dump's own reason on failure."""
+        try:
+            rc = await self.proc.wait()
+        finally:
+            self._resources.close()
+        err = (await self._stderr).decode(errors="replace")
         if rc != 0:
-            last = err.splitlines()[-1] if err else f"exit code {rc}"
-            raise PostgresError(f"pg_dump failed: {last}")
+            cause = tool_failure("pg_dump", err, rc)
+            raise PostgresError(f"pg_dump failed: {cause}; {_dump_advice(cause)}")
 
     def kill(self) -> None:
         """Stop pg_dump (the backup is being abandoned)."""
         if self.proc.returncode is None:
             self.proc.kill()
+        self._resources.close()
 
 
 async def start_dump(bin_dir: Path, dsn: str) -> DumpProcess:
     """Start `pg_dump -Fc -Z0` writing into a pipe we read from a thread."""
+    resources = contextlib.ExitStack()
+    tool_dsn, env = resources.enter_context(tool_connection(dsn))
     r, w = os.pipe()
     try:
+        # --no-password: a wrong password fails rather than prompting on the terminal.
         proc = await asyncio.create_subprocess_exec(
-            str(bin_dir / "pg_dump"), "--format=custom", "--compress=0", "--no-sync", f"--dbname={dsn}",
-            stdout=w, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL, env=_ENV,
+            str(bin_dir / "pg_dump"), "--format=custom", "--compress=0", "--no-sync", "--no-password",
+            f"--dbname={tool_dsn}",
+            stdout=w, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL, env=env,
         )
-    except OSError as exc:
+    except BaseException as exc:
         os.close(r)
-        raise PostgresError(f"cannot run pg_dump from {bin_dir}: {exc.strerror}") from None
+        resources.close()
+        if isinstance(exc, OSError):
+            raise PostgresError(f"cannot run pg_dump from {bin_dir}: {exc.strerror}; check bin_dir") from None
+        raise
     finally:
         os.close(w)
     assert proc.stderr is not None
-    return DumpProcess(proc, os.fdopen(r, "rb", buffering=0), asyncio.ensure_future(proc.stderr.read()))  # type: ignore[arg-type]
+    return DumpProcess(proc, os.fdopen(r, "rb", buffering=0), asyncio.ensure_future(proc.stderr.read()),  # type: ignore[arg-type]
+                       resources)
 
 
 _TOC_LINE = re.compile(r"^(\d+); (\d+) (\d+) (.+)$")
@@ -207,7 +313,8 @@ async def read_toc(bin_dir: Path, stream: AsyncIterator[bytes], *args: str) -> l
     rc = await proc.wait()
     out, err = (await out_task).decode(), (await err_task).decode()
     if rc != 0:
-        raise PostgresError(f"pg_restore -l failed: {err.strip().splitlines()[-1] if err.strip() else rc}")
+        raise PostgresError(f"pg_restore -l failed: {tool_failure('pg_restore', err, rc)}; "
+                            "the archive may be damaged: run backstop check --read-data")
     return [line for line in out.splitlines() if _TOC_LINE.match(line)]
 
 
@@ -242,36 +349,43 @@ async def table_list_file(bin_dir: Path, stream: AsyncIterator[bytes], tables: l
 
 async def restore_stream(bin_dir: Path, dsn: str, stream: AsyncIterator[bytes], list_text: str | None = None) -> int:
     """Feed an archive stream into `pg_restore`; returns the bytes fed."""
-    args = [str(bin_dir / "pg_restore"), f"--dbname={dsn}", "--exit-on-error", "--no-password"]
     list_path = None
-    if list_text is not None:
-        fd, list_path = tempfile.mkstemp(prefix="backstop-toc-", suffix=".list")
-        with os.fdopen(fd, "w") as f:
-            f.write(list_text)
-        args.append(f"--use-list={list_path}")
+    with tool_connection(dsn) as (tool_dsn, env):
+        args = [str(bin_dir / "pg_restore"), f"--dbname={tool_dsn}", "--exit-on-error", "--no-password"]
+        if list_text is not None:
+            fd, list_path = tempfile.mkstemp(prefix="backstop-toc-", suffix=".list")
+            with os.fdopen(fd, "w") as f:
+                f.write(list_text)
+            args.append(f"--use-list={list_path}")
+        try:
+            return await _run_restore(args, env, stream)
+        finally:
+            if list_path:
+                os.unlink(list_path)
+
+
+async def _run_restore(args: list[str], env: dict[str, str], stream: AsyncIterator[bytes]) -> int:
     try:
         proc = await asyncio.create_subprocess_exec(
             *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-            env=_ENV,
+            env=env,
         )
-        assert proc.stderr is not None
-        err_task = asyncio.ensure_future(proc.stderr.read())
-        try:
-            # pg_restore may quit early (done, or failed: its exit status says which).
-            fed = await _feed(proc, stream)
-        except BaseException:
-            proc.kill()
-            await proc.wait()
-            raise
-        rc = await proc.wait()
-        err = (await err_task).decode(errors="replace").strip()
-        if rc != 0:
-            lines = [ln for ln in err.splitlines() if ln.strip()]
-            detail = next((ln for ln in lines if "error" in ln.lower()), lines[-1] if lines else f"exit code {rc}")
-            raise PostgresError(f"pg_restore failed: {detail}")
-    finally:
-        if list_path:
-            os.unlink(list_path)
+    except OSError as exc:
+        raise PostgresError(f"cannot run {args[0]}: {exc.strerror}; check bin_dir") from None
+    assert proc.stderr is not None
+    err_task = asyncio.ensure_future(proc.stderr.read())
+    try:
+        # pg_restore may quit early (done, or failed: its exit status says which).
+        fed = await _feed(proc, stream)
+    except BaseException:
+        proc.kill()
+        await proc.wait()
+        raise
+    rc = await proc.wait()
+    err = (await err_task).decode(errors="replace")
+    if rc != 0:
+        cause = tool_failure("pg_restore", err, rc)
+        raise PostgresError(f"pg_restore failed: {cause}; {_restore_advice(cause)}")
     return fed
 
 

@@ -202,6 +202,51 @@ def first_line(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+# psycopg wraps libpq's message in these; the message itself says it all.
+_PSYCOPG_PREFIXES = ("connection failed: ", "connection is bad: ")
+# psycopg's report of one attempt among several (a host name with many addresses).
+_ATTEMPT_PREFIX = re.compile(r"^- host: '[^']*', port: '[^']*'(, hostaddr: '[^']*')?: ")
+
+
+def libpq_message(exc: BaseException) -> str:
+    """libpq's error text as one line: its own lines, once each, without the hints it indents under them."""
+    parts: list[str] = []
+    for raw in str(exc).splitlines():
+        if not raw.strip() or raw[0] == "\t":
+            continue  # libpq's "\tIs the server running ...?": callers say what to do themselves
+        line = _ATTEMPT_PREFIX.sub("", raw.strip())
+        while line.startswith(_PSYCOPG_PREFIXES):
+            line = line.split(": ", 1)[1]
+        if line.startswith("Multiple connection attempts failed"):
+            continue
+        line = " ".join(line.split())  # the server's "FATAL:  ..." has a double space
+        if line and line not in parts:
+            parts.append(line)
+    return " / ".join(parts) or type(exc).__name__
+
+
+def connect_hint(message: str) -> str:
+    """What to do about a failed connection, from libpq's message."""
+    m = message.lower()
+    if "connection refused" in m or "no such file or directory" in m:
+        return "start the server, or correct the host and port in the DSN"
+    if "password" in m:
+        return "check the user and password (or passfile) of the DSN"
+    if "no pg_hba.conf entry" in m:
+        return "allow this client and user in the server's pg_hba.conf"
+    if "does not exist" in m:
+        return "check the database and user names in the DSN"
+    if "resolve host" in m or "translate host name" in m or "timeout" in m or "timed out" in m:
+        return "check the host name in the DSN and that the network reaches it"
+    return "check that the server is up and the DSN is right"
+
+
+def connect_error(exc: BaseException) -> str:
+    """Why a connection failed and what to do, as one line (``cause; advice``)."""
+    message = libpq_message(exc)
+    return f"{message}; {connect_hint(message)}"
+
+
 async def server_major(dsn: str) -> int:
     """Major version of the server at ``dsn`` (e.g. 15)."""
     kwargs: dict[str, object] = {}
@@ -212,9 +257,6 @@ async def server_major(dsn: str) -> int:
             cur = await conn.execute("SHOW server_version_num")
             row = await cur.fetchone()
     except psycopg.Error as exc:
-        raise PostgresError(
-            f"cannot connect to PostgreSQL at {dsn_label(dsn)}: {first_line(exc)}; "
-            "check that the server is running and the connection settings are right"
-        ) from None
+        raise PostgresError(f"cannot connect to PostgreSQL at {dsn_label(dsn)}: {connect_error(exc)}") from None
     assert row is not None
     return int(row[0]) // 10000

@@ -37,7 +37,9 @@ def _cluster(base: Path):  # type: ignore[no-untyped-def]
     state_file = base / "sandbox.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
     port = state.get("port") or free_port()
-    cluster = LocalCluster(base / "pg", port=port)
+    # Password mode: any local user can reach 127.0.0.1, and a trusted superuser
+    # login would let them run programs as the server's account.
+    cluster = LocalCluster(base / "pg", port=port, pgpass=base / "pgpass")
     state_file.write_text(json.dumps({"port": port}))
     return cluster
 
@@ -80,8 +82,8 @@ def run_demo(args: argparse.Namespace) -> int:
     if not (cluster.data_dir / "PG_VERSION").exists():
         _say(f"creating a private PostgreSQL cluster in {cluster.data_dir} (binaries: {cluster.bin_dir})")
         cluster.init()
-    if not cluster.is_running():
-        cluster.start()
+    # Also when already running: a sandbox made before password mode is switched over here.
+    cluster.start()
     _say(f"PostgreSQL listening on 127.0.0.1:{cluster.port}")
     import psycopg
 

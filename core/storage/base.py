@@ -57,6 +57,16 @@ class Storage(abc.ABC):
     async def delete(self, name: str) -> None:
         """Remove the object; absent objects are not an error."""
 
+    @abc.abstractmethod
+    async def cleanup_leftovers(self, older_than: float) -> list[str]:
+        """Remove debris of crashed writes from before ``older_than`` (a Unix time).
+
+        Directories: ``.backstop-tmp-*`` files anywhere under the root; S3:
+        unfinished multipart uploads under the prefix. Younger debris is kept,
+        as a running write may still own it. Returns one human-readable line
+        per thing removed.
+        """
+
     async def prepare(self) -> None:
         """Create the container (directory, bucket) if absent; used by `init`."""
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import stat
+import time
 import uuid
 from pathlib import Path
 
@@ -18,6 +20,14 @@ TEMP_PREFIX = ".backstop-tmp-"
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 _DENIED_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
 
+# The repository holds wrapped keys, sealed operator secrets and the audit log:
+# only the backup user may read it, whatever the umask of whoever runs Backstop.
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+# chmod failing with these means the file system fixes modes itself (vfat, some
+# SMB/NFS mounts); the mode given at creation is then the best there is.
+_NO_CHMOD_ERRNOS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP}
+
 
 def _fsync_dir(path: Path) -> None:
     """Make a rename or unlink in ``path`` durable."""
@@ -26,6 +36,22 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _set_mode(target: int | Path, mode: int) -> None:
+    """chmod a file descriptor or path we just created to exactly ``mode`` (the umask may have cut bits)."""
+    try:
+        if isinstance(target, int):
+            os.fchmod(target, mode)
+        else:
+            os.chmod(target, mode)
+    except OSError as exc:
+        if exc.errno not in _NO_CHMOD_ERRNOS:
+            raise
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
 
 
 class LocalStorage(Storage):
@@ -91,6 +117,29 @@ class LocalStorage(Storage):
             )
         return StorageError(self.name, f"cannot {action} {where}: {reason}")
 
+    def _not_a_directory(self, where: Path) -> StorageError:
+        """The error for a path component that exists but is no directory."""
+        what = "is a file, not a directory" if where.is_file() else "exists but is not a directory"
+        if where == self.root:
+            return StorageError(self.name, f"{where} {what}; fix the target's path")
+        if self.root.is_relative_to(where):
+            return StorageError(self.name, f"{where} {what} (in the target's path {self.root}); fix the target's path")
+        return StorageError(self.name, f"{where} {what} inside the repository; move it out of {self.root}")
+
+    def _create_dirs(self, missing: list[Path], durable: bool) -> None:
+        """mkdir ``missing`` (outermost last) with DIR_MODE; directories someone else made are left alone."""
+        for d in reversed(missing):
+            try:
+                os.mkdir(d, DIR_MODE)
+            except FileExistsError:
+                # A concurrent writer may create it; anything but a directory is an error.
+                if not d.is_dir():
+                    raise self._not_a_directory(d) from None
+                continue
+            _set_mode(d, DIR_MODE)
+            if durable:
+                _fsync_dir(d.parent)
+
     def _make_dirs(self, directory: Path) -> None:
         """Create ``directory`` and missing parents below the root, durably."""
         missing: list[Path] = []
@@ -98,15 +147,7 @@ class LocalStorage(Storage):
         while d != self.root and not d.is_dir():
             missing.append(d)
             d = d.parent
-        for d in reversed(missing):
-            try:
-                d.mkdir()
-            except FileExistsError:
-                # A concurrent writer may create it; anything but a directory is an error.
-                if not d.is_dir():
-                    raise
-                continue
-            _fsync_dir(d.parent)
+        self._create_dirs(missing, durable=True)
 
     # -- blocking implementations -----------------------------------------
 
@@ -119,11 +160,12 @@ class LocalStorage(Storage):
             raise self._os_error(exc, "write", path.parent) from None
         tmp = path.parent / f"{TEMP_PREFIX}{path.name}.{uuid.uuid4().hex[:12]}"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
         except OSError as exc:
             raise self._os_error(exc, "write", path.parent) from None
         try:
             try:
+                _set_mode(fd, FILE_MODE)
                 view = memoryview(data)
                 while view:
                     written = os.write(fd, view)
@@ -230,9 +272,69 @@ class LocalStorage(Storage):
         except OSError as exc:
             raise self._os_error(exc, "delete", path) from None
 
+    def _cleanup_leftovers(self, older_than: float) -> list[str]:
+        self._check_root()
+        removed: list[str] = []
+        stack: list[tuple[Path, str]] = [(self.root, "")]
+        while stack:
+            directory, rel = stack.pop()
+            try:
+                entries = list(os.scandir(directory))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as exc:
+                raise self._os_error(exc, "list", directory) from None
+            unlinked = False
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append((Path(entry.path), f"{rel}{entry.name}/"))
+                        continue
+                    if not entry.name.startswith(TEMP_PREFIX) or not entry.is_file(follow_symlinks=False):
+                        continue
+                    st = entry.stat(follow_symlinks=False)
+                    # A younger temp file may belong to a write in progress.
+                    if st.st_mtime >= older_than:
+                        continue
+                    os.unlink(entry.path)
+                except FileNotFoundError:
+                    continue  # renamed into place or removed while we walked
+                except OSError as exc:
+                    raise self._os_error(exc, "delete", Path(entry.path)) from None
+                unlinked = True
+                removed.append(
+                    f"removed leftover temp file {rel}{entry.name} "
+                    f"({st.st_size} bytes, last written {_when(st.st_mtime)})"
+                )
+            if unlinked:
+                try:
+                    _fsync_dir(directory)
+                except OSError as exc:
+                    raise self._os_error(exc, "delete", directory) from None
+        removed.sort()
+        return removed
+
     def _ensure_directory(self) -> None:
+        # Walk up to the first existing component: only what is missing is created
+        # (and made private); an existing root keeps the mode its owner gave it.
+        missing: list[Path] = []
+        d = self.root
+        while True:
+            try:
+                st = d.stat()
+            except (FileNotFoundError, NotADirectoryError):
+                if d.parent == d:
+                    raise StorageError(self.name, f"cannot create {self.root}: no existing parent directory") from None
+                missing.append(d)
+                d = d.parent
+                continue
+            except OSError as exc:
+                raise self._os_error(exc, "write", d) from None
+            if not stat.S_ISDIR(st.st_mode):
+                raise self._not_a_directory(d)
+            break
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            self._create_dirs(missing, durable=False)
         except OSError as exc:
             raise self._os_error(exc, "write", self.root) from None
         self._check_root()
@@ -264,6 +366,9 @@ class LocalStorage(Storage):
 
     async def delete(self, name: str) -> None:
         await asyncio.to_thread(self._delete, name)
+
+    async def cleanup_leftovers(self, older_than: float) -> list[str]:
+        return await asyncio.to_thread(self._cleanup_leftovers, older_than)
 
     async def ensure_directory(self) -> None:
         """Create the repository directory if needed (used by `backstop init`)."""

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timezone
 from pathlib import Path
 from typing import Any, Callable, TypeVar
+from urllib.parse import urlsplit
 
 from core.config import S3TargetConfig
 from core.errors import ObjectNotFound, StorageError, TargetUnreachable
@@ -21,6 +25,12 @@ from core.storage.base import ObjectInfo, Storage
 S3Client = Any
 
 log = logging.getLogger(__name__)
+# Operator-facing warnings; the CLI prints records of backstop.* loggers as one line each.
+operator_log = logging.getLogger("backstop.storage")
+
+# Targets already warned about in this process: one line each, not one per client or request.
+_tls_off_warned: set[str] = set()
+_tls_off_lock = threading.Lock()
 
 T = TypeVar("T")
 
@@ -41,6 +51,24 @@ _DENIED_CODES = {
     "AccountProblem",
 }
 _REGION_CODES = {"PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException", "301"}
+
+
+def _silence_insecure_request_warnings(endpoint_url: str | None) -> None:
+    """Hide urllib3's per-request InsecureRequestWarning for the endpoint's hosts.
+
+    The operator chose verify_tls: false; one warning per target (logged by the
+    caller) says so, instead of a multi-line block for every request.
+    """
+    from urllib3.exceptions import InsecureRequestWarning
+
+    host = urlsplit(endpoint_url).hostname if endpoint_url else None
+    # Virtual-hosted addressing prepends the bucket to the host; AWS itself has many hosts.
+    host_re = rf"(?:[^']*\.)?{re.escape(host)}" if host else r"[^']*\.amazonaws\.com(?:\.cn)?"
+    warnings.filterwarnings(
+        "ignore",
+        message=rf"Unverified HTTPS request is being made to host '{host_re}'",
+        category=InsecureRequestWarning,
+    )
 
 
 def _one_line(text: str, limit: int = 200) -> str:
@@ -87,6 +115,17 @@ class S3Storage(Storage):
             raise StorageError(
                 self.name, f"CA bundle {cfg.verify_tls} (verify_tls) does not exist; fix the path in the config"
             )
+        if cfg.verify_tls is False and self._uses_tls():
+            _silence_insecure_request_warnings(cfg.endpoint_url)
+            with _tls_off_lock:
+                first = self.name not in _tls_off_warned
+                _tls_off_warned.add(self.name)
+            if first:
+                operator_log.warning(
+                    "target '%s': TLS certificate verification is off (verify_tls: false); "
+                    "anyone on the network path can read and alter the traffic",
+                    self.name,
+                )
         botocfg = Config(
             region_name=cfg.region,
             retries={"mode": "standard", "max_attempts": cfg.max_attempts},
@@ -105,6 +144,11 @@ class S3Storage(Storage):
             ) from None
         except (BotoCoreError, ValueError) as exc:
             raise StorageError(self.name, f"cannot set up the S3 client: {_one_line(str(exc))}") from None
+
+    def _uses_tls(self) -> bool:
+        """True unless the endpoint is plain HTTP (then verify_tls does not apply)."""
+        url = self.config.endpoint_url
+        return url is None or urlsplit(url).scheme.lower() != "http"
 
     # -- error mapping -------------------------------------------------------
 
@@ -296,6 +340,32 @@ class S3Storage(Storage):
             if exc.response.get("Error", {}).get("Code") != "NoSuchKey":
                 raise
 
+    def _cleanup_leftovers(self, client: S3Client, older_than: float) -> list[str]:
+        from botocore.exceptions import ClientError
+
+        bucket = self.config.bucket
+        removed: list[str] = []
+        cut = len(self.prefix)
+        paginator = client.get_paginator("list_multipart_uploads")
+        for page in paginator.paginate(Bucket=bucket, Prefix=self.prefix):
+            for upload in page.get("Uploads", []):
+                key, upload_id, initiated = upload["Key"], upload["UploadId"], upload.get("Initiated")
+                if not key.startswith(self.prefix):
+                    continue  # a server that ignores Prefix must not cost another repository its upload
+                # Without a start time the upload's age is unknown: it may be running.
+                if initiated is None or initiated.timestamp() >= older_than:
+                    continue
+                try:
+                    client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+                except ClientError as exc:
+                    if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
+                        continue  # completed or aborted meanwhile
+                    raise
+                started = initiated.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+                removed.append(f"aborted unfinished multipart upload of {key[cut:]} (started {started})")
+        removed.sort()
+        return removed
+
     def _ensure_bucket(self, client: S3Client) -> None:
         from botocore.exceptions import ClientError
 
@@ -350,6 +420,9 @@ class S3Storage(Storage):
 
     async def delete(self, name: str) -> None:
         await self._run("delete", name, lambda c: self._delete(c, name))
+
+    async def cleanup_leftovers(self, older_than: float) -> list[str]:
+        return await self._run("leftover cleanup", None, lambda c: self._cleanup_leftovers(c, older_than))
 
     async def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist (used by `backstop init`)."""
