@@ -10,6 +10,7 @@ method returns (refused or not).
 
 from __future__ import annotations
 
+import hmac
 import inspect
 import json
 import time
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable
 
-from core.errors import BackstopError, KeyInUse, UsageError
+from core.errors import AuthError, BackstopError, CatalogDisagrees, KeyInUse, UsageError
 from core.jobs import run_job
 from core.security import operator_copy
 from core.security.audit import AuditEntry, AuditLog
@@ -96,6 +97,7 @@ class _Security:
     repo: "Repository"
     gate: Gate
     keys: SecurityKeys
+    disagreements: list[str] = field(default_factory=list)
 
 
 def _side_name(base: str, suffix: str) -> str:
@@ -121,27 +123,43 @@ class AdminMixin:
 
     # -- security context ----------------------------------------------------------
 
-    async def _security(self, repo: "Repository", who: Identity) -> _Security:
-        """Gate and audit log bound to the repository's derived keys."""
+    async def _security(self, repo: "Repository", who: Identity, enforce: bool = True) -> _Security:
+        """Gate and audit log bound to the repository's derived keys.
+
+        A catalog that disagrees with the repository (see
+        ``core.security.consistency``) raises CatalogDisagrees with ``enforce``;
+        otherwise its problems are in ``_Security.disagreements``.
+        """
+        from core.security.consistency import REBUILD_HINT, disagreements
+
         keys = SecurityKeys.derive(repo.id_key, repo.params.repo_id)
         conn = self.catalog.connection
         audit = AuditLog(conn, keys.audit_mac)
         ops = OperatorStore(conn, keys)
-        await self.restore_security_state(repo, audit, ops)
+        problems = self.catalog.schema_problems()
+        if not problems:
+            await self.restore_security_state(repo, audit, ops)
+            problems = await disagreements(repo, self.catalog, audit, ops)
+        if problems and enforce:
+            raise CatalogDisagrees(f"the catalog disagrees with the repository: {problems[0]}"
+                                   f"{f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''}; {REBUILD_HINT}")
         gate = Gate(ops, audit, self.config.security)
-        self._note_settings(gate, who)
-        return _Security(repo, gate, keys)
+        if not problems:
+            # Appending to a catalog that disagrees would fork the log: only a rebuilt one is written.
+            self._note_settings(gate, who)
+        return _Security(repo, gate, keys, problems)
 
     async def restore_security_state(self, repo: "Repository", audit: AuditLog | None = None,
                                      ops: OperatorStore | None = None) -> tuple[int, int]:
-        """Take the audit log and the operators back from the repository into a catalog that lacks them.
+        """Take the audit log and the operators back from the repository into a catalog that has none.
 
-        A new or rebuilt catalog thus keeps its history and its operators, and
-        the log never forks into two chains for one catalog. Operators the
+        A new or lost catalog thus keeps its history and its operators, and
+        the log never forks into two chains for one repository. Operators the
         (adopted) audit log shows as removed stay removed even if a copy of
         their record survived on a target. Returns (entries, operators) imported.
         """
         from core.security import audit_copy, operator_copy
+        from core.security.consistency import removed_operators
 
         if audit is None or ops is None:
             keys = SecurityKeys.derive(repo.id_key, repo.params.repo_id)
@@ -149,24 +167,76 @@ class AdminMixin:
             ops = ops or OperatorStore(self.catalog.connection, keys)
         entries = 0
         if audit.is_empty():
-            for st in repo.storages:
-                try:
-                    chain = audit_copy.newest_chain(await audit_copy.read_copies(repo, st))
-                except BackstopError:
-                    continue  # this target's copy is unreadable: try the next one
-                entries = audit.adopt(*chain) if chain else 0
-                break
+            chain = await _repository_chain(repo)
+            entries = audit.adopt(*chain) if chain else 0
         operators = 0
         if ops.count() == 0:
-            last: dict[str, str] = {}
-            for e in audit.entries():
-                if e.action.startswith("operator.") and e.outcome == "succeeded" and "name" in e.details:
-                    last[str(e.details["name"])] = e.action
-            records = [r for r in await operator_copy.load(repo) if last.get(str(r["name"])) != "operator.remove"]
+            gone = removed_operators(audit)
+            records = [r for r in await operator_copy.load(repo) if str(r["name"]) not in gone]
             if records:
                 operators = ops.import_records(records)
                 _replay_attempt_state(ops, audit)
         return entries, operators
+
+    async def rebuild_security_state(self, repo: "Repository", who: Identity | None = None) -> list[str]:
+        """Make the catalog's schema, audit log and operators equal to the repository's; returns what changed.
+
+        The catalog's chain is kept where it is the repository's chain and
+        agrees with it (it may be ahead: copies are pushed after each
+        action); one that is behind is extended from the repository; any other
+        is replaced by the repository's, and the replacement is itself audited.
+        Chains in the repository beside the main one (a catalog's log was
+        replaced) are recorded in the log as forks. Operators are taken from
+        the repository's records, with their attempt state replayed from the log.
+        """
+        from core.security import audit_copy, operator_copy
+        from core.security.consistency import FORK_ACTION, acknowledged_forks, removed_operators
+
+        who = who or default_identity()
+        done = self.catalog.repair_schema()
+        keys = SecurityKeys.derive(repo.id_key, repo.params.repo_id)
+        conn = self.catalog.connection
+        audit = AuditLog(conn, keys.audit_mac)
+        ops = OperatorStore(conn, keys)
+        copies = await _all_copies(repo)
+        chain = audit_copy.main_chain(copies)
+        gate = Gate(ops, audit, self.config.security)
+        if chain is not None:
+            main, theirs = chain
+            ours = audit.entries()
+            ours_ok = audit.log_id == main and audit.verify().ok
+            if ours_ok and all(e.mac == (ours[e.seq - 1].mac if e.seq <= len(ours) else e.mac) for e in theirs):
+                if len(theirs) > len(ours):
+                    n = audit.extend(theirs[len(ours):])
+                    done.append(f"audit log extended with {n} entr{'y' if n == 1 else 'ies'} from the repository")
+            else:
+                old_id, dropped = audit.log_id, audit.discard()
+                audit.adopt(main, theirs)
+                done.append(f"audit log {main[:8]} ({len(theirs)} entries) taken from the repository")
+                if dropped or old_id:
+                    gate.record(who, "audit.rebuild", f"catalog log {(old_id or 'none')[:8]}", "replaced",
+                                discarded_log_id=old_id, discarded_entries=dropped,
+                                reason="the catalog's audit log disagreed with the repository's")
+            for other in sorted(set(copies) - {main} - acknowledged_forks(audit)):
+                fork = copies[other]
+                actions: dict[str, int] = {}
+                for e in fork.values():
+                    actions[e.action] = actions.get(e.action, 0) + 1
+                gate.record(who, FORK_ACTION, f"audit log {other[:8]}", "recorded", log_id=other, entries=len(fork),
+                            first=fork[min(fork)].time, last=fork[max(fork)].time, actions=actions)
+                done.append(f"second audit log {other[:8]} ({len(fork)} entries) recorded as a fork")
+        gone = removed_operators(audit)
+        records = [r for r in await operator_copy.load(repo) if str(r["name"]) not in gone]
+        before = {o.name: o.role for o in ops.list()}
+        ops.clear()
+        if records:
+            ops.import_records(records)
+            _replay_attempt_state(ops, audit)
+        after = {o.name: o.role for o in ops.list()}
+        if before != after:
+            done.append(f"operators taken from the repository: {', '.join(sorted(after)) or 'none'}")
+        await audit_copy.push(repo, audit)
+        return done
 
     @asynccontextmanager
     async def _guarded(self, who: Identity, require_all: bool = True) -> AsyncIterator[_Security]:
@@ -198,16 +268,22 @@ class AdminMixin:
             conn.execute("INSERT OR REPLACE INTO security_state (key, value) VALUES (?, ?)",
                          (f"settings:{section}", json.dumps(doc, sort_keys=True)))
 
-    async def _after_init(self, repo: "Repository", created: list[str], who: Identity | None = None) -> None:
-        """Audit the creation of a repository's first key (a key event)."""
+    async def _after_init(self, repo: "Repository", created: list[str], repaired: dict[str, str] | None = None,
+                          who: Identity | None = None) -> None:
+        """Audit the creation of a repository's keys on targets, and key objects rewritten (key events)."""
         from core.security import audit_copy
 
-        if not created:
+        if not created and not repaired:
             return
         who = who or default_identity()
-        sec = await self._security(repo, who)
-        sec.gate.record(who, "key.create", f"repository {repo.params.repo_id[:8]}", "succeeded",
-                        versions=sorted(repo.keys), targets=created)
+        sec = await self._security(repo, who, enforce=False)
+        if sec.disagreements:
+            return  # never append to a catalog that disagrees; `catalog rebuild` first
+        if created:
+            sec.gate.record(who, "key.create", f"repository {repo.params.repo_id[:8]}", "succeeded",
+                            versions=sorted(repo.keys), targets=created)
+        for target, what in sorted((repaired or {}).items()):
+            sec.gate.record(who, "key.repair", f"target {target}", "succeeded", detail=what)
         await audit_copy.push(repo, sec.gate.audit)
 
     async def change_settings(self, action: Action, subject: str, apply: Callable[[], Awaitable[None] | None],
@@ -275,6 +351,37 @@ class AdminMixin:
             sec.gate.record(who, Action.OPERATOR_REMOVE.value, name, "succeeded", name=name)
             await operator_copy.drop(sec.repo, name)
 
+    async def recover_operator(self, name: str, passphrase: bytes, who: Identity | None = None) -> Enrolment:
+        """Enrol an admin without a code when every operator record is lost, proven by the repository passphrase.
+
+        The way back when the repository's operator records were deleted on
+        every target and the catalog lost them too: nobody could ever pass
+        the gate again. Knowing the passphrase (typed, not read from the
+        config file) already gives full access to the repository, so it is
+        the proof asked for; the enrolment is audited as operator.recover.
+        """
+        from core.security import operator_copy
+
+        check_name(name)
+        who = who or default_identity()
+        subject = f"{name} (admin)"
+        async with self._guarded(who, require_all=True) as sec:
+            ops = sec.gate.operators
+            if ops.count() or await operator_copy.load(sec.repo):
+                sec.gate.record(who, Action.OPERATOR_RECOVER.value, subject, "refused", reason="operators exist")
+                raise AuthError("operators are enrolled (the repository holds their records): an admin enrols more "
+                                "with `backstop operator add`; recovery is only for when every record is lost")
+            if not hmac.compare_digest(passphrase, self.config.encryption.passphrase()):
+                sec.gate.record(who, Action.OPERATOR_RECOVER.value, subject, "refused", reason="wrong passphrase")
+                raise AuthError("that is not the repository passphrase; operator recovery needs it typed in")
+            sec.gate.record(who, Action.OPERATOR_RECOVER.value, subject, "allowed",
+                            reason="no operator records anywhere; repository passphrase given")
+            secret = ops.add(name, "admin", who.operator, time.time())
+            sec.gate.record(who, Action.OPERATOR_RECOVER.value, subject, "succeeded", name=name, role="admin")
+            await operator_copy.save(sec.repo, ops.export(name, time.time()))
+            issuer = self.config.security.issuer
+            return Enrolment(name, "admin", provisioning_uri(secret, name, issuer), secret_base32(secret))
+
     # -- audit -----------------------------------------------------------------------
 
     def audit_entries(self, since: float | None = None, limit: int | None = None) -> list[AuditEntry]:
@@ -282,15 +389,19 @@ class AdminMixin:
         return AuditLog(self.catalog.connection).entries(since=since, limit=limit)
 
     async def check_audit(self, who: Identity | None = None) -> AuditVerification:
-        """Check the chain in the catalog and compare it with every reachable target's copy."""
+        """Check the chain in the catalog, compare it with every reachable target's copy and with the repository's state."""
         from core.security import audit_copy
 
         who = who or default_identity()
         repo = await self.open_repository(require_all=False)
-        sec = await self._security(repo, who)
+        sec = await self._security(repo, who, enforce=False)
+        problems = list(sec.disagreements)
+        if self.catalog.schema_problems():
+            return AuditVerification(0, problems, [], {})
         log = sec.gate.audit
         report = log.verify()
-        problems = [report.problem] if report.problem else []
+        if report.problem:
+            problems.insert(0, report.problem)
         notes: list[str] = []
         copies: dict[str, int] = {}
         entries = log.entries()
@@ -301,7 +412,7 @@ class AdminMixin:
                 problems.append(str(exc))
                 continue
             cmp = audit_copy.compare(sec.keys.audit_mac, log.log_id, entries, st.name, found)
-            problems += cmp.problems
+            problems += [p for p in cmp.problems if p not in problems]
             notes += cmp.notes
             copies[st.name] = cmp.copied
         notes += [f"target '{name}' not compared: {msg}" for name, msg in repo.unreachable.items()]
@@ -388,15 +499,12 @@ class AdminMixin:
             current = sec.repo.key.version
             versions = set(versions) if versions else set(sec.repo.keys) - {current}
             subject = f"data key(s) {sorted(versions)} -> {current}"
-            await sec.gate.authorize(Action.KEY_REENCRYPT, who, subject)
-            try:
-                async with sec.repo.lock("exclusive", "re-encryption"):
+            # The lock first: a command refused by a lock must not use up its one-time code.
+            async with sec.repo.lock("exclusive", "re-encryption"):
+                await sec.gate.authorize(Action.KEY_REENCRYPT, who, subject)
+                async with _outcome(sec, who, Action.KEY_REENCRYPT, subject) as out:
                     report = await self._reencrypt(sec, who, versions)
-            except BaseException as exc:
-                sec.gate.record(who, Action.KEY_REENCRYPT.value, subject, "failed", error=str(exc))
-                raise
-            sec.gate.record(who, Action.KEY_REENCRYPT.value, subject, "succeeded",
-                            **{k: v for k, v in report.to_json().items() if k != "snapshots"})
+                    out.update({k: v for k, v in report.to_json().items() if k != "snapshots"})
             return report
 
     async def retire_key(self, version: int, who: Identity | None = None,
@@ -412,10 +520,10 @@ class AdminMixin:
                 raise UsageError(f"there is no data key {version}; see `backstop key list`")
             if version == repo.key.version:
                 raise UsageError(f"data key {version} is the current key; rotate first (`backstop key rotate --dek`)")
-            await sec.gate.authorize(Action.KEY_RETIRE, who, subject)
             report = None
-            try:
-                async with repo.lock("exclusive", f"retirement of data key {version}"):
+            async with repo.lock("exclusive", f"retirement of data key {version}"):
+                await sec.gate.authorize(Action.KEY_RETIRE, who, subject)
+                async with _outcome(sec, who, Action.KEY_RETIRE, subject, reencrypted=reencrypt):
                     if reencrypt:
                         report = await self._reencrypt(sec, who, {version})
                     usage = (await scan_key_usage(repo)).usage.get(version)
@@ -424,10 +532,6 @@ class AdminMixin:
                             f"data key {version} still protects {usage.describe()}; run `backstop key reencrypt` "
                             f"first (or `backstop key retire {version} --reencrypt`)")
                     await retire_key(repo, version)
-            except BaseException as exc:
-                sec.gate.record(who, Action.KEY_RETIRE.value, subject, "failed", error=str(exc))
-                raise
-            sec.gate.record(who, Action.KEY_RETIRE.value, subject, "succeeded", reencrypted=reencrypt)
             return report
 
     # -- forget and prune ------------------------------------------------------------------
@@ -439,27 +543,24 @@ class AdminMixin:
         if not refs:
             raise UsageError("name at least one snapshot to forget")
         who = who or default_identity()
-        snaps = [self.catalog.snapshot(r) for r in refs]
+        snaps = [await self.find_snapshot(r) for r in refs]  # type: ignore[attr-defined]
         ids = list(dict.fromkeys(s.id for s in snaps))
         subject = ", ".join(f"{s.short_id} ({s.db} {s.finished_at})" for s in snaps)
         async with self._guarded(who, require_all=True) as sec:
-            await sec.gate.authorize(Action.SNAPSHOT_FORGET, who, subject)
-            try:
-                async with run_job(self.bus, "forget", None, f"forget {len(ids)} snapshot(s)") as job:
-                    async with sec.repo.lock("shared", "forget"):
+            async with sec.repo.lock("shared", "forget"):
+                await sec.gate.authorize(Action.SNAPSHOT_FORGET, who, subject)
+                async with _outcome(sec, who, Action.SNAPSHOT_FORGET, subject) as out:
+                    async with run_job(self.bus, "forget", None, f"forget {len(ids)} snapshot(s)") as job:
                         removed = await gc.forget(sec.repo, ids)
-                    for sid in removed:
-                        self.catalog.delete_snapshot(sid)
-                    job.result = {"forgotten": removed}
-            except BaseException as exc:
-                sec.gate.record(who, Action.SNAPSHOT_FORGET.value, subject, "failed", error=str(exc))
-                raise
-            sec.gate.record(who, Action.SNAPSHOT_FORGET.value, subject, "succeeded", snapshots=removed)
+                        for sid in removed:
+                            self.catalog.delete_snapshot(sid)
+                        job.result = {"forgotten": removed}
+                    out["snapshots"] = removed
             return removed
 
     async def prune_repository(self, who: Identity | None = None, grace_s: float | None = None,
                                dry_run: bool = False) -> "PruneReport":
-        """Delete packs no snapshot needs and older than the grace period (default 24 h).
+        """Delete packs no snapshot needs and older than the grace period (default 24 h), and leftovers.
 
         A dry run changes nothing, so it needs neither a code nor the lock.
         """
@@ -474,18 +575,38 @@ class AdminMixin:
             repo = await self.open_repository(require_all=True)
             return await gc.prune(repo, grace, dry_run=True)
         async with self._guarded(who, require_all=True) as sec:
-            await sec.gate.authorize(Action.PRUNE, who, subject)
-            try:
-                async with run_job(self.bus, "prune", None, f"prune (grace {_days(grace)})") as job:
-                    job.phase("prune")
-                    async with sec.repo.lock("exclusive", "prune"):
+            async with sec.repo.lock("exclusive", "prune"):
+                await sec.gate.authorize(Action.PRUNE, who, subject)
+                async with _outcome(sec, who, Action.PRUNE, subject) as out:
+                    async with run_job(self.bus, "prune", None, f"prune (grace {_days(grace)})") as job:
+                        job.phase("prune")
                         report = await gc.prune(sec.repo, grace)
-                    job.result = report.to_json()
-            except BaseException as exc:
-                sec.gate.record(who, Action.PRUNE.value, subject, "failed", error=str(exc))
-                raise
-            sec.gate.record(who, Action.PRUNE.value, subject, "succeeded", **report.to_json())
+                        job.result = report.to_json()
+                    out.update(report.to_json())
             return report
+
+    # -- locks -------------------------------------------------------------------------------
+
+    async def list_locks(self) -> list[dict[str, object]]:
+        """The repository's locks (first reachable target), with whether each is stale."""
+        repo = await self.open_repository(require_all=False)
+        return await repo.locks()
+
+    async def unlock(self, names: list[str], who: Identity | None = None) -> list[str]:
+        """Remove locks (by name or short name) left by processes that cannot release them (another host's crash)."""
+        who = who or default_identity()
+        async with self._guarded(who, require_all=False) as sec:
+            present = await sec.repo.locks()
+            chosen = [lk for lk in present if any(str(lk["name"]).removeprefix("locks/").startswith(n.removeprefix("locks/"))
+                                                  for n in names)] if names != ["all"] else present
+            if not chosen:
+                raise UsageError("no such lock; `backstop unlock` without arguments lists them")
+            subject = ", ".join(f"{str(lk['name'])[6:14]} ({lk['kind']}, {lk['purpose']}, pid {lk['pid']} on "
+                                f"{lk['host']})" for lk in chosen)
+            await sec.gate.authorize(Action.UNLOCK, who, subject)
+            async with _outcome(sec, who, Action.UNLOCK, subject):
+                await sec.repo.remove_locks([str(lk["name"]) for lk in chosen])
+            return [str(lk["name"]) for lk in chosen]
 
     # -- restore over an existing database ----------------------------------------------------
 
@@ -508,7 +629,7 @@ class AdminMixin:
             res = await self.restore(db_name, into, snapshot, target=target)
             return OverwriteResult(res, False, None)
         who = who or default_identity()
-        snap = self.catalog.snapshot(snapshot, db_name)
+        snap = await self.find_snapshot(snapshot, db_name)  # type: ignore[attr-defined]
         subject = f"{db_name} snapshot {snap.short_id} over database {into}"
         async with self._guarded(who, require_all=False) as sec:
             await sec.gate.authorize(Action.RESTORE_OVERWRITE, who, subject)
@@ -529,6 +650,47 @@ class AdminMixin:
                             bytes=res.bytes, duration_s=round(res.duration_s, 3))
             final = type(res)(res.snapshot_id, res.db, into, res.tables, res.bytes, res.duration_s, res.warnings)
             return OverwriteResult(final, True, aside)
+
+
+async def _all_copies(repo: "Repository") -> dict:  # type: ignore[type-arg]
+    """Every audit chain on the reachable targets, each from the target holding its longest valid copy."""
+    from core.security import audit_copy
+
+    from core.security.audit import verify_chain
+
+    key = SecurityKeys.derive(repo.id_key, repo.params.repo_id).audit_mac
+    found: dict[str, list[dict[int, AuditEntry]]] = {}
+    for st in repo.storages:
+        try:
+            for log_id, entries in (await audit_copy.read_copies(repo, st)).items():
+                found.setdefault(log_id, []).append(entries)
+        except BackstopError:
+            continue  # this target's copy is unreadable: the others may do
+    best: dict[str, dict[int, AuditEntry]] = {}
+    for log_id, candidates in found.items():
+        candidates.sort(key=len, reverse=True)
+        valid = [c for c in candidates if verify_chain(key, log_id, [c[s] for s in sorted(c)]).ok]
+        best[log_id] = (valid or candidates)[0]
+    return best
+
+
+async def _repository_chain(repo: "Repository") -> "tuple[str, list[AuditEntry]] | None":
+    from core.security import audit_copy
+
+    return audit_copy.main_chain(await _all_copies(repo))
+
+
+@asynccontextmanager
+async def _outcome(sec: _Security, who: Identity, action: Action, subject: str,
+                   **detail: object) -> AsyncIterator[dict[str, object]]:
+    """Audit how an allowed action ended: "failed" with the error, or "succeeded" with what the block added."""
+    out: dict[str, object] = dict(detail)
+    try:
+        yield out
+    except BaseException as exc:
+        sec.gate.record(who, action.value, subject, "failed", error=str(exc) or type(exc).__name__, **detail)
+        raise
+    sec.gate.record(who, action.value, subject, "succeeded", **out)
 
 
 def _replay_attempt_state(ops: OperatorStore, audit: AuditLog) -> None:

@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import signal
+import sqlite3
 import sys
 import time
 from typing import Any, Callable, Coroutine
@@ -79,12 +82,38 @@ def _engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return engine, progress
 
 
+class Terminated(Exception):
+    """SIGTERM arrived: the command was cancelled and has cleaned up."""
+
+
 def _run(coro_fn: Callable[..., Coroutine[Any, Any, int]], args: argparse.Namespace) -> int:
     async def main() -> int:
         engine, progress = _engine(args)
+        warning = engine.config.encryption.passphrase_file_warning() if hasattr(
+            engine.config.encryption, "passphrase_file_warning") else None
+        if warning:
+            _err(f"warning: {warning}")
+        # SIGTERM (systemd, kill, a CI timeout) cancels the command like Ctrl-C does, so
+        # every cleanup path runs: locks released, a half-restored database dropped,
+        # the job recorded as abandoned.
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        got: list[int] = []
+
+        def on_term() -> None:
+            got.append(signal.SIGTERM)
+            if task is not None:
+                task.cancel()
+
+        loop.add_signal_handler(signal.SIGTERM, on_term)
         try:
             return await coro_fn(engine, args)
+        except asyncio.CancelledError:
+            if got:
+                raise Terminated() from None
+            raise
         finally:
+            loop.remove_signal_handler(signal.SIGTERM)
             progress._clear()
             await engine.close()
 
@@ -97,12 +126,17 @@ def _run(coro_fn: Callable[..., Coroutine[Any, Any, int]], args: argparse.Namesp
 async def cmd_init(engine, args) -> int:  # type: ignore[no-untyped-def]
     res = await engine.init()
     if args.json:
-        print(json.dumps({"repo_id": res.repo_id, "created_on": res.created_on, "existing_on": res.existing_on}))
+        print(json.dumps({"repo_id": res.repo_id, "created_on": res.created_on, "existing_on": res.existing_on,
+                          "repaired_on": res.repaired_on}))
     else:
         for t in res.created_on:
             print(f"created repository {res.repo_id[:8]} on target {t}")
         for t in res.existing_on:
-            print(f"target {t} already holds repository {res.repo_id[:8]} (key checked)")
+            if t in res.repaired_on:
+                print(f"target {t} repaired: {res.repaired_on[t]}")
+            else:
+                print(f"target {t} already holds repository {res.repo_id[:8]} (its config and keys open with this "
+                      "passphrase)")
     return EXIT_OK
 
 
@@ -114,7 +148,7 @@ async def cmd_backup(engine, args) -> int:  # type: ignore[no-untyped-def]
     else:
         print(rec.id)
         _err(f"snapshot {rec.short_id} of {rec.db}: {_human(rec.size_bytes)} logical, {_human(rec.stored_bytes)} new "
-             f"in {time.monotonic() - t0:.1f} s; verified on {', '.join(rec.targets)}")
+             f"in {time.monotonic() - t0:.1f} s; {rec.verified_summary}")
     return EXIT_OK
 
 
@@ -138,7 +172,8 @@ async def cmd_restore(engine, args) -> int:  # type: ignore[no-untyped-def]
         from core.cli_security import restore_force
 
         return await restore_force(engine, args)
-    res = await engine.restore(args.db, args.into, args.snapshot, args.table)
+    res = await engine.restore(args.db, args.into, args.snapshot, args.table, target=args.target,
+                               only_target=args.target is not None)
     if args.json:
         print(json.dumps({"snapshot": res.snapshot_id, "db": res.db, "into": res.into, "tables": res.tables,
                           "bytes": res.bytes, "duration_s": round(res.duration_s, 3), "warnings": res.warnings}))
@@ -153,11 +188,15 @@ async def cmd_check(engine, args) -> int:  # type: ignore[no-untyped-def]
     res = await engine.check(read_data=args.read_data, target=args.target)
     if args.json:
         print(json.dumps({"ok": res.ok, "read_data": res.read_data, "targets": [
-            {"target": r.target, "ok": r.ok, "objects_checked": r.objects_checked, "bytes_read": r.bytes_read,
-             "problems": r.problems, "notes": r.notes,
-             "affected_snapshots": sorted(r.affected)} for r in res.reports]}, indent=1))
+            {"target": r.target, "ok": r.ok, "reachable": r.unreachable is None, "objects_checked": r.objects_checked,
+             "bytes_read": r.bytes_read, "problems": r.problems, "notes": r.notes,
+             "affected_snapshots": sorted(r.affected)} for r in res.reports],
+            "catalog_problems": res.catalog_problems, "notes": res.notes}, indent=1))
     else:
         for r in res.reports:
+            if r.unreachable is not None:
+                print(f"target {r.target}: UNREACHABLE (not checked): {r.unreachable}")
+                continue
             state = "ok" if r.ok else f"{len(r.problems)} problem(s)"
             print(f"target {r.target}: {state}; {r.objects_checked} objects, {_human(r.bytes_read)} read, "
                   f"{len(r.snapshots)} snapshot(s)")
@@ -165,12 +204,26 @@ async def cmd_check(engine, args) -> int:  # type: ignore[no-untyped-def]
                 print(f"  DAMAGED {p}")
             for n in r.notes:
                 print(f"  note: {n}")
+        for p in res.catalog_problems:
+            print(f"catalog: {p}")
+        for n in res.notes:
+            print(f"note: {n}")
     return EXIT_OK if res.ok else EXIT_FAILED
 
 
 async def cmd_catalog_rebuild(engine, args) -> int:  # type: ignore[no-untyped-def]
-    n = await engine.rebuild_catalog()
-    print(f"catalog rebuilt: {n} snapshot(s) read from the repository")
+    res = await engine.rebuild_catalog()
+    if args.json:
+        print(json.dumps({"snapshots": res.snapshots, "removed": res.removed, "security": res.security,
+                          "warnings": res.warnings}, indent=1))
+        return EXIT_OK
+    print(f"catalog rebuilt: {res.snapshots} snapshot(s) read from the repository")
+    for sid in res.removed:
+        print(f"  removed snapshot {sid[:8]}: no target holds it")
+    for line in res.security:
+        print(f"  {line}")
+    for w in res.warnings:
+        _err(f"warning: {w}")
     return EXIT_OK
 
 
@@ -191,7 +244,9 @@ def open_console(config: str | None, operator: str | None = None) -> int:
     """Open the Textual operator console on a config (used by `tui` and `demo`)."""
     from core.config import load_config
     from core.engine import Engine
+    from core.security.gate import acting_operator
 
+    operator = acting_operator(operator)  # a name that could forge audit lines is refused before anything opens
     engine = Engine(load_config(config))
     # The dashboard's catalog reads start now and overlap Textual's import and start-up.
     first = engine.prefetch_dashboard()
@@ -252,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="restore only this table with its data (repeatable)")
     sp.add_argument("--force", action="store_true",
                     help="if --into exists, replace it (operator with a one-time code; the old one is kept aside)")
+    sp.add_argument("--target", metavar="NAME",
+                    help="read only from this target (default: any intact copy, first target first)")
     sp = add("check", cmd_check, "verify the repository; --read-data fetches and decrypts every chunk")
     sp.add_argument("--read-data", action="store_true", help="read, decrypt and hash every stored chunk")
     sp.add_argument("--target", metavar="NAME", help="check only this target")
@@ -286,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     args.json = getattr(args, "json", False)
     args.operator = getattr(args, "operator", None)
     args.otp = getattr(args, "otp", None)
+    _setup_logging()
     try:
         if getattr(args, "sync", None) is not None:
             return args.sync(args)
@@ -293,9 +351,26 @@ def main(argv: list[str] | None = None) -> int:
     except BackstopError as exc:
         _err(str(exc))
         return exc.exit_code
+    except Terminated:
+        _err("terminated (SIGTERM): the command was stopped and cleaned up; nothing half-done was left visible")
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         _err("interrupted; nothing was committed by the interrupted command")
         return 130
+    except sqlite3.Error as exc:
+        _err(f"the catalog database failed ({exc}); if it was damaged or edited, "
+             "`backstop catalog rebuild` rebuilds it from the repository")
+        return EXIT_FAILED
+
+
+def _setup_logging() -> None:
+    """Warnings from inside backstop (logger ``backstop.*``) as one line each on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("backstop: warning: %(message)s"))
+    log = logging.getLogger("backstop")
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING)
+    log.propagate = False
 
 
 if __name__ == "__main__":

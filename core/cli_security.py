@@ -27,13 +27,18 @@ def identity(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     (asked only if the gate gets that far), else none: the gate then refuses
     with a message saying which code is needed.
     """
-    from core.security.gate import Identity, default_operator
+    from core.security.gate import Identity, acting_operator
 
-    name = getattr(args, "operator", None) or default_operator()
+    name = acting_operator(getattr(args, "operator", None))
     code = getattr(args, "otp", None)
     if code is None and sys.stdin.isatty():
         return Identity(name, lambda: getpass.getpass(f"one-time code for operator {name}: ") or None)
     return Identity(name, code)
+
+
+def _printable(text: str) -> str:
+    """Control characters shown escaped: a stored value must never forge or rewrite a line on the terminal."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
 
 
 def _when(ts: float) -> str:
@@ -80,13 +85,31 @@ def _print_qr(uri: str) -> None:
 
 async def cmd_operator_add(engine, args) -> int:  # type: ignore[no-untyped-def]
     e = await engine.add_operator(args.name, args.role, identity(args))
-    if args.json:
+    _print_enrolment(e, args.json, f"operator '{e.name}' enrolled with role {e.role}")
+    return EXIT_OK
+
+
+def _print_enrolment(e: Any, as_json: bool, what: str) -> None:
+    """The otpauth:// URI (and a QR code on a terminal): shown this once, then only stored sealed."""
+    if as_json:
         print(json.dumps({"name": e.name, "role": e.role, "uri": e.uri}))
     else:
         _print_qr(e.uri)
         print(e.uri)
-    _err(f"operator '{e.name}' enrolled with role {e.role}. Scan the QR code or add the URI to an authenticator app "
+    _err(f"{what}. Scan the QR code or add the URI to an authenticator app "
          f"(or: oathtool --totp -b SECRET, with the secret= value). It is shown only this once.")
+
+
+async def cmd_operator_recover(engine, args) -> int:  # type: ignore[no-untyped-def]
+    if args.passphrase_stdin:
+        typed = sys.stdin.buffer.readline().rstrip(b"\r\n")
+    elif sys.stdin.isatty():
+        typed = getpass.getpass("repository passphrase (proves you may recover operator access): ").encode()
+    else:
+        raise UsageError("operator recover needs the repository passphrase typed in: run it on a terminal, "
+                         "or pipe it in with --passphrase-stdin")
+    e = await engine.recover_operator(args.name, typed, identity(args))
+    _print_enrolment(e, args.json, f"operator '{e.name}' enrolled as admin by recovery (audited)")
     return EXIT_OK
 
 
@@ -135,8 +158,9 @@ async def cmd_audit_list(engine, args) -> int:  # type: ignore[no-untyped-def]
         detail = e.details
         extra = " ".join(f"{k}={v}" for k, v in detail.items() if k in ("reason", "error", "previous_kept_as")
                          and v is not None)
-        print(f"#{e.seq:<5} {_when(e.ts)}  {e.operator:<16} {e.host:<16} {e.action:<20} {e.outcome:<10} {e.subject}"
-              + (f"  ({extra})" if extra else ""))
+        line = (f"#{e.seq:<5} {_when(e.ts)}  {e.operator:<16} {e.host:<16} {e.action:<20} {e.outcome:<10} {e.subject}"
+                + (f"  ({extra})" if extra else ""))
+        print(_printable(line))
     return EXIT_OK
 
 
@@ -245,6 +269,8 @@ async def cmd_prune(engine, args) -> int:  # type: ignore[no-untyped-def]
     verb = "would delete" if rep.dry_run else "deleted"
     print(f"{verb} {len(rep.packs_deleted)} of {rep.packs_total} pack(s) ({_human(rep.bytes_freed)} per target); "
           f"{rep.snapshots} snapshot(s) kept; {rep.packs_too_young} unneeded pack(s) younger than the grace period kept")
+    for line in rep.leftovers:
+        print(_printable(f"  removed leftover: {line}"))
     return EXIT_OK
 
 
@@ -264,6 +290,49 @@ async def restore_force(engine, args) -> int:  # type: ignore[no-untyped-def]
               f"({_human(r.bytes)})")
         if res.aside:
             _err(f"the previous database {r.into} is kept as {res.aside}; drop it when you no longer need it")
+    return EXIT_OK
+
+
+async def cmd_unlock(engine, args) -> int:  # type: ignore[no-untyped-def]
+    if not args.lock and not args.all:
+        locks = await engine.list_locks()
+        if args.json:
+            print(json.dumps(locks, indent=1))
+        elif not locks:
+            print("the repository holds no locks")
+        for lk in locks if not args.json else []:
+            state = "stale" if lk["stale"] else "held"
+            print(_printable(f"{str(lk['name'])[6:14]}  {lk['kind']:<9} {state:<6} pid {lk['pid']} on {lk['host']} "
+                             f"since {lk['created']}: {lk['purpose']}"))
+        if locks and not args.json:
+            _err("remove one with `backstop unlock ID` (operator with a one-time code) once its process is gone")
+        return EXIT_OK
+    removed = await engine.unlock(["all"] if args.all else args.lock, identity(args))
+    if args.json:
+        print(json.dumps({"removed": removed}))
+    else:
+        for name in removed:
+            print(f"removed lock {name[6:14]}")
+    return EXIT_OK
+
+
+async def cmd_repair_index(engine, args) -> int:  # type: ignore[no-untyped-def]
+    rep = await engine.repair_index(dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps(rep.to_json(), indent=1))
+        return EXIT_OK
+    verb = "would" if args.dry_run else "did"
+    print(f"{rep.index_objects} index object(s), {len(rep.damaged_index)} damaged on every target; "
+          f"{rep.packs_read} pack header(s) read, {rep.packs_indexed} pack(s) with {rep.chunks_indexed} chunk(s) "
+          f"{'to index' if args.dry_run else 'indexed'}")
+    for name in rep.damaged_index:
+        print(f"  {verb} delete {name[:22]}… (no intact copy on any target)")
+    for line in rep.copies_rewritten:
+        print(f"  {verb} rewrite {line} from an intact copy")
+    if rep.new_index:
+        print(f"  new index object {rep.new_index[:22]}…")
+    for pid in rep.quarantined:
+        print(f"  pack {pid[:16]} quarantined (missing on a target or its header unreadable)")
     return EXIT_OK
 
 
@@ -294,6 +363,10 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("role", choices=("viewer", "operator", "admin"))
     p = add(ops, "remove", cmd_operator_remove, "remove an operator")
     p.add_argument("name", metavar="NAME")
+    p = add(ops, "recover", cmd_operator_recover,
+            "enrol an admin when every operator record is lost (needs the repository passphrase typed in; audited)")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--passphrase-stdin", action="store_true", help="read the passphrase from the first line of stdin")
 
     aud = group("audit", "the tamper-evident audit log")
     p = add(aud, "list", cmd_audit_list, "list audit entries, oldest first")
@@ -326,3 +399,16 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_prune)
     p.add_argument("--grace", metavar="DURATION", help="keep unneeded packs younger than this (default 24h)")
     p.add_argument("--dry-run", action="store_true", help="only report what would be deleted (needs no code)")
+
+    p = sub.add_parser("unlock", help="list the repository's locks, or remove one left by a dead process",
+                       description="list the repository's locks (no arguments), or remove some (operator with a "
+                                   "one-time code); a lock of a dead process on this host is removed automatically",
+                       parents=[common])
+    p.set_defaults(func=cmd_unlock)
+    p.add_argument("lock", nargs="*", metavar="ID", help="lock id (or prefix) from the listing")
+    p.add_argument("--all", action="store_true", help="remove every lock")
+
+    rep = group("repair", "repair the repository")
+    p = add(rep, "index", cmd_repair_index,
+            "rebuild the index from the pack headers where index objects are damaged or missing")
+    p.add_argument("--dry-run", action="store_true", help="only report what would be done")

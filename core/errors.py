@@ -71,6 +71,18 @@ class IntegrityError(RepositoryError):
     """Stored data failed a checksum or authentication check."""
 
 
+class TargetDamaged(RepositoryError):
+    """A target's own config or key objects are damaged: it cannot be opened on its own.
+
+    Not a wrong passphrase: another target (or the object's own checksum)
+    shows the passphrase is right and this copy is bad.
+    """
+
+    def __init__(self, target: str, message: str) -> None:
+        super().__init__(f"target '{target}': {message}")
+        self.target = target
+
+
 class LockConflict(RepositoryError):
     """Another process holds a conflicting repository lock."""
 
@@ -95,6 +107,16 @@ class AuthError(BackstopError):
     """The security gate refused an action: unknown operator, role too low, wrong or reused code, locked out."""
 
     exit_code = 2
+
+
+class CatalogDisagrees(AuthError):
+    """The catalog's operators or audit log do not match the repository's: gated actions stop until a rebuild."""
+
+
+class CatalogError(BackstopError):
+    """The catalog database is unreadable or its schema was altered."""
+
+    exit_code = 1
 
 
 class MfaRequired(AuthError):

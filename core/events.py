@@ -6,7 +6,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Literal
 
-Outcome = Literal["succeeded", "failed"]
+# "abandoned": stopped from outside (SIGTERM, Ctrl-C) or its process died; counts as a failure.
+Outcome = Literal["succeeded", "failed", "abandoned"]
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
@@ -49,6 +50,9 @@ async def run_job(bus: EventBus, kind: str, db: str | None, description: str) ->
         yield job
     except BackstopError as exc:
         bus.publish(JobFinished(job.id, outcome="failed", error=str(exc)))
+        raise
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        bus.publish(JobFinished(job.id, outcome="abandoned", error="interrupted (SIGTERM or Ctrl-C); cleaned up"))
         raise
     except BaseException as exc:
         # Unexpected errors and cancellation still close the job record.

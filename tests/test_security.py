@@ -20,6 +20,7 @@ from core.postgres.fingerprint import fingerprint
 from core.sandbox.warranty import append_claims
 from tests.fixtures.backstop import Setup, local_target
 from tests.fixtures.otp import CodeBook, secret_from_uri
+from tests.fixtures.tamper import sql
 
 NEEDS_CODE = "needs a fresh one-time code"
 
@@ -167,12 +168,7 @@ def _restore_rows(db: Path, rows: list[tuple[Any, ...]]) -> None:
     conn.close()
 
 
-def _sql(db: Path, *statements: str) -> None:
-    conn = sqlite3.connect(db)
-    with conn:
-        for s in statements:
-            conn.execute(s)
-    conn.close()
+_sql = sql  # statements on the catalog, as someone with write access to the file would run them
 
 
 def test_audit_tampering_is_detected_and_named(tmp_path: Path, setup_factory) -> None:  # type: ignore[no-untyped-def]

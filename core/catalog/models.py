@@ -28,6 +28,23 @@ class SnapshotRecord:
 
 
 @dataclass(frozen=True)
+class BackupRecord(SnapshotRecord):
+    """A snapshot just taken, with what its verification covered."""
+
+    packs_read_back: int = 0  # packs this backup uploaded and read back from every target
+    packs_reused: int = 0  # packs of earlier backups it references: seen present, not re-read
+
+    @property
+    def verified_summary(self) -> str:
+        """What "verified" means for this backup, in one clause."""
+        read = f"{self.packs_read_back} new pack(s) read back from {', '.join(self.targets)}"
+        if not self.packs_reused:
+            return read
+        return (f"{read}; {self.packs_reused} pack(s) reused from earlier backups were seen present, not re-read "
+                "(`backstop check --read-data` reads them)")
+
+
+@dataclass(frozen=True)
 class JobRecord:
     """A job (backup, restore, check) with its latest progress."""
 

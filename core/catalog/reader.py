@@ -356,14 +356,14 @@ class CatalogReader:
         """Finished backup jobs started in the last ``days`` days: days ago -> (succeeded, failed)."""
         rows = self._db().execute(
             "SELECT CAST((?1 - started_at) / 86400 AS INTEGER) AS age, sum(state = 'succeeded'),"
-            " sum(state = 'failed') FROM jobs WHERE started_at > ?1 - ?2 * 86400 AND started_at <= ?1"
+            " sum(state IN ('failed', 'abandoned')) FROM jobs WHERE started_at > ?1 - ?2 * 86400 AND started_at <= ?1"
             " AND kind = 'backup' AND state != 'running' GROUP BY age", (now, days))
         return {int(a): (int(p), int(f)) for a, p, f in rows}
 
     def failed_jobs_since(self, since: float) -> list[JobRecord]:
         """Failed jobs started since ``since``, oldest first."""
         return [JobRecord(*r) for r in self._db().execute(
-            f"SELECT {_JOB_COLS} FROM jobs WHERE started_at >= ? AND state = 'failed' ORDER BY started_at", (since,))]
+            f"SELECT {_JOB_COLS} FROM jobs WHERE started_at >= ? AND state IN ('failed', 'abandoned') ORDER BY started_at", (since,))]
 
     def verifications_since(self, since: float) -> list[VerificationRecord]:
         """Verifications finished since ``since`` (epoch seconds), oldest first."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import sqlite3
 import time
@@ -17,6 +18,7 @@ from typing import Iterable
 
 from core.catalog.models import JobRecord, RestoreRecord, SnapshotRecord, VerificationRecord
 from core.errors import ConfigError, NotFound
+from core.processes import pid_alive
 from core.events import JobEvent, JobFinished, JobStarted, JobWarning, PhaseChanged, Progress
 
 _MIGRATIONS: list[str] = [
@@ -127,6 +129,9 @@ _MIGRATIONS: list[str] = [
     """,
 ]
 
+_HEX_RE = re.compile(r"[0-9a-f]{4,64}")
+_TABLES = ("snapshots", "jobs", "job_events", "verifications", "restores", "operators", "audit_log", "security_state")
+
 # Progress rows are kept in job_events at most this often per job; the jobs
 # row itself always holds the newest figures.
 _PROGRESS_EVENT_INTERVAL = 1.0
@@ -138,7 +143,14 @@ class Catalog:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.parent.is_dir():
+                path.parent.mkdir(parents=True, mode=0o700)
+            # The catalog holds the audit log and sealed operator secrets: owner only.
+            # SQLite gives its -wal and -shm files the database file's mode.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            st = path.stat()
+            if st.st_mode & 0o077 and st.st_uid == os.geteuid():
+                path.chmod(0o600)  # made before catalogs were private
             self._db = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
         except (OSError, sqlite3.Error) as exc:
@@ -152,6 +164,37 @@ class Catalog:
         (version,) = self._db.execute("PRAGMA user_version").fetchone()
         for i, script in enumerate(_MIGRATIONS[version:], start=version + 1):
             self._db.executescript(f"BEGIN; {script}; PRAGMA user_version={i}; COMMIT;")
+
+    def schema_problems(self) -> list[str]:
+        """Ways the catalog's schema differs from what backstop made: dropped tables, added triggers or views.
+
+        Backstop creates no triggers or views, so any is someone else's work
+        (a trigger can silently swallow or rewrite what backstop writes).
+        """
+        rows = self._db.execute("SELECT type, name FROM sqlite_master WHERE type IN ('table', 'trigger', 'view')")
+        have: dict[str, set[str]] = {"table": set(), "trigger": set(), "view": set()}
+        for kind, name in rows:
+            have[kind].add(name)
+        problems = [f"table {t} is missing from the catalog" for t in _TABLES if t not in have["table"]]
+        problems += [f"the catalog has a {kind} {name!r} that backstop did not create"
+                     for kind in ("trigger", "view") for name in sorted(have[kind])]
+        return problems
+
+    def repair_schema(self) -> list[str]:
+        """Drop foreign triggers and views and recreate missing tables (empty); returns what was done."""
+        done = []
+        for kind, name in self._db.execute(
+                "SELECT type, name FROM sqlite_master WHERE type IN ('trigger', 'view')").fetchall():
+            self._db.execute(f'DROP {kind.upper()} IF EXISTS "{name.replace(chr(34), chr(34) * 2)}"')
+            done.append(f"dropped {kind} {name!r}")
+        missing = [t for t in _TABLES if not self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (t,)).fetchone()]
+        if missing:
+            script = "".join(_MIGRATIONS)
+            script = re.sub(r"CREATE (TABLE|INDEX) ", r"CREATE \1 IF NOT EXISTS ", script)
+            self._db.executescript(f"BEGIN; {script}; COMMIT;")
+            done += [f"recreated table {t}" for t in missing]
+        return done
 
     @property
     def connection(self) -> sqlite3.Connection:
@@ -212,17 +255,22 @@ class Catalog:
         )
         return [(i, ts, t, json.loads(p)) for i, ts, t, p in rows]
 
-    def mark_abandoned_jobs(self, pids_alive: Iterable[int]) -> None:
-        """Jobs left 'running' by a process that no longer exists become failed."""
-        alive = set(pids_alive)
-        for job_id, pid in self._db.execute(
-            "SELECT id, pid FROM jobs WHERE state='running' AND host=?", (socket.gethostname(),)
-        ).fetchall():
-            if pid not in alive:
+    def mark_abandoned_jobs(self) -> int:
+        """Jobs left 'running' on this host by a process that no longer exists become 'abandoned'."""
+        n = 0
+        try:
+            running = self._db.execute(
+                "SELECT id, pid FROM jobs WHERE state='running' AND host=?", (socket.gethostname(),)).fetchall()
+        except sqlite3.OperationalError:
+            return 0  # an altered schema: `check` and the gate name it; this bookkeeping waits
+        for job_id, pid in running:
+            if not pid_alive(pid):
                 self._db.execute(
-                    "UPDATE jobs SET state='failed', finished_at=?, error=? WHERE id=?",
-                    (time.time(), "the process running this job ended without finishing it", job_id),
+                    "UPDATE jobs SET state='abandoned', finished_at=?, error=? WHERE id=? AND state='running'",
+                    (time.time(), f"the process running this job (pid {pid}) ended without finishing it", job_id),
                 )
+                n += 1
+        return n
 
     # -- snapshots ------------------------------------------------------------
 
@@ -255,11 +303,14 @@ class Catalog:
             if not rows:
                 raise NotFound(f"no snapshots of {db!r} in the catalog; run `backstop backup --db {db}` first")
             return rows[-1]
-        if len(ref) < 4:
-            raise NotFound(f"snapshot id {ref!r} is too short: give at least 4 characters")
+        ref = ref.strip().lower()
+        if not _HEX_RE.fullmatch(ref):
+            raise NotFound(f"snapshot id {ref!r} is not a snapshot id: give 'latest' or at least 4 hex digits "
+                           "of an id from `backstop snapshots`")
+        # A prefix compare, not LIKE: '_' and '%' must not match anything.
         cur = self._db.execute(
-            "SELECT id FROM snapshots WHERE id LIKE ? || '%'" + (" AND db=?" if db else ""),
-            (ref.lower(), db) if db else (ref.lower(),),
+            "SELECT id FROM snapshots WHERE substr(id, 1, ?) = ?" + (" AND db=?" if db else ""),
+            (len(ref), ref, db) if db else (len(ref), ref),
         ).fetchall()
         if not cur:
             raise NotFound(f"no snapshot {ref!r}" + (f" of {db!r}" if db else "") + "; list them with `backstop snapshots`")

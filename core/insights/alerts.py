@@ -46,7 +46,7 @@ def build_alerts(*, now: float, recent_jobs: Sequence[JobRecord], never_verified
     """All alerts, most urgent first (then newest first)."""
     out: list[Alert] = []
     for j in recent_jobs:
-        if j.state == "failed" and j.started_at >= now - failed_window_s:
+        if j.state in ("failed", "abandoned") and j.started_at >= now - failed_window_s:
             what = j.description or f"{j.kind} of {j.db}"
             level: Level = "critical" if j.kind in ("backup", "restore") else "warning"
             out.append(Alert(level, "failed-job", f"{what} failed at {_hhmm(j.finished_at or j.started_at)}: "

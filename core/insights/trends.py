@@ -129,7 +129,7 @@ def failures(jobs: Sequence[JobRecord]) -> tuple[tuple[int, ...], tuple[tuple[st
     hours = [0] * 24
     kinds: dict[str, int] = {}
     for j in jobs:
-        if j.state == "failed":
+        if j.state in ("failed", "abandoned"):
             hours[datetime.fromtimestamp(j.started_at, timezone.utc).hour] += 1
             kinds[j.kind] = kinds.get(j.kind, 0) + 1
     return tuple(hours), tuple(sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))

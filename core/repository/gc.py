@@ -28,6 +28,7 @@ from core.errors import RepositoryError
 from core.repository.index import INDEX_PREFIX, Index, IndexFile
 from core.repository.manifest import SNAPSHOT_PREFIX, Manifest
 from core.repository.packs import DATA_PREFIX, pack_id_from_name, pack_object_name
+from core.repository import quarantine
 from core.repository.repo import Repository
 from core.storage.base import ObjectInfo
 
@@ -119,11 +120,13 @@ class PruneReport:
     packs_too_young: int = 0  # unreferenced, but within the grace period
     index_objects_replaced: int = 0
     dry_run: bool = False
+    leftovers: list[str] = field(default_factory=list)  # temp files, unfinished uploads, stale locks removed
 
     def to_json(self) -> dict[str, object]:
         return {"snapshots": self.snapshots, "packs_total": self.packs_total, "packs_deleted": len(self.packs_deleted),
                 "bytes_freed": self.bytes_freed, "packs_too_young": self.packs_too_young,
-                "index_objects_replaced": self.index_objects_replaced, "dry_run": self.dry_run}
+                "index_objects_replaced": self.index_objects_replaced, "dry_run": self.dry_run,
+                "leftovers_removed": len(self.leftovers)}
 
 
 async def prune(repo: Repository, grace_s: float = DEFAULT_GRACE_S, dry_run: bool = False,
@@ -132,6 +135,7 @@ async def prune(repo: Repository, grace_s: float = DEFAULT_GRACE_S, dry_run: boo
     now = time.time() if now is None else now
     manifests = await read_all_manifests(repo)
     index = await repo.load_index(common=False)
+    refuse_damaged_index(index)
     listings = await pack_listings(repo)
     needed = referenced_packs(index, live_chunks(manifests), listings, repo)
     every_pack = set(index.packs).union(*(set(lst) for lst in listings))
@@ -149,14 +153,39 @@ async def prune(repo: Repository, grace_s: float = DEFAULT_GRACE_S, dry_run: boo
     report.packs_deleted = sorted(doomed)
     first = listings[0] if listings else {}
     report.bytes_freed = sum(first[p].size for p in doomed if p in first)
-    if dry_run or not doomed:
+    if dry_run:
         return report
     if doomed & set(index.packs):
         report.index_objects_replaced = await replace_index(repo, index, doomed)
     for pid in sorted(doomed):
         name = pack_object_name(pid)
         await asyncio.gather(*(st.delete(name) for st, lst in zip(repo.storages, listings) if pid in lst))
+    # A deleted pack needs no quarantine record any more.
+    held = await quarantine.load(repo)
+    if held & doomed:
+        await quarantine.release(repo, held & doomed)
+    report.leftovers = await remove_leftovers(repo, now - grace_s)
     return report
+
+
+def refuse_damaged_index(index: Index) -> None:
+    """Deleting around an index object nobody can read could delete what it lists: repair first."""
+    if index.damaged:
+        name = sorted(index.damaged)[0]
+        raise RepositoryError(f"{len(index.damaged)} index object(s) cannot be read from any target (first: "
+                              f"{name[:22]}…); run `backstop repair index` before deleting anything")
+
+
+async def remove_leftovers(repo: Repository, older_than: float) -> list[str]:
+    """Debris of crashed processes older than ``older_than``: temp files, unfinished uploads, stale locks."""
+    removed: list[str] = []
+    for st in repo.storages:
+        removed += [f"target '{st.name}': {line}" for line in await st.cleanup_leftovers(older_than)]
+    stale = [lk for lk in await repo.locks() if lk["stale"]]
+    await repo.remove_locks([str(lk["name"]) for lk in stale])
+    removed += [f"stale lock {str(lk['name'])[6:14]} of pid {lk['pid']} on {lk['host']} ({lk['purpose']})"
+                for lk in stale]
+    return removed
 
 
 async def forget(repo: Repository, sids: list[str]) -> list[str]:

@@ -74,12 +74,33 @@ class Index:
     chunks: dict[bytes, Location] = field(default_factory=dict)
     packs: dict[str, int] = field(default_factory=dict)
     files: set[str] = field(default_factory=set)  # index object names merged
+    # Index objects no target could deliver intact (name -> why): what they
+    # listed is unknown until `backstop repair index` re-reads the pack headers.
+    damaged: dict[str, str] = field(default_factory=dict)
 
-    def merge(self, name: str, f: IndexFile) -> None:
-        """Add one index object's content."""
+    def merge(self, name: str, f: IndexFile, avoid: frozenset[str] | set[str] = frozenset()) -> None:
+        """Add one index object's content; a location in an ``avoid`` pack never replaces one outside it."""
         self.files.add(name)
         self.packs.update(f.packs)
-        self.chunks.update(f.chunks)
+        if not avoid:
+            self.chunks.update(f.chunks)
+            return
+        for cid, loc in f.chunks.items():
+            old = self.chunks.get(cid)
+            if old is not None and loc.pack_id in avoid and old.pack_id not in avoid:
+                continue
+            self.chunks[cid] = loc
+
+    def drop_packs(self, packs: set[str]) -> int:
+        """Forget every chunk located in ``packs`` (a backup must not reference them); returns how many."""
+        if not packs:
+            return 0
+        gone = [cid for cid, loc in self.chunks.items() if loc.pack_id in packs]
+        for cid in gone:
+            del self.chunks[cid]
+        for p in packs:
+            self.packs.pop(p, None)
+        return len(gone)
 
     def __contains__(self, cid: bytes) -> bool:
         return cid in self.chunks

@@ -9,6 +9,8 @@ Rotating the KEK rewrites only the small ``keys/`` objects.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -20,7 +22,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from core.errors import RepositoryError, WrongKey
+from core.errors import IntegrityError, RepositoryError, WrongKey
 
 KEY_PREFIX = "keys/"
 # scrypt N=2^15, r=8: ~32 MiB and ~0.1 s per unlock here; slows guessing
@@ -82,6 +84,21 @@ def _aad(repo_id: str, version: int) -> bytes:
     return f"backstop-dek:{repo_id}:{version}".encode()
 
 
+def _kek_check(kek: bytes, repo_id: str) -> str:
+    """Tells a wrong passphrase (this differs) from a damaged ``wrapped`` field (this matches).
+
+    It costs a guesser the same scrypt per guess as the GCM tag does, so it
+    reveals nothing the tag does not.
+    """
+    return hmac.new(kek, f"backstop-kek-check:{repo_id}".encode(), hashlib.sha256).hexdigest()
+
+
+def _digest(doc: dict) -> str:
+    """SHA-256 over every other field: a damaged key object is found before any passphrase is tried."""
+    rest = {k: v for k, v in doc.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def new_data_key(version: int, id_key: bytes | None = None) -> DataKey:
     """A fresh DEK; pass the repository's ``id_key`` to keep chunk ids stable."""
     return DataKey(version=version, enc_key=secrets.token_bytes(32), id_key=id_key or secrets.token_bytes(32))
@@ -101,14 +118,16 @@ def wrap_data_key(dek: DataKey, passphrase: bytes, repo_id: str, params: KdfPara
     secret = json.dumps({"enc_key": _b64(dek.enc_key), "id_key": _b64(dek.id_key)}).encode()
     wrapped = nonce + AESGCM(kek).encrypt(nonce, secret, _aad(repo_id, dek.version))
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    doc = {
+    doc: dict[str, object] = {
         "format": 1,
         "version": dek.version,
         "created": now,
         "dek_created": dek_created or now,
         "kek": params.to_json(),
         "wrapped": _b64(wrapped),
+        "check": _kek_check(kek, repo_id),
     }
+    doc["digest"] = _digest(doc)
     return json.dumps(doc, indent=1).encode()
 
 
@@ -144,16 +163,36 @@ def _parse(data: bytes) -> dict:
 
 
 def unwrap_data_key(data: bytes, passphrase: bytes, repo_id: str, where: str) -> DataKey:
-    """Recover a DEK from its stored key object; WrongKey if the passphrase is wrong."""
-    doc = _parse(data)
-    version = int(doc["version"])
-    kek = derive_kek(passphrase, KdfParams.from_json(doc["kek"]))
-    raw = _unb64(doc["wrapped"])
+    """Recover a DEK from its stored key object.
+
+    WrongKey if the passphrase is wrong; IntegrityError if the object is
+    damaged (its digest or, with a matching passphrase check, its wrapped key
+    fails). Objects written before the digest existed cannot tell the two
+    apart and report a wrong passphrase.
+    """
+    try:
+        doc = _parse(data)
+    except RepositoryError:
+        raise IntegrityError(f"{where}: a key object is damaged (not a readable key object)") from None
+    damaged = IntegrityError(f"{where}: key object for data key {doc.get('version')} is damaged "
+                             "(its checksum does not match)")
+    if "digest" in doc and not hmac.compare_digest(str(doc["digest"]), _digest(doc)):
+        raise damaged
+    try:
+        version = int(doc["version"])
+        kek = derive_kek(passphrase, KdfParams.from_json(doc["kek"]))
+        raw = _unb64(str(doc["wrapped"]))
+    except (KeyError, TypeError, ValueError):
+        raise damaged from None
+    wrong = WrongKey(
+        f"wrong passphrase: it does not unlock the repository key at {where}; "
+        "check encryption.passphrase_file / passphrase_env"
+    )
+    checked = "check" in doc
+    if checked and not hmac.compare_digest(str(doc["check"]), _kek_check(kek, repo_id)):
+        raise wrong
     try:
         secret = json.loads(AESGCM(kek).decrypt(raw[:12], raw[12:], _aad(repo_id, version)))
-    except InvalidTag:
-        raise WrongKey(
-            f"wrong passphrase: it does not unlock the repository key at {where}; "
-            "check encryption.passphrase_file / passphrase_env"
-        ) from None
-    return DataKey(version=version, enc_key=_unb64(secret["enc_key"]), id_key=_unb64(secret["id_key"]))
+        return DataKey(version=version, enc_key=_unb64(secret["enc_key"]), id_key=_unb64(secret["id_key"]))
+    except (InvalidTag, ValueError, KeyError, TypeError):
+        raise (damaged if checked else wrong) from None

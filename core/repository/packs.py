@@ -12,10 +12,14 @@ from __future__ import annotations
 import hashlib
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from core.errors import IntegrityError
 from core.repository.crypto import open_object, seal_object
 from core.repository.keys import DataKey
+
+if TYPE_CHECKING:
+    from core.storage.base import Storage
 
 PACK_MAGIC = b"BKP1"
 DATA_PREFIX = "data/"
@@ -104,3 +108,21 @@ def read_pack_header(data: bytes, keys: dict[int, DataKey]) -> list[BlobEntry]:
     if len(header) % _ENTRY.size:
         raise IntegrityError("pack header is damaged")
     return [BlobEntry(*_ENTRY.unpack_from(header, i)) for i in range(0, len(header), _ENTRY.size)]
+
+
+async def fetch_pack_header(st: "Storage", pack_id: str, size: int, keys: dict[int, DataKey]) -> list[BlobEntry]:
+    """A stored pack's blob list, read with two ranged reads (trailer, then header), not the whole pack."""
+    name = pack_object_name(pack_id)
+    if size < _TRAILER.size:
+        raise IntegrityError("pack is truncated")
+    hlen, magic = _TRAILER.unpack(await st.get_range(name, size - _TRAILER.size, _TRAILER.size))
+    if magic != PACK_MAGIC or hlen > size - _TRAILER.size:
+        raise IntegrityError("pack trailer is damaged")
+    sealed = await st.get_range(name, size - _TRAILER.size - hlen, hlen)
+    header = open_object(sealed, _HEADER_KIND, keys)
+    if len(header) % _ENTRY.size:
+        raise IntegrityError("pack header is damaged")
+    entries = [BlobEntry(*_ENTRY.unpack_from(header, i)) for i in range(0, len(header), _ENTRY.size)]
+    if any(e.offset + e.length > size - _TRAILER.size - hlen for e in entries):
+        raise IntegrityError("pack header lists blobs beyond the pack's end")
+    return entries

@@ -20,6 +20,7 @@ from core.repository.crypto import open_chunk
 from core.repository.index import Index, Location
 from core.repository.manifest import FileEntry
 from core.repository.packs import pack_object_name
+from core.repository.quarantine import Finding, is_damage
 from core.repository.repo import Repository
 
 # A run is capped by plaintext, not stored bytes: with 40:1 compression an
@@ -39,9 +40,14 @@ class _Run:
 
 def check_complete(entry: FileEntry, index: Index) -> None:
     """Fail before anything is restored if a chunk of the file is not indexed."""
-    for hexid in entry.chunks:
-        if bytes.fromhex(hexid) not in index.chunks:
-            raise IntegrityError(f"chunk {hexid[:16]} of {entry.name} is not in the index; run `backstop check`")
+    missing = sum(1 for hexid in entry.chunks if bytes.fromhex(hexid) not in index.chunks)
+    if not missing:
+        return
+    if index.damaged:
+        raise IntegrityError(
+            f"{missing} chunk(s) of {entry.name} are listed by no readable index object, and {len(index.damaged)} "
+            "index object(s) are damaged on every target; run `backstop repair index` (it re-reads the pack headers)")
+    raise IntegrityError(f"{missing} chunk(s) of {entry.name} are not in the index; run `backstop check`")
 
 
 def _plan_runs(entry: FileEntry, index: Index) -> Iterator[_Run]:
@@ -72,6 +78,8 @@ class StreamReader:
         self.pool = pool
         self.on_damage = on_damage
         self.damaged: list[str] = []
+        # Damaged or missing copies found while reading (not unreachable targets): what to quarantine.
+        self.findings: list[Finding] = []
         self._reported: set[tuple[str, str]] = set()
 
     def _open_run(self, data: bytes, run: _Run) -> list[bytes]:
@@ -96,12 +104,16 @@ class StreamReader:
                     raise IntegrityError(f"{name} is truncated")
                 return await loop.run_in_executor(self.pool, self._open_run, data, run)
             except (StorageError, IntegrityError) as exc:
-                msg = f"target '{st.name}': {name} is damaged or missing ({exc})"
+                unreachable = not is_damage(exc)
+                msg = (f"target '{st.name}' could not be read ({exc}); reading {name} from the next target"
+                       if unreachable else f"target '{st.name}': {name} is damaged or missing ({exc})")
                 errors.append(msg)
                 # Parallel restore jobs read the same stream: report each bad copy once.
                 if (st.name, name) not in self._reported:
                     self._reported.add((st.name, name))
-                    self.damaged.append(msg)
+                    if not unreachable:
+                        self.damaged.append(msg)
+                        self.findings.append(Finding(run.pack_id, st.name, str(exc)))
                     if self.on_damage:
                         self.on_damage(msg)
         raise IntegrityError(f"no intact copy of {name} on any target: " + "; ".join(errors))

@@ -34,7 +34,8 @@ from typing import Awaitable, Callable
 
 from core.errors import IntegrityError, RepositoryError, StorageError
 from core.repository.crypto import open_object, reseal_chunk, seal_object, envelope_key_version
-from core.repository.gc import live_chunks, pack_listings, read_all_manifests, referenced_packs, replace_index
+from core.repository.gc import (live_chunks, pack_listings, read_all_manifests, referenced_packs, refuse_damaged_index,
+                                 replace_index)
 from core.repository.index import Index, IndexFile, Location
 from core.repository.keyring import bounded_gather, envelope_version, pack_header_version
 from core.repository.keys import DataKey
@@ -119,6 +120,7 @@ async def reencrypt(repo: Repository, versions: set[int], pool: ThreadPoolExecut
             await on_renamed(m.supersedes, sid)
     live = live_chunks(manifests)
     index: Index = await repo.load_index(common=False)
+    refuse_damaged_index(index)
     listings = await pack_listings(repo)
     referenced_packs(index, live, listings, repo)  # refuses on a damaged repository
 

@@ -14,13 +14,18 @@ from datetime import datetime, timezone
 from typing import AsyncIterator
 
 from core.config import RepositoryConfig
+from core.processes import pid_alive
 from core.errors import (
+    BackstopError,
     IntegrityError,
     LockConflict,
     ObjectNotFound,
     RepositoryError,
     RepositoryNotInitialised,
     StorageError,
+    TargetDamaged,
+    TargetUnreachable,
+    WrongKey,
 )
 from core.repository.index import INDEX_PREFIX, Index, IndexFile
 from core.repository.keys import (
@@ -88,13 +93,13 @@ class RepoParams:
                 raise ValueError
             version = int(doc["version"])
         except (ValueError, KeyError, TypeError, AttributeError):
-            raise RepositoryError(f"{where}: the config object is not a backstop repository config") from None
+            raise IntegrityError(f"{where}: the config object is damaged (not a backstop repository config)") from None
         if version > FORMAT_VERSION:
             raise RepositoryError(f"{where}: repository format {version} is newer than this backstop; upgrade it")
         try:
             return cls(**doc)
         except TypeError:
-            raise RepositoryError(f"{where}: the repository config object is damaged") from None
+            raise IntegrityError(f"{where}: the repository config object is damaged") from None
 
 
 def _now() -> str:
@@ -113,82 +118,180 @@ async def _read_config(st: Storage) -> RepoParams | None:
         return None
 
 
+@dataclass
+class _Identity:
+    """What one target's own config and key objects say (FORMAT.md 12.2)."""
+
+    storage: Storage
+    params: RepoParams | None = None
+    keys: dict[int, DataKey] | None = None
+    key_objects: dict[str, bytes] | None = None
+    error: BackstopError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.keys is not None
+
+
+async def _identify(st: Storage, passphrase: bytes) -> _Identity:
+    """Open one target on its own; classify what stops it (unreachable, damaged, wrong key, empty)."""
+    ident = _Identity(st)
+    where = f"target '{st.name}'"
+    try:
+        ident.params = await _read_config(st)
+        if ident.params is None:
+            # A target that holds repository objects but lost its config is damaged, not new.
+            if await st.list(KEY_PREFIX):
+                raise TargetDamaged(st.name, f"the config object is missing but keys/ is not ({st.describe()})")
+            raise RepositoryNotInitialised(
+                f"{where} ({st.describe()}) holds no repository; run `backstop init` first")
+        ident.key_objects = await _read_key_objects(st)
+        ident.keys = _unwrap_all(ident.key_objects, passphrase, ident.params.repo_id, where)
+    except IntegrityError as exc:
+        ident.error = TargetDamaged(st.name, str(exc).removeprefix(f"{where}: "))
+    except (StorageError, RepositoryError) as exc:  # unreachable, wrong key, uninitialised, newer format
+        ident.error = exc
+    return ident
+
+
+_REWRITE_HINT = "`backstop init` rewrites its config and key objects from a healthy target"
+
+
+def _classify(idents: list[_Identity]) -> list[_Identity]:
+    """Targets that open with this passphrase; a wrong-key target beside one that opens is damage."""
+    ok = [i for i in idents if i.ok]
+    if len({i.params.repo_id for i in ok if i.params}) > 1:
+        raise RepositoryError("the targets hold different repositories (repo ids differ); check the targets list")
+    if ok:
+        good = ok[0].storage.name
+        for i in idents:
+            if isinstance(i.error, WrongKey):
+                i.error = TargetDamaged(i.storage.name, f"its key objects do not open with the passphrase that opens "
+                                                        f"target '{good}': they are damaged or were replaced")
+    return ok
+
+
 class Repository:
     """One logical repository, identical on every target."""
 
     def __init__(self, storages: list[Storage], params: RepoParams, keys: dict[int, DataKey],
-                 unreachable: dict[str, str] | None = None, passphrase: bytes = b"") -> None:
+                 unreachable: dict[str, str] | None = None, passphrase: bytes = b"",
+                 damaged: dict[str, str] | None = None, damaged_storages: list[Storage] | None = None) -> None:
         self.storages = storages
         self.params = params
         self.keys = keys
         self._passphrase = passphrase  # kept to check each target's own key objects
         # Targets that could not be opened (name -> message), when tolerated.
         self.unreachable = unreachable or {}
+        # Targets whose own config or keys are damaged (name -> message): their
+        # other objects can still be checked with the keys of a healthy target.
+        self.damaged = damaged or {}
+        self.damaged_storages = damaged_storages or []
+        # Set by init: targets whose config or key objects it rewrote (name -> what).
+        self.repaired: dict[str, str] = {}
 
     # -- opening -----------------------------------------------------------
 
     @classmethod
-    async def init(cls, storages: list[Storage], passphrase: bytes, cfg: RepositoryConfig) -> tuple["Repository", list[str]]:
+    async def init(cls, storages: list[Storage], passphrase: bytes,
+                   cfg: RepositoryConfig) -> tuple["Repository", list[str]]:
         """Create the repository on every target that lacks it; returns it and those targets.
 
         Idempotent. Refuses when an existing repository does not open with this
-        passphrase, or when targets already hold different repositories.
+        passphrase, or when targets already hold different repositories. A
+        target whose own config or key objects are damaged or missing gets
+        them again from a healthy target, once its other copy of the identity
+        (the config's repo id, or key objects bound to that id) confirms it
+        holds this repository (``Repository.repaired`` says what was rewritten where).
         """
-        found = await asyncio.gather(*(_read_config(s) for s in storages))
-        existing = {p.repo_id: (p, s) for p, s in zip(found, storages) if p is not None}
-        if len(existing) > 1:
-            names = ", ".join(s.name for _, s in existing.values())
-            raise RepositoryError(f"targets {names} hold different repositories; give each repository its own targets")
-        if existing:
-            params, src = next(iter(existing.values()))
-            key_objects = await _read_key_objects(src)
-            keys = _unwrap_all(key_objects, passphrase, params.repo_id, f"target '{src.name}'")
+        idents = list(await asyncio.gather(*(_identify(s, passphrase) for s in storages)))
+        for i in idents:
+            if isinstance(i.error, StorageError):
+                raise i.error
+        ok = _classify(idents)
+        if ok:
+            params = ok[0].params
+            assert params is not None and ok[0].key_objects is not None
+            key_objects = ok[0].key_objects
+            keys: dict[int, DataKey] = {}
+            for i in ok:
+                keys.update(i.keys or {})
         else:
+            for i in idents:
+                if isinstance(i.error, (WrongKey, TargetDamaged)):
+                    raise i.error
             params = RepoParams.new(cfg)
             dek = new_data_key(1)
             key_objects = {key_object_name(1): wrap_data_key(dek, passphrase, params.repo_id)}
             keys = {1: dek}
-        created = []
-        for st, p in zip(storages, found):
-            if p is not None:
+        created: list[str] = []
+        repaired: dict[str, str] = {}
+        for i in idents:
+            st = i.storage
+            if i.ok:
+                missing = sorted(set(key_objects) - set(i.key_objects or {}))
+                for name in missing:  # an interrupted rotation or a deleted key object
+                    await st.put(name, key_objects[name])
+                if missing:
+                    repaired[st.name] = f"key object(s) {', '.join(missing)} copied from a healthy target"
                 continue
-            # Keys first, config last: a target counts as initialised only
-            # once everything needed to open it is there.
+            if isinstance(i.error, RepositoryNotInitialised):
+                # Keys first, config last: a target counts as initialised only
+                # once everything needed to open it is there.
+                for name, data in key_objects.items():
+                    await st.put(name, data)
+                await st.put(CONFIG_NAME, params.to_bytes())
+                created.append(st.name)
+                continue
+            what = await _confirm_same_repository(i, params, passphrase)
             for name, data in key_objects.items():
                 await st.put(name, data)
             await st.put(CONFIG_NAME, params.to_bytes())
-            created.append(st.name)
-        return cls(storages, params, keys, passphrase=passphrase), created
+            repaired[st.name] = f"{i.error}; config and key objects rewritten from a healthy target ({what})"
+        repo = cls(storages, params, keys, passphrase=passphrase)
+        repo.repaired = repaired
+        return repo, created
 
     @classmethod
     async def open(cls, storages: list[Storage], passphrase: bytes, require_all: bool = True) -> "Repository":
-        """Open the repository; with ``require_all=False`` unreachable targets are only noted."""
-        results = await asyncio.gather(*(_read_config(s) for s in storages), return_exceptions=True)
-        usable: list[tuple[Storage, RepoParams]] = []
-        unreachable: dict[str, str] = {}
-        for st, res in zip(storages, results):
-            if isinstance(res, StorageError):
-                if require_all:
-                    raise res
-                unreachable[st.name] = str(res)
-            elif isinstance(res, BaseException):
-                raise res
-            elif res is None:
-                raise RepositoryNotInitialised(
-                    f"target '{st.name}' ({st.describe()}) holds no repository; run `backstop init` first"
-                )
-            else:
-                usable.append((st, res))
-        if not usable:
-            raise StorageError(storages[0].name if len(storages) == 1 else "all",
-                               "no target could be reached: " + "; ".join(unreachable.values()))
-        ids = {p.repo_id for _, p in usable}
-        if len(ids) > 1:
-            raise RepositoryError("the targets hold different repositories (repo ids differ); check the targets list")
-        src, params = usable[0]
-        keys = _unwrap_all(await _read_key_objects(src), passphrase, params.repo_id, f"target '{src.name}'")
-        live = [s for s, _ in usable]
-        return cls(live, params, keys, unreachable, passphrase)
+        """Open the repository from every target whose own config and keys are intact.
+
+        With ``require_all`` (backups) every target must open; otherwise
+        unreachable, damaged and uninitialised targets are noted and left out,
+        so one bad target never blocks the healthy one.
+        """
+        idents = list(await asyncio.gather(*(_identify(s, passphrase) for s in storages)))
+        ok = _classify(idents)
+        failed = [i for i in idents if not i.ok]
+        if not ok:
+            wrong = [i.error for i in failed if isinstance(i.error, WrongKey)]
+            others = [i.error for i in failed if not isinstance(i.error, WrongKey)]
+            if len(failed) == 1 or (wrong and not others) or all(isinstance(e, RepositoryNotInitialised)
+                                                                for e in others):
+                assert failed[0].error is not None
+                first = next((e for e in others if isinstance(e, RepositoryNotInitialised)), None)
+                raise first or (wrong[0] if wrong else failed[0].error)  # type: ignore[misc]
+            if all(isinstance(e, StorageError) for e in others) and not wrong:
+                raise StorageError(storages[0].name if len(storages) == 1 else "all",
+                                   "no target could be reached: " + "; ".join(str(e) for e in others))
+            message = "no target can be opened: " + "; ".join(str(i.error) for i in failed)
+            raise WrongKey(message) if wrong else RepositoryError(message)
+        if require_all and failed:
+            err = failed[0].error
+            assert err is not None
+            if isinstance(err, TargetDamaged):
+                raise TargetDamaged(err.target, f"{str(err).removeprefix(f'target {err.target!r}: ')}; "
+                                                f"{_REWRITE_HINT}")
+            raise err
+        keys: dict[int, DataKey] = {}
+        for i in ok:
+            keys.update(i.keys or {})
+        params = ok[0].params
+        assert params is not None
+        unreachable = {i.storage.name: str(i.error) for i in failed if not isinstance(i.error, TargetDamaged)}
+        damaged = {i.storage.name: f"{i.error}; {_REWRITE_HINT}" for i in failed if isinstance(i.error, TargetDamaged)}
+        return cls([i.storage for i in ok], params, keys, unreachable, passphrase, damaged,
+                   [i.storage for i in failed if isinstance(i.error, TargetDamaged)])
 
     # -- keys ---------------------------------------------------------------
 
@@ -202,6 +305,9 @@ class Repository:
             if params.repo_id != self.params.repo_id:
                 return [f"{where}: holds another repository ({params.repo_id[:8]})"]
             keys = _unwrap_all(await _read_key_objects(st), self._passphrase, params.repo_id, where)
+        except WrongKey:
+            return [f"{where}: its key objects do not open with the passphrase that opens the other targets: "
+                    f"they are damaged or were replaced; {_REWRITE_HINT}"]
         except (RepositoryError, StorageError) as exc:
             return [f"{where}: {exc}" if not str(exc).startswith(where) else str(exc)]
         missing = sorted(set(self.keys) - set(keys))
@@ -248,14 +354,18 @@ class Repository:
 
     # -- index --------------------------------------------------------------
 
-    async def load_index(self, storage: Storage | None = None, common: bool = True) -> Index:
+    async def load_index(self, storage: Storage | None = None, common: bool = True,
+                         avoid: frozenset[str] | set[str] = frozenset()) -> Index:
         """Merge the index objects of the targets (or of ``storage`` only).
 
         With ``common`` (backups), an index object missing from some target (a
         backup that failed half way through its commit) is left out, so its
         chunks are stored again rather than referenced where a copy may be
         missing. Without it (restores), every index object any target holds
-        counts, read from whichever target has an intact copy.
+        counts, read from whichever target has an intact copy. An index object
+        no target delivers intact is left out and named in ``Index.damaged``:
+        it affects only the snapshots whose chunks nothing else lists. Chunk
+        locations in ``avoid`` packs (quarantine) give way to any other copy.
         """
         stores = [storage] if storage else self.storages
         listings = await asyncio.gather(*(s.list(INDEX_PREFIX) for s in stores))
@@ -263,20 +373,31 @@ class Repository:
         names = set.intersection(*sets) if common else set.union(*sets)
         index = Index()
         for name in sorted(names):
-            index.merge(name, await self._read_index(name, [s for s, have in zip(stores, sets) if name in have]))
+            try:
+                f = await self._read_index(name, [s for s, have in zip(stores, sets) if name in have])
+            except IntegrityError as exc:
+                index.damaged[name] = str(exc)
+                continue
+            index.merge(name, f, avoid)
         return index
 
     async def _read_index(self, name: str, stores: list[Storage]) -> IndexFile:
         errors = []
+        damage = False
         for st in stores:
             try:
                 data = await st.get(name)
                 if sha256_hex(data) != name[len(INDEX_PREFIX):]:
                     raise IntegrityError(f"target '{st.name}': {name} is damaged (checksum mismatch)")
                 return IndexFile.open(data, self.keys)
+            except TargetUnreachable as exc:
+                errors.append(str(exc))  # not damage: the copy there may well be intact
             except (StorageError, IntegrityError) as exc:
-                errors.append(str(exc))
-        raise IntegrityError("; ".join(errors) + "; run `backstop check`")
+                damage = True
+                errors.append(f"target '{st.name}': {name}: {exc}" if not str(exc).startswith("target") else str(exc))
+        if not damage:
+            raise StorageError(stores[0].name if len(stores) == 1 else "all", "; ".join(errors))
+        raise IntegrityError("; ".join(errors))
 
     # -- snapshots ----------------------------------------------------------
 
@@ -334,36 +455,72 @@ class Repository:
                 pass  # a missed refresh only matters after STALE_LOCK_SECONDS; the next try may work
 
     async def locks(self) -> list[dict[str, object]]:
-        """Locks currently present on the first target, with a `stale` flag."""
+        """Locks currently present on the first target, with a `stale` flag.
+
+        A lock is stale once it has not been refreshed for STALE_LOCK_SECONDS,
+        or at once when it was taken on this host by a process that no longer
+        exists (a killed backup must not block the next one for an hour).
+        """
         out = []
         st = self.storages[0]
+        here = socket.gethostname()
         for o in await st.list(LOCK_PREFIX):
             try:
                 doc = json.loads(await st.get(o.name))
                 created = datetime.fromisoformat(doc.get("refreshed") or doc["created"])
                 if created.tzinfo is None:
                     created = created.replace(tzinfo=timezone.utc)
-            except (ObjectNotFound, ValueError, KeyError, TypeError):
+            except (ObjectNotFound, ValueError, KeyError, TypeError, AttributeError):
                 continue  # vanished meanwhile, or not a lock we can read: it cannot hold anything
             age = (datetime.now(timezone.utc) - created).total_seconds()
-            out.append({**doc, "name": o.name, "stale": age > STALE_LOCK_SECONDS})
+            dead = doc.get("host") == here and not pid_alive(doc.get("pid"))
+            out.append({**doc, "name": o.name, "stale": age > STALE_LOCK_SECONDS or dead, "dead_holder": dead})
         return out
+
+    async def remove_locks(self, names: list[str]) -> None:
+        """Delete lock objects from every target (stale ones, or by `backstop unlock`)."""
+        for name in names:
+            await self.delete_all(name)
 
     async def _check_lock_conflicts(self, kind: str, ignore: str | None = None) -> None:
         for lk in await self.locks():
-            if lk["stale"] or lk["name"] == ignore:
+            if lk["name"] == ignore:
+                continue
+            if lk["stale"]:
+                if lk.get("dead_holder"):
+                    await self.delete_all(str(lk["name"]))  # its holder is gone: break it now
                 continue
             if kind == "exclusive" or lk["kind"] == "exclusive":
+                here = lk["host"] == socket.gethostname()
                 raise LockConflict(
                     f"the repository is locked ({lk['kind']}, {lk['purpose']}) by pid {lk['pid']} on {lk['host']} "
                     f"since {lk['created']}; wait for it to finish"
+                    + ("" if here else " (if that process is gone, `backstop unlock` removes the lock)")
                 )
+
+
+async def _confirm_same_repository(ident: _Identity, params: RepoParams, passphrase: bytes) -> str:
+    """How a damaged target is known to hold ``params``' repository, or RepositoryError."""
+    st = ident.storage
+    if ident.params is not None:
+        if ident.params.repo_id != params.repo_id:
+            raise RepositoryError(f"targets {st.name} and the others hold different repositories; "
+                                  "give each repository its own targets")
+        return "its config names this repository"
+    try:
+        _unwrap_all(await _read_key_objects(st), passphrase, params.repo_id, f"target '{st.name}'")
+        return "its key objects open for this repository"
+    except (RepositoryError, StorageError):
+        pass
+    raise RepositoryError(
+        f"target '{st.name}': {ident.error}; neither its config nor its key objects confirm that it holds this "
+        "repository, so backstop will not overwrite it: move its contents aside and run `backstop init` again")
 
 
 async def _read_key_objects(st: Storage) -> dict[str, bytes]:
     objs = await st.list(KEY_PREFIX)
     if not objs:
-        raise RepositoryError(f"target '{st.name}': keys/ is empty; the repository cannot be opened")
+        raise IntegrityError(f"target '{st.name}': keys/ is empty; the repository cannot be opened from it")
     return {o.name: await st.get(o.name) for o in objs}
 
 

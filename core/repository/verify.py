@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from core.errors import BackstopError
+from core.repository.quarantine import Finding
 from core.repository.reader import StreamReader
 from core.repository.repo import Repository
 from core.storage.base import Storage
@@ -31,6 +32,7 @@ class CopyReport:
     objects_checked: int = 0
     bytes_read: int = 0
     problems: list[str] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)  # damaged or missing pack copies: to quarantine
 
     @property
     def ok(self) -> bool:
@@ -49,6 +51,7 @@ async def verify_copy(repo: Repository, st: Storage, snapshot_id: str, pool: Thr
         index = await single.load_index(common=False)
         total = sum(f.size for f in manifest.files)
         reader = StreamReader(single, index, pool)
+        rep.findings = reader.findings  # filled while reading, kept when it fails
         last = 0.0
         for entry in manifest.files:
             rep.objects_checked += len(entry.chunks)

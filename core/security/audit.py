@@ -28,7 +28,8 @@ import sqlite3
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Iterable, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator, Sequence
 
 from core.errors import AuthError
 
@@ -143,6 +144,17 @@ class AuditLog:
         self._db = conn
         self._key = key
 
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        """One write transaction, taken at once (BEGIN IMMEDIATE): concurrent appenders are serialised."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
     def _need_key(self) -> bytes:
         if self._key is None:
             raise AuthError("the audit log needs the repository key; open the repository first")
@@ -160,8 +172,7 @@ class AuditLog:
                detail: dict[str, Any] | None, ts: float) -> AuditEntry:
         """Add one entry at the end of the chain (atomic against other processes)."""
         key = self._need_key()
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._tx():
             log_id = self.log_id
             if log_id is None:
                 log_id = uuid.uuid4().hex
@@ -171,10 +182,6 @@ class AuditLog:
             draft = AuditEntry(seq, float(ts), operator, host, action, subject, outcome, _canonical(detail), prev, "")
             entry = AuditEntry(**{**draft.__dict__, "mac": entry_mac(key, log_id, seq, draft)})
             self._db.execute(f"INSERT INTO audit_log ({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)", _row(entry))
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
         return entry
 
     def entries(self, since: float | None = None, limit: int | None = None, after_seq: int = 0) -> list[AuditEntry]:
@@ -197,6 +204,37 @@ class AuditLog:
                                (action, outcome)).fetchone()
         return _entry(row) if row else None
 
+    def last(self) -> AuditEntry | None:
+        """The newest entry of the chain."""
+        row = self._db.execute(f"SELECT {_COLS} FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
+        return _entry(row) if row else None
+
+    def entry(self, seq: int) -> AuditEntry | None:
+        row = self._db.execute(f"SELECT {_COLS} FROM audit_log WHERE seq=?", (seq,)).fetchone()
+        return _entry(row) if row else None
+
+    def extend(self, entries: Iterable[AuditEntry]) -> int:
+        """Append entries of this chain that another copy holds beyond the catalog's end, checked first."""
+        log_id = self.log_id
+        if log_id is None:
+            raise AuthError("the catalog has no audit log to extend")
+        new = sorted(entries, key=lambda e: e.seq)
+        report = verify_chain(self._need_key(), log_id, [*self.entries(), *new])
+        if not report.ok:
+            raise AuthError(f"the repository's entries do not continue the catalog's audit log: {report.problem}")
+        with self._tx():
+            self._db.executemany(f"INSERT INTO audit_log ({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                                 [_row(e) for e in new])
+        return len(new)
+
+    def discard(self) -> int:
+        """Drop the catalog's chain (before adopting the repository's); returns how many entries it had."""
+        with self._tx():
+            (n,) = self._db.execute("SELECT count(*) FROM audit_log").fetchone()
+            self._db.execute("DELETE FROM audit_log")
+            self._db.execute("DELETE FROM security_state WHERE key=?", (_LOG_ID_KEY,))
+        return int(n)
+
     def verify(self) -> VerifyReport:
         """Check the catalog's chain."""
         log_id = self.log_id
@@ -214,17 +252,12 @@ class AuditLog:
         report = verify_chain(self._need_key(), log_id, entries)
         if not report.ok:
             raise AuthError(f"the repository's copy of audit log {log_id[:8]} is damaged: {report.problem}")
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._tx():
             if not self.is_empty():
                 raise AuthError("the catalog already has an audit log; refusing to replace it")
             self._db.execute("INSERT INTO security_state (key, value) VALUES (?, ?)", (_LOG_ID_KEY, log_id))
             self._db.executemany(f"INSERT INTO audit_log ({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
                                  [_row(e) for e in entries])
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
         return len(entries)
 
 

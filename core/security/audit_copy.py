@@ -69,12 +69,59 @@ async def read_copies(repo: Repository, st: Storage) -> dict[str, dict[int, Audi
     return out
 
 
-def newest_chain(copies: dict[str, dict[int, AuditEntry]]) -> tuple[str, list[AuditEntry]] | None:
-    """The chain whose last entry is the most recent (what a rebuilt catalog continues)."""
+def main_chain(copies: dict[str, dict[int, AuditEntry]]) -> tuple[str, list[AuditEntry]] | None:
+    """The repository's audit log: of several chains, the one that began first.
+
+    A repository has one chain; a catalog rebuilt after a loss continues it.
+    A second chain appears only when a catalog's log was replaced (its chain
+    id changed), so the older one is the real history and the newer a fork.
+    """
     if not copies:
         return None
-    log_id = max(copies, key=lambda k: max(e.ts for e in copies[k].values()))
+    log_id = min(copies, key=lambda k: (copies[k][min(copies[k])].ts, k))
     return log_id, [copies[log_id][s] for s in sorted(copies[log_id])]
+
+
+@dataclass
+class Heads:
+    """The audit chains in the repository, from listings: log id -> highest sequence number on any target."""
+
+    heads: dict[str, int] = field(default_factory=dict)
+    main: str | None = None
+
+
+async def chain_heads(repo: Repository) -> Heads:
+    """Which chains the reachable targets hold and how far each goes (listings plus one entry per chain)."""
+    found: dict[str, dict[int, Storage]] = {}
+    for st in repo.storages:
+        try:
+            for obj in await st.list(AUDIT_PREFIX):
+                parsed = _parse_name(obj.name)
+                if parsed is not None:
+                    found.setdefault(parsed[0], {}).setdefault(parsed[1], st)
+        except StorageError:
+            continue  # the other targets still tell
+    out = Heads({log_id: max(seqs) for log_id, seqs in found.items()})
+    starts: dict[str, float] = {}
+    for log_id, seqs in found.items():
+        first = await read_entry(repo, log_id, min(seqs))
+        starts[log_id] = first.ts if first else float("inf")
+    if starts:
+        out.main = min(starts, key=lambda k: (starts[k], k))
+    return out
+
+
+async def read_entry(repo: Repository, log_id: str, seq: int) -> AuditEntry | None:
+    """One entry's copy from any target that holds it readable."""
+    for st in repo.storages:
+        try:
+            doc = json.loads(open_object(await st.get(object_name(log_id, seq)), AUDIT_KIND, repo.keys))
+            entry = AuditEntry.from_json(doc)
+        except (BackstopError, ValueError, KeyError, TypeError):
+            continue
+        if entry.seq == seq:
+            return entry
+    return None
 
 
 @dataclass

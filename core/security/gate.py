@@ -50,6 +50,8 @@ class Action(str, Enum):
     OPERATOR_ADD = "operator.add"
     OPERATOR_CHANGE = "operator.change"
     OPERATOR_REMOVE = "operator.remove"
+    OPERATOR_RECOVER = "operator.recover"
+    UNLOCK = "repository.unlock"
 
     @property
     def required_role(self) -> str:
@@ -75,6 +77,8 @@ REQUIRED_ROLE: dict[Action, str] = {
     Action.OPERATOR_ADD: "admin",
     Action.OPERATOR_CHANGE: "admin",
     Action.OPERATOR_REMOVE: "admin",
+    Action.OPERATOR_RECOVER: "admin",
+    Action.UNLOCK: "operator",
 }
 
 _LABELS: dict[Action, str] = {
@@ -90,6 +94,8 @@ _LABELS: dict[Action, str] = {
     Action.OPERATOR_ADD: "enrolling an operator",
     Action.OPERATOR_CHANGE: "changing an operator",
     Action.OPERATOR_REMOVE: "removing an operator",
+    Action.OPERATOR_RECOVER: "recovering operator access",
+    Action.UNLOCK: "removing another process's repository lock",
 }
 
 # A code, or something that produces one when asked (a prompt, a TUI modal).
@@ -111,6 +117,17 @@ OPERATOR_ENV = "BACKSTOP_OPERATOR"
 def default_operator() -> str:
     """Who is acting when nobody said: $BACKSTOP_OPERATOR, else the OS user name."""
     return os.environ.get(OPERATOR_ENV) or getpass.getuser()
+
+
+def acting_operator(name: str | None) -> str:
+    """The operator named on the command line (or the default), refused unless it is a valid operator name.
+
+    Names go into the audit log and onto terminals: a newline or escape in
+    one could forge a line of `audit list`.
+    """
+    from core.security.operators import check_name
+
+    return check_name(name or default_operator())
 
 
 def default_identity() -> Identity:
@@ -165,10 +182,13 @@ class Gate:
             # reopen the code-free first enrolment. The keyed audit log remembers.
             earlier = self.audit.first(Action.OPERATOR_ADD.value, "succeeded")
             if earlier is not None:
+                # The catalog agrees with the repository (checked before the gate), so the
+                # repository's sealed operator records are gone too: nothing to rebuild from.
                 raise self._refuse(
                     who, action, subject, "operators vanished",
-                    f"operators were enrolled before (audit entry #{earlier.seq}, {earlier.time}) but the catalog has "
-                    "none: it was lost or edited; `backstop catalog rebuild` restores them from the repository")
+                    f"operators were enrolled before (audit entry #{earlier.seq}, {earlier.time}) but neither the "
+                    "catalog nor the repository holds any operator now; someone who knows the repository passphrase "
+                    "can enrol a new admin with `backstop operator recover NAME` (audited)")
             if enrol_role != "admin":
                 raise self._refuse(who, action, subject, "first operator must be admin",
                                    "the first operator of a catalog must be an admin: use --role admin")

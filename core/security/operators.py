@@ -195,6 +195,10 @@ class OperatorStore:
                             str(r["created_by"]), -1, 0, 0.0)
         return len(records)
 
+    def clear(self) -> None:
+        """Remove every operator row (a rebuild takes them back from the repository)."""
+        self._db.execute("DELETE FROM operators")
+
     def set_attempt_state(self, name: str, last_step: int, failures: int, locked_until: float) -> None:
         """Restore attempt state (after records were imported), re-signing the row."""
         with self._tx():

@@ -19,6 +19,7 @@ from core.engine import Engine
 from core.postgres.fingerprint import fingerprint
 from core.security.derive import SecurityKeys
 from core.security.gate import Identity
+from core.security import operator_copy
 from core.security.operators import OperatorStore
 from tests.fixtures.backstop import Setup, local_target
 from tests.fixtures.otp import CodeBook
@@ -122,6 +123,9 @@ async def test_restore_over_the_live_database_goes_through_the_mfa_gate(pg_clust
         operators = OperatorStore(engine.catalog.connection, SecurityKeys.derive(repo.id_key, repo.params.repo_id))
         codes = CodeBook(operators.add("alice", "operator", "test", time.time()))
         operators.add("victor", "viewer", "test", time.time())
+        # The repository's sealed records are what the catalog is checked against.
+        for op in ("alice", "victor"):
+            await operator_copy.save(repo, operators.export(op, time.time()))
     # The live database changes after the backup: a good restore brings the rows back.
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("DELETE FROM warranty.claim_attachments")

@@ -18,7 +18,7 @@ from tui.bridge import JobChanged, JobProgressed
 from tui.screens.base import ConsoleScreen
 from tui.widgets.filter_bar import FilterBar
 
-STATE_WORD = {"running": "RUN", "succeeded": "OK", "failed": "FAIL"}
+STATE_WORD = {"running": "RUN", "succeeded": "OK", "failed": "FAIL", "abandoned": "GONE"}
 COLUMNS = (("st", "ST", 4), ("kind", "KIND", 8), ("db", "DB", 12), ("phase", "PHASE", 12),
            ("progress", "PROGRESS", 15), ("done", "DONE", 9), ("rate", "RATE", 11), ("eta", "ETA", 7),
            ("started", "STARTED (UTC)", 11))

@@ -1,0 +1,69 @@
+"""What a backup may deduplicate against, and what its "verified" really covers.
+
+A backup references a stored chunk instead of storing it again only when
+that chunk's pack is listed by an intact index object present on every
+target, is not in quarantine, and is present with the right size on every
+target right now (one listing per target). Anything else is stored afresh,
+so a new snapshot never depends on a copy known to be damaged or missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from core.repository import quarantine
+from core.repository.index import INDEX_PREFIX, Index
+from core.repository.manifest import Manifest
+from core.repository.packs import DATA_PREFIX, pack_id_from_name
+from core.repository.repo import Repository
+
+
+@dataclass
+class DedupIndex:
+    """The index a backup deduplicates against, and what was left out of it and why."""
+
+    index: Index
+    warnings: list[str] = field(default_factory=list)
+    quarantined: set[str] = field(default_factory=set)
+
+
+async def backup_index(repo: Repository) -> DedupIndex:
+    """Load the dedup index: intact, common to every target, out of quarantine, present everywhere."""
+    held = await quarantine.load(repo)
+    index = await repo.load_index(common=True, avoid=held)
+    out = DedupIndex(index)
+    for name, why in sorted(index.damaged.items()):
+        out.warnings.append(f"index object {name[len(INDEX_PREFIX):][:16]} cannot be read from any target ({why}); "
+                            "the chunks it lists are stored again; run `backstop repair index`")
+    listings = await asyncio.gather(*(st.list(DATA_PREFIX) for st in repo.storages))
+    findings: list[quarantine.Finding] = []
+    for st, listing in zip(repo.storages, listings):
+        sizes = {pack_id_from_name(o.name): o.size for o in listing}
+        for pid, size in index.packs.items():
+            if pid in held:
+                continue
+            have = sizes.get(pid)
+            if have is None:
+                findings.append(quarantine.Finding(pid, st.name, "missing"))
+            elif have != size:
+                findings.append(quarantine.Finding(pid, st.name, f"wrong size ({have} bytes, expected {size})"))
+    if findings:
+        newly = await quarantine.add(repo, findings, "backup")
+        held |= set(newly)
+        for f in findings:
+            out.warnings.append(f"target '{f.target}': pack {f.pack_id[:16]} is {f.problem}; quarantined, "
+                                "its chunks are stored again")
+    out.quarantined = held
+    index.drop_packs(held)
+    return out
+
+
+def snapshot_packs(manifest: Manifest, index: Index, new: Index | None = None) -> set[str]:
+    """The packs a snapshot's chunks are located in (``new`` first: this backup's own packs)."""
+    out: set[str] = set()
+    for cid in manifest.chunk_ids():
+        loc = (new.chunks.get(cid) if new else None) or index.chunks.get(cid)
+        if loc is not None:
+            out.add(loc.pack_id)
+    return out
