@@ -348,3 +348,18 @@ def test_index_merge_prefers_copies_outside_quarantine() -> None:
     only_bad.merge("index/0", bad, avoid={"p_bad"})
     assert only_bad.chunks[cid].pack_id == "p_bad"  # no other copy: restores still try it
     assert only_bad.drop_packs({"p_bad"}) == 1 and cid not in only_bad  # backups never reference it
+
+
+def test_damaged_key_on_the_second_target_is_named_as_damage(tmp_path, setup_factory):  # type: ignore[no-untyped-def]
+    r1, r2 = tmp_path / "r1", tmp_path / "r2"
+    setup = setup_factory([local_target(r1, "t1"), local_target(r2, "t2")], [])
+    setup.cli("init", check=True)
+    key = r2 / "keys" / "dek-00000001"
+    doc = json.loads(key.read_bytes())
+    doc["wrapped"] = doc["wrapped"][:10] + ("A" if doc["wrapped"][10] != "A" else "B") + doc["wrapped"][11:]
+    key.write_text(json.dumps(doc, indent=1))
+    out = setup.cli("check")
+    assert out.returncode == 1 and "wrong passphrase" not in out.stdout + out.stderr
+    line = next(ln for ln in out.stdout.splitlines() if "DAMAGED" in ln)
+    assert "t2" in line and "damaged" in line
+    assert "t1: ok" in out.stdout.replace("target ", "")
