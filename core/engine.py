@@ -97,7 +97,9 @@ class CheckResult:
 class Engine(AdminMixin):
     """Backup, restore and verification for the databases in one config."""
 
-    def __init__(self, config: BackstopConfig, catalog: Catalog | None = None, bus: EventBus | None = None) -> None:
+    def __init__(self, config: BackstopConfig, catalog: Catalog | None = None, bus: EventBus | None = None,
+                 storages: list[Storage] | None = None) -> None:
+        """``storages`` replaces the targets built from the config (tests wrap them in fault doubles)."""
         self.config = config
         self.bus = bus or EventBus()
         self.catalog = catalog or Catalog(config.catalog.sqlite_path)
@@ -105,7 +107,7 @@ class Engine(AdminMixin):
         self.catalog.mark_abandoned_jobs()
         self.bus.subscribe(self.catalog.record_event)
         self.pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="backstop-seal")
-        self._storages: list[Storage] | None = None
+        self._storages: list[Storage] | None = storages
 
     async def close(self) -> None:
         """Release threads, connections and the catalog."""
