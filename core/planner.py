@@ -28,8 +28,8 @@ The rules, by incident (what an on-call DBA would do):
 - ransomware: the newest snapshot that predates the compromise *and*
   passed a read-back verification, preferring an offsite copy (an attacker
   on the host can reach local copies); never over the live database.
-- drill: the newest snapshot, from the target least recently exercised by a
-  restore, so every copy gets proven over time.
+- drill: the newest snapshot, from the target least recently proven by a
+  successful drill, so every copy gets proven over time.
 
 Severity: ``low`` (some rows or one table), ``high`` (a whole database),
 ``critical`` (production down or data compromised: a restore that will
@@ -45,7 +45,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Literal, Protocol, Sequence
 
-from core.insights.kpis import human_duration
+from core.format import duration as _dur
 
 DEFAULT_RATE_BPS = 30 * 1024 * 1024  # assumed restore throughput with no history
 FIXED_OVERHEAD_S = 5.0  # create database, open repository, read manifest and index
@@ -152,16 +152,22 @@ class TargetState:
 
 
 class RecoverySource(Protocol):
-    """Anything that can be restored: a logical snapshot today, base backup + WAL later."""
+    """Anything that can be restored: a logical snapshot today, base backup + WAL later (read-only)."""
 
-    id: str
-    db: str
-    kind: str
-    size_bytes: int
-    targets: tuple[str, ...]
-    checks: tuple[CopyCheck, ...]
-    tables: tuple[str, ...] | None
-
+    @property
+    def id(self) -> str: ...
+    @property
+    def db(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def size_bytes(self) -> int: ...
+    @property
+    def targets(self) -> tuple[str, ...]: ...
+    @property
+    def checks(self) -> tuple[CopyCheck, ...]: ...
+    @property
+    def tables(self) -> tuple[str, ...] | None: ...
     @property
     def recoverable_from(self) -> datetime: ...
     @property
@@ -197,14 +203,19 @@ class LogicalSnapshot:
 
 @dataclass(frozen=True)
 class PastRestore:
-    """A measured restore, for the duration estimate and drill rotation."""
+    """A measured restore or drill, for the duration estimate (both) and drill rotation (drills)."""
 
     db: str
     bytes: int
     duration_s: float
     ok: bool
     at: float
-    target: str | None = None
+    target: str | None = None  # the first target it read from, when known
+    kind: str = "restore"  # or 'drill'
+
+    @property
+    def is_drill(self) -> bool:
+        return self.kind == "drill"
 
 
 @dataclass(frozen=True)
@@ -263,7 +274,6 @@ def _fmt(t: datetime) -> str:
     return t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-_dur = human_duration
 
 
 def default_destination(db: str, incident: Incident, now: datetime) -> str:
@@ -300,92 +310,124 @@ def _copy_rank(incident: Incident, t: TargetState, check: CopyCheck | None, dril
         # An attacker on the host can reach local copies: prefer offsite ones.
         return (verified, 0 if t.offsite else 1, t.name)
     if incident is Incident.DRILL:
-        # Exercise the copy least recently restored from.
+        # Exercise the copy least recently proven by a drill.
         return (drilled.get(t.name, 0.0), t.name)
     # Otherwise speed: local directories restore faster than object storage.
     return (verified, 0 if not t.offsite else 1, t.name)
 
 
+class _Refused(Exception):
+    """A planning step found no acceptable way to recover (the message says why and what to do)."""
+
+
+@dataclass
+class _Draft:
+    """What the planning steps find out, in order: kept choices, and why others were left out."""
+
+    request: RestoreRequest
+    facts: PlanningFacts
+    reasons: list[str] = field(default_factory=list)
+    risks: list[str] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        return tuple(self.request.tables)
+
+
 def plan(request: RestoreRequest, facts: PlanningFacts) -> RestorePlan:
     """Choose the recovery source and target for ``request``; see the module docstring for the rules."""
-    inc, sev = request.incident, request.severity
-    now = facts.now
-    targets = {t.name: t for t in facts.targets}
-    rejected: list[Rejected] = []
-    reasons: list[str] = []
-    risks: list[str] = []
-    tables = tuple(request.tables)
-    scope: Literal["database", "tables"] = "tables" if tables else "database"
-    destination = default_destination(request.db, inc, now)
+    d = _Draft(request, facts)
+    scope: Literal["database", "tables"] = "tables" if d.tables else "database"
+    destination = default_destination(request.db, request.incident, facts.now)
+    try:
+        sources = sorted((s for s in facts.sources if s.db == request.db),
+                         key=lambda s: s.recoverable_until, reverse=True)
+        if not sources:
+            raise _Refused(f"no backups of {request.db} in the catalog; take one with "
+                           f"`backstop backup --db {request.db}`")
+        sources = _acceptable_points(d, sources)
+        sources = _holding_the_tables(d, sources)
+        choices = _usable_copies(d, sources)
+        best = _pick(d, choices)
+    except _Refused as refusal:
+        return RestorePlan(request, None, None, None, scope, d.tables, destination, None, "", facts.rto_s,
+                           tuple(d.reasons), tuple(d.risks), tuple(d.rejected), refusal=str(refusal))
+    _explain_copy(d, best, choices)
+    point = _moment_restored(d, best)
+    if scope == "database" and request.incident is Incident.ACCIDENTAL_DELETION and request.severity is Severity.LOW:
+        d.reasons.append("low severity: consider restoring only the affected tables")
+    est, basis = _duration_against_rto(d, best)
+    rejected = [r for r in d.rejected if not (r.source_id == best.source.id and r.target is None)]
+    return RestorePlan(request, best.source, best.target.name, point, scope, d.tables, destination, est, basis,
+                       facts.rto_s, tuple(d.reasons), tuple(d.risks), tuple(rejected))
 
-    def refuse(msg: str) -> RestorePlan:
-        return RestorePlan(request, None, None, None, scope, tables, destination, None, "", facts.rto_s,
-                           tuple(reasons), tuple(risks), tuple(rejected), refusal=msg)
 
-    sources = sorted((s for s in facts.sources if s.db == request.db), key=lambda s: s.recoverable_until, reverse=True)
-    if not sources:
-        return refuse(f"no backups of {request.db} in the catalog; take one with `backstop backup --db {request.db}`")
-
-    # 1. Which points are acceptable at all.
+def _acceptable_points(d: _Draft, sources: list[RecoverySource]) -> list[RecoverySource]:
+    """1. Which points are acceptable at all: the one chosen, those covering a moment, those before the incident."""
+    request = d.request
     if request.point.kind == "snapshot":
         wanted = request.point.snapshot_id or ""
         sources = [s for s in sources if s.id.startswith(wanted)] if len(wanted) >= 4 else []
         if len(sources) != 1:
-            return refuse(f"snapshot {wanted[:12]!r} of {request.db} is not in the catalog"
-                          if not sources else f"snapshot id {wanted!r} is ambiguous; give more characters")
-        reasons.append(f"snapshot {sources[0].id[:8]} was chosen by the operator")
+            raise _Refused(f"snapshot {wanted[:12]!r} of {request.db} is not in the catalog"
+                           if not sources else f"snapshot id {wanted!r} is ambiguous; give more characters")
+        d.reasons.append(f"snapshot {sources[0].id[:8]} was chosen by the operator")
     elif request.point.kind == "time" and request.point.at is not None:
         at = request.point.at
+        d.rejected += [Rejected(s.id, None, f"starts after the chosen moment {_fmt(at)}")
+                       for s in sources if not s.covers(at)]
         before = [s for s in sources if s.covers(at)]
-        for s in sources:
-            if not s.covers(at):
-                rejected.append(Rejected(s.id, None, f"starts after the chosen moment {_fmt(at)}"))
         if not before:
-            return refuse(f"no backup of {request.db} covers {_fmt(at)}: the oldest starts "
-                          f"{_fmt(sources[-1].recoverable_from)}")
+            raise _Refused(f"no backup of {request.db} covers {_fmt(at)}: the oldest starts "
+                           f"{_fmt(sources[-1].recoverable_from)}")
         sources = before
-    if request.incident_at is not None and inc in _CUT_AT_INCIDENT:
+    if request.incident_at is not None and request.incident in _CUT_AT_INCIDENT:
         cut = request.incident_at
+        d.rejected += [Rejected(s.id, None, f"taken {_fmt(s.recoverable_until)}, after the incident at {_fmt(cut)}: "
+                                            "it holds the damage") for s in sources if s.recoverable_until >= cut]
         clean = [s for s in sources if s.recoverable_until < cut]
-        for s in sources:
-            if s.recoverable_until >= cut:
-                rejected.append(Rejected(s.id, None, f"taken {_fmt(s.recoverable_until)}, after the incident "
-                                                     f"at {_fmt(cut)}: it holds the damage"))
         if not clean:
-            return refuse(f"every backup of {request.db} was taken after the incident at {_fmt(cut)}; "
-                          "none holds the data as it was before")
-        sources = clean
-        reasons.append(f"taken before the incident at {_fmt(cut)}")
-    elif inc in _CUT_AT_INCIDENT and request.point.kind == "latest":
-        risks.append("the incident time is unknown: the newest backup may already contain the damage; "
-                     "give the time to exclude later backups")
+            raise _Refused(f"every backup of {request.db} was taken after the incident at {_fmt(cut)}; "
+                           "none holds the data as it was before")
+        d.reasons.append(f"taken before the incident at {_fmt(cut)}")
+        return clean
+    if request.incident in _CUT_AT_INCIDENT and request.point.kind == "latest":
+        d.risks.append("the incident time is unknown: the newest backup may already contain the damage; "
+                       "give the time to exclude later backups")
+    return sources
 
-    # 2. Tables: the source must contain them.
-    if tables:
-        usable = []
-        for s in sources:
-            if s.tables is None:
-                usable.append(s)
-                continue
-            missing = [t for t in tables if t not in s.tables]
-            if missing:
-                rejected.append(Rejected(s.id, None, f"table(s) {', '.join(missing)} did not exist at "
-                                                     f"{_fmt(s.recoverable_until)}"))
-            else:
-                usable.append(s)
-        if not usable:
-            shown = sources[0]
-            return refuse(f"table(s) {', '.join(tables)} did not exist in "
-                          + (f"snapshot {shown.id[:8]} ({_fmt(shown.recoverable_until)})" if len(sources) == 1
-                             else f"any of the {len(sources)} eligible backups of {request.db}"))
-        if usable[0] is not sources[0]:
-            reasons.append(f"newer backups lack {', '.join(tables)} (dropped?): using the newest that has them")
-        sources = usable
 
-    # 3. Copies: reachable targets outside a lost region, not known to be damaged.
-    drilled: dict[str, float] = {}
-    for h in facts.history:
-        if h.target:
+def _holding_the_tables(d: _Draft, sources: list[RecoverySource]) -> list[RecoverySource]:
+    """2. Tables: the source must contain them (an unknown table list is given the benefit of the doubt)."""
+    tables = d.tables
+    if not tables:
+        return sources
+    usable = []
+    for s in sources:
+        missing = [t for t in tables if s.tables is not None and t not in s.tables]
+        if missing:
+            d.rejected.append(Rejected(s.id, None, f"table(s) {', '.join(missing)} did not exist at "
+                                                   f"{_fmt(s.recoverable_until)}"))
+        else:
+            usable.append(s)
+    if not usable:
+        shown = sources[0]
+        raise _Refused(f"table(s) {', '.join(tables)} did not exist in "
+                       + (f"snapshot {shown.id[:8]} ({_fmt(shown.recoverable_until)})" if len(sources) == 1
+                          else f"any of the {len(sources)} eligible backups of {d.request.db}"))
+    if usable[0] is not sources[0]:
+        d.reasons.append(f"newer backups lack {', '.join(tables)} (dropped?): using the newest that has them")
+    return usable
+
+
+def _usable_copies(d: _Draft, sources: list[RecoverySource]) -> list[_Choice]:
+    """3. Copies: reachable targets outside a lost region, not known to be damaged; best first per source."""
+    request = d.request
+    targets = {t.name: t for t in d.facts.targets}
+    drilled: dict[str, float] = {}  # target -> when a drill last proved its copy
+    for h in d.facts.history:
+        if h.is_drill and h.ok and h.target:
             drilled[h.target] = max(drilled.get(h.target, 0.0), h.at)
     choices: list[_Choice] = []
     for s in sources:
@@ -394,99 +436,109 @@ def plan(request: RestoreRequest, facts: PlanningFacts) -> RestorePlan:
         for name in s.targets:
             t = targets.get(name)
             if t is None:
-                rejected.append(Rejected(s.id, name, f"target {name} is no longer configured"))
+                d.rejected.append(Rejected(s.id, name, f"target {name} is no longer configured"))
             elif not t.reachable:
-                rejected.append(Rejected(s.id, name, f"target {name} is unreachable" + (f": {t.detail}" if t.detail else "")))
+                d.rejected.append(Rejected(s.id, name, f"target {name} is unreachable"
+                                                       + (f": {t.detail}" if t.detail else "")))
             elif request.lost_region and t.region == request.lost_region:
-                rejected.append(Rejected(s.id, name, f"target {name} is in the lost region {t.region}"))
+                d.rejected.append(Rejected(s.id, name, f"target {name} is in the lost region {t.region}"))
             elif name in checks and not checks[name].ok:
-                rejected.append(Rejected(s.id, name, f"the copy on {name} failed its last verification"))
+                d.rejected.append(Rejected(s.id, name, f"the copy on {name} failed its last verification"))
             else:
                 copies.append(_Choice(s, t, checks.get(name)))
-        copies.sort(key=lambda c: _copy_rank(inc, c.target, c.check, drilled))
+        copies.sort(key=lambda c: _copy_rank(request.incident, c.target, c.check, drilled))
         choices.extend(copies)
     if not choices:
-        whys = list(dict.fromkeys(r.why for r in rejected if r.target))
-        return refuse(f"no reachable, undamaged copy of any eligible backup of {request.db}: " + "; ".join(whys[:3]))
+        whys = list(dict.fromkeys(r.why for r in d.rejected if r.target))
+        raise _Refused(f"no reachable, undamaged copy of any eligible backup of {request.db}: " + "; ".join(whys[:3]))
+    return choices
 
-    def verified(c: _Choice) -> bool:
-        return c.check is not None and c.check.ok
 
-    # 4. Newest eligible point, unless a verified copy is required.
-    need_verified = inc in _NEEDS_VERIFIED or sev is Severity.CRITICAL
+def _verified(c: _Choice) -> bool:
+    return c.check is not None and c.check.ok
+
+
+def _pick(d: _Draft, choices: list[_Choice]) -> _Choice:
+    """4. The newest eligible point, unless the incident or severity requires a verified copy."""
+    inc = d.request.incident
+    need_verified = inc in _NEEDS_VERIFIED or d.request.severity is Severity.CRITICAL
     best = choices[0]  # choices are ordered newest source first, best copy first
     if need_verified:
-        good = [c for c in choices if verified(c)]
+        good = [c for c in choices if _verified(c)]
         if good:
             if good[0].source is not best.source:
-                rejected.append(Rejected(best.source.id, None, "newer but never verified by reading it back"))
-                reasons.append("newest backup with a passed read-back verification "
-                               f"({'required for ' + inc.label.lower() if inc in _NEEDS_VERIFIED else 'required at critical severity'})")
+                d.rejected.append(Rejected(best.source.id, None, "newer but never verified by reading it back"))
+                why = ("required for " + inc.label.lower()) if inc in _NEEDS_VERIFIED else "required at critical severity"
+                d.reasons.append(f"newest backup with a passed read-back verification ({why})")
             best = good[0]
         else:
-            risks.append("no eligible backup has passed a verification; the restore may fail or bring back "
-                         "damaged data: verify it first (screen 4) if time allows")
-    elif not verified(best):
-        risks.append(f"snapshot {best.source.id[:8]} was never verified on {best.target.name}")
-        alt = next((c for c in choices if verified(c)), None)
+            d.risks.append("no eligible backup has passed a verification; the restore may fail or bring back "
+                           "damaged data: verify it first (screen 4) if time allows")
+    elif not _verified(best):
+        d.risks.append(f"snapshot {best.source.id[:8]} was never verified on {best.target.name}")
+        alt = next((c for c in choices if _verified(c)), None)
         if alt is not None and alt.source is not best.source:
-            risks.append(f"a verified alternative is {alt.source.id[:8]} from {_fmt(alt.source.recoverable_until)}")
-    if best.source is choices[0].source and not reasons:
-        reasons.append("newest eligible backup: the least data lost")
+            d.risks.append(f"a verified alternative is {alt.source.id[:8]} from {_fmt(alt.source.recoverable_until)}")
+    if best.source is choices[0].source and not d.reasons:
+        d.reasons.append("newest eligible backup: the least data lost")
+    return best
 
-    # 5. Why this copy.
-    other_copies = [c for c in choices if c.source is best.source and c is not best]
-    t = best.target
+
+def _explain_copy(d: _Draft, best: _Choice, choices: list[_Choice]) -> None:
+    """5. Why this copy, and the risk of depending on it alone."""
+    inc, t = d.request.incident, best.target
     why_target = [f"{t.name} is reachable"]
     if best.check and best.check.ok:
         why_target.append("its copy passed " + ("a read-back check" if best.check.read_data else "a structural check"))
     if inc is Incident.RANSOMWARE and t.offsite:
         why_target.append("it is offsite (out of an attacker's reach on the host)")
     elif inc is Incident.DRILL:
-        why_target.append("it is the copy least recently exercised by a restore")
+        why_target.append("it is the copy least recently proven by a drill")
     elif not t.offsite:
         why_target.append("it is a local directory (fastest to read)")
-    if inc is Incident.REGION_OUTAGE and request.lost_region:
-        why_target.append(f"outside the lost region {request.lost_region}")
-    reasons.append("target " + ", ".join(why_target))
-    if not other_copies:
-        unreachable = [r for r in rejected if r.source_id == best.source.id and r.target]
+    if inc is Incident.REGION_OUTAGE and d.request.lost_region:
+        why_target.append(f"outside the lost region {d.request.lost_region}")
+    d.reasons.append("target " + ", ".join(why_target))
+    if not any(c.source is best.source and c is not best for c in choices):
+        unreachable = [r for r in d.rejected if r.source_id == best.source.id and r.target]
         if unreachable:
-            risks.append(f"{t.name} holds the only usable copy of {best.source.id[:8]}: "
-                         + "; ".join(r.why for r in unreachable))
+            d.risks.append(f"{t.name} holds the only usable copy of {best.source.id[:8]}: "
+                           + "; ".join(r.why for r in unreachable))
     if inc is Incident.RANSOMWARE and not t.offsite:
-        risks.append("only a local copy is usable: check it was not reachable from the compromised host")
+        d.risks.append("only a local copy is usable: check it was not reachable from the compromised host")
 
-    # 6. The moment restored and what it loses.
+
+def _moment_restored(d: _Draft, best: _Choice) -> datetime:
+    """6. The moment restored, and what it loses."""
+    request = d.request
     point = best.source.recoverable_until
     if request.point.kind == "time" and request.point.at is not None:
         at = request.point.at
         if best.source.recoverable_until < at:
-            reasons.append(f"restores {_fmt(point)}; changes up to {_fmt(at)} are not in any backup "
-                           "(point-in-time recovery needs WAL archiving)")
+            d.reasons.append(f"restores {_fmt(point)}; changes up to {_fmt(at)} are not in any backup "
+                             "(point-in-time recovery needs WAL archiving)")
         else:
             point = at
-    if inc in (Incident.HOST_LOSS, Incident.REGION_OUTAGE):
-        lost = (now - point).total_seconds()
-        reasons.append(f"restores {_fmt(point)}: about {_dur(max(0.0, lost))} of changes since then are lost")
-    if tables and best.source.tables is None:
-        risks.append("the snapshot's table list could not be read; the restore will fail if a table is missing")
-    if scope == "database" and inc is Incident.ACCIDENTAL_DELETION and sev is Severity.LOW:
-        reasons.append("low severity: consider restoring only the affected tables")
+    if request.incident in (Incident.HOST_LOSS, Incident.REGION_OUTAGE):
+        lost = (d.facts.now - point).total_seconds()
+        d.reasons.append(f"restores {_fmt(point)}: about {_dur(max(0.0, lost))} of changes since then are lost")
+    if d.tables and best.source.tables is None:
+        d.risks.append("the snapshot's table list could not be read; the restore will fail if a table is missing")
+    return point
 
-    # 7. Duration against the RTO.
-    est, basis = estimate(best.source.size_bytes, request.db, facts.history)
-    if tables:
+
+def _duration_against_rto(d: _Draft, best: _Choice) -> tuple[float, str]:
+    """7. How long it will take, against the RTO."""
+    est, basis = estimate(best.source.size_bytes, d.request.db, d.facts.history)
+    if d.tables:
         basis += "; tables only: the whole dump is still read, so this is an upper bound"
-    if facts.rto_s is not None and est > facts.rto_s:
-        risks.append(f"estimated {_dur(est)} exceeds the RTO of {_dur(facts.rto_s)}")
-    if sev is Severity.CRITICAL:
-        reasons.append("critical: a new database is created side by side; switch applications to it "
-                       "once checked, rather than restoring over the live one")
-
-    rejected_final = [r for r in rejected if not (r.source_id == best.source.id and r.target is None)]
-    return RestorePlan(request, best.source, best.target.name, point, scope, tables, destination, est, basis,
-                       facts.rto_s, tuple(reasons), tuple(risks), tuple(rejected_final))
+    rto = d.facts.rto_s
+    if rto is not None and est > rto:
+        d.risks.append(f"estimated {_dur(est)} exceeds the RTO of {_dur(rto)}")
+    if d.request.severity is Severity.CRITICAL:
+        d.reasons.append("critical: a new database is created side by side; switch applications to it "
+                         "once checked, rather than restoring over the live one")
+    return est, basis
 
 
 def with_tables(source: LogicalSnapshot, tables: Sequence[str]) -> LogicalSnapshot:

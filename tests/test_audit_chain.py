@@ -16,7 +16,7 @@ KEY = b"k" * 32
 @pytest.fixture
 def log(tmp_path: Path):  # type: ignore[no-untyped-def]
     cat = Catalog(tmp_path / "catalog.db")
-    audit = AuditLog(cat.connection, KEY)
+    audit = AuditLog(cat, KEY)
     for i in range(1, 7):
         audit.append("alice", "host1", "prune", f"subject {i}", "allowed", {"n": i}, 1_700_000_000.0 + i)
     yield audit, cat.connection
@@ -76,7 +76,7 @@ def test_adopt_refuses_a_broken_chain(tmp_path: Path, log) -> None:  # type: ign
     audit, db = log
     entries = audit.entries()
     other = Catalog(tmp_path / "other.db")
-    fresh = AuditLog(other.connection, KEY)
+    fresh = AuditLog(other, KEY)
     with pytest.raises(AuthError, match="damaged"):
         fresh.adopt(audit.log_id, entries[:2] + entries[3:])  # type: ignore[arg-type]
     assert fresh.adopt(audit.log_id, entries) == 6  # type: ignore[arg-type]

@@ -71,15 +71,6 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert out.returncode == 2 and "no database named 'unknown'" in out.stderr
 
 
-def test_core_never_imports_textual() -> None:
-    code = ("import sys, pkgutil, importlib, core\n"
-            "for m in pkgutil.walk_packages(core.__path__, 'core.'):\n"
-            "    importlib.import_module(m.name)\n"
-            "bad = [m for m in sys.modules if m.split('.')[0] == 'textual']\n"
-            "assert not bad, bad\n")
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
-
-
 def test_cli_start_does_not_import_heavy_modules() -> None:
     code = ("import sys; from core import cli; cli.build_parser()\n"
             "heavy = [m for m in ('boto3', 'textual', 'psycopg', 'zstandard') if m in sys.modules]\n"

@@ -81,7 +81,7 @@ def test_backup_killed_mid_upload_leaves_no_snapshot(tmp_path, make_warranty_db,
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
 
-    assert not list((repo / "snapshots").glob("*")) if (repo / "snapshots").exists() else True
+    assert list((repo / "snapshots").glob("*")) == []
     assert json.loads(setup.cli("snapshots", "--json", check=True).stdout) == []
     res = setup.cli("check", "--read-data")
     assert res.returncode == 0, res.stdout + res.stderr

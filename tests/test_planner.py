@@ -148,7 +148,8 @@ def test_region_outage_with_the_only_holding_target_unreachable_falls_back_to_an
 
 def test_drill_uses_the_newest_snapshot_and_rotates_targets() -> None:
     hist = history()
-    hist.append(PastRestore("warranty", 1, 1.0, True, (NOW - timedelta(days=1)).timestamp(), target="local1"))
+    hist.append(PastRestore("warranty", 1, 1.0, True, (NOW - timedelta(days=1)).timestamp(), target="local1",
+                            kind="drill"))
     p = plan(req(Incident.DRILL, Severity.LOW), facts(hist=hist))
     assert p.ok and hours(p) == 2 and p.target == "offsite"
     assert p.destination.startswith("warranty_drill_")

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from core.errors import IntegrityError, WrongKey
+from core.errors import IntegrityError, RepositoryError, WrongKey
 from core.repository.crypto import chunk_id, open_chunk, open_object, seal_chunk, seal_object
 from core.repository.index import Index, IndexFile
 from core.repository.keys import KdfParams, new_data_key, unwrap_data_key, wrap_data_key
@@ -47,7 +47,7 @@ def test_envelope_binds_kind_and_key_version() -> None:
     assert open_object(sealed, b"index", {1: KEY}) == b'{"a":1}'
     with pytest.raises(IntegrityError):
         open_object(sealed, b"snapshot", {1: KEY})
-    with pytest.raises(Exception):
+    with pytest.raises(RepositoryError, match="needs data key version 1"):
         open_object(sealed, b"index", {2: KEY})
 
 

@@ -77,7 +77,7 @@ def _gate(tmp_path: Path, clock: _Clock) -> tuple[Gate, Catalog]:
     cat = Catalog(tmp_path / "catalog.db")
     keys = SecurityKeys.derive(b"\x01" * 32, "0" * 32)
     policy = SecurityConfig(max_failures=5, lockout=timedelta(minutes=5))
-    return Gate(OperatorStore(cat.connection, keys), AuditLog(cat.connection, keys.audit_mac), policy, clock), cat
+    return Gate(OperatorStore(cat, keys), AuditLog(cat, keys.audit_mac), policy, clock), cat
 
 
 async def test_gate_lockout_and_recovery(tmp_path: Path) -> None:

@@ -252,9 +252,13 @@ def test_snapshot_gone_from_the_repository_fails_check_and_leaves_the_catalog_on
 
     out = setup.cli("catalog", "rebuild")
     assert out.returncode == 0 and gone[:8] in out.stdout
+    # The snapshot on t1 only has all its data on both targets: the rebuild finishes its commit on t2.
+    assert f"snapshot {half[:8]}" in out.stdout and "completed on t2" in out.stdout
+    assert (r2 / "snapshots" / half).read_bytes() == (r1 / "snapshots" / half).read_bytes()
     listed = {s["id"]: s for s in _snapshots(setup)}
     assert gone not in listed and set(listed) == {half, kept}
-    assert listed[half]["targets"] == ["t1"] and listed[kept]["targets"] == ["t1", "t2"]
+    assert listed[half]["targets"] == ["t1", "t2"] and listed[kept]["targets"] == ["t1", "t2"]
+    assert check_json(setup, "--read-data")["ok"]
 
 
 def test_lost_catalog_is_named_and_snapshot_refs_are_not_patterns(tmp_path, make_warranty_db, setup_factory):  # type: ignore[no-untyped-def]

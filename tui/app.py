@@ -4,15 +4,21 @@ Eight numbered screens (Textual modes, so each keeps its state), one bridge
 from the engine's events and the catalog to UI messages, and a keyboard
 contract operators build habits on: 1-8 switch screens, `?` help, `/`
 filter, ctrl+p command palette, `q` quit, escape back.
+
+The app builds each screen with itself as the screen's host
+(``tui.host.ConsoleHost``) and drives the screens; screens never import the
+app, and ask for what involves other screens by posting ``tui.messages``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import getpass
 import os
 import time
 from concurrent.futures import Future
-from typing import Callable, ClassVar, Iterable
+from typing import Callable, ClassVar, Iterable, Mapping
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
@@ -24,6 +30,7 @@ from core.errors import BackstopError
 from core.insights.overview import Dashboard
 from core.planner import Incident
 from tui.bridge import CatalogChanged, EngineBridge, JobChanged, JobProgressed
+from tui.messages import RestoreRequested, VerifyRequested
 from tui.screens.audit import AuditScreen
 from tui.screens.base import ConsoleScreen
 from tui.screens.catalog import CatalogScreen
@@ -68,7 +75,6 @@ class BackstopApp(App[None]):
 
     CSS_PATH = "app.tcss"
     TITLE = "Backstop"
-    MODES: ClassVar[dict[str, type[Screen]]] = dict(SCREENS_IN_ORDER)  # type: ignore[assignment]
     BINDINGS: ClassVar[list[BindingType]] = [
         *_screen_bindings(),
         Binding("question_mark", "help", "Help", id="help"),
@@ -81,7 +87,7 @@ class BackstopApp(App[None]):
                  cursor_blink: bool = True, operator: str | None = None, own_engine: bool = False,
                  keymap: dict[str, str] | None = None, first_dashboard: "Future[Dashboard] | None" = None) -> None:
         super().__init__()
-        self.first_dashboard = first_dashboard  # computed while the app started (see core.cli)
+        self.first_dashboard = first_dashboard  # computed while the app started (see core.cli); the dashboard takes it
         self.engine = engine
         self.clock = clock
         self.poll_interval = poll_interval
@@ -92,8 +98,30 @@ class BackstopApp(App[None]):
         self.mode_history: list[str] = []
         self.console_screens: dict[int, ConsoleScreen] = {}
         self.pending_restore: tuple[str | None, str | None, Incident | None] | None = None
-        self._data_version: int | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._keymap = keymap if keymap is not None else parse_keymap(os.environ.get(KEYMAP_ENV, ""))
+        for mode, cls in SCREENS_IN_ORDER:
+            self.add_mode(mode, lambda cls=cls: self._build(cls))  # type: ignore[misc]
+
+    def _build(self, cls: type[ConsoleScreen]) -> ConsoleScreen:
+        """A numbered screen, with this console as its host and what it starts from."""
+        screen: ConsoleScreen
+        if cls is DashboardScreen:
+            first, self.first_dashboard = self.first_dashboard, None
+            screen = DashboardScreen(self, first)
+        elif cls is RestoreScreen:
+            preset, self.pending_restore = self.pending_restore, None
+            screen = RestoreScreen(self, preset)
+        else:
+            screen = cls(self)
+        # Registered so that catalog changes reach the screens not on display.
+        self.console_screens[screen.NUMBER] = screen
+        return screen
+
+    def _mounted(self, number: int) -> ConsoleScreen | None:
+        """A numbered screen the app may drive (built and mounted), or None."""
+        screen = self.console_screens.get(number)
+        return screen if screen is not None and screen.is_mounted else None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -101,50 +129,50 @@ class BackstopApp(App[None]):
         if self._keymap:
             self.set_keymap(self._keymap)
         self.bridge = EngineBridge(self, self.engine.bus)
-        self._data_version = self._read_version()
-        # A PRAGMA every half second is all the idle console does (well under 1% of a core).
+        # One cheap check of the catalog's change feed every half second, in a thread, is all the idle
+        # console does (well under 1% of a core). Not a worker: workers are what tests wait to finish.
         if self.poll_interval > 0:
-            self.set_interval(self.poll_interval, self._poll_catalog, name="catalog-poll")
+            self._watcher = asyncio.create_task(self._watch_catalog())
         self.switch_mode("dashboard")
 
     async def on_unmount(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher  # its change feed is closed when it ends
         if self.bridge is not None:
             self.bridge.close()
         if self.own_engine:
             await self.engine.close()
 
-    def register(self, screen: ConsoleScreen) -> None:
-        """Screens announce themselves so catalog changes reach the ones not on display."""
-        self.console_screens[screen.NUMBER] = screen
+    # -- what screens may ask (tui.host.ConsoleHost) -------------------------------------
 
-    # -- catalog polling and the bridge's messages ---------------------------------------
+    def console_jobs(self) -> Mapping[str, str]:
+        """Jobs this console started and that still run: id -> kind."""
+        return dict(self.bridge.running) if self.bridge else {}
 
-    def _read_version(self) -> int | None:
-        try:
-            return self.engine.reader.data_version()
-        except Exception:  # the catalog is being replaced or is locked: try again next tick
-            return None
+    # -- catalog changes and the bridge's messages ---------------------------------------
 
-    def _poll_catalog(self) -> None:
-        version = self._read_version()
-        if version is not None and version != self._data_version:
-            self._data_version = version
+    async def _watch_catalog(self) -> None:
+        async for _ in self.engine.queries.watch(self.poll_interval):
             self.post_message(CatalogChanged())
 
     def on_catalog_changed(self, _: CatalogChanged) -> None:
         for screen in self.console_screens.values():
-            if screen is self.screen:
+            if screen is self.screen and screen.is_mounted:
                 screen.catalog_changed()
             else:
                 screen.stale = True
 
     def on_job_progressed(self, msg: JobProgressed) -> None:
-        if isinstance(self.screen, ConsoleScreen):
+        if isinstance(self.screen, ConsoleScreen) and self.screen.is_mounted:
             self.screen.job_progress(msg)
 
     def on_job_changed(self, msg: JobChanged) -> None:
-        for screen in self.console_screens.values():
-            screen.job_changed(msg)
+        # A screen mounting meanwhile looks at console_jobs() itself.
+        for screen in list(self.console_screens.values()):
+            if screen.is_mounted:
+                screen.job_changed(msg)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """Failures in workers become notifications, never a crash."""
@@ -178,11 +206,17 @@ class BackstopApp(App[None]):
 
     # -- actions shared by screens ----------------------------------------------------------------
 
+    def on_verify_requested(self, msg: VerifyRequested) -> None:
+        self.start_verification(msg.snapshot_id)
+
+    def on_restore_requested(self, msg: RestoreRequested) -> None:
+        self.open_restore(msg.db, msg.snapshot, msg.incident)
+
     def start_verification(self, snapshot_id: str) -> None:
         """Read a snapshot back from every target, shown live on screen 4."""
         self.goto("verification")
-        screen = self.console_screens.get(VerificationScreen.NUMBER)
-        if isinstance(screen, VerificationScreen):
+        screen = self._mounted(VerificationScreen.NUMBER)
+        if isinstance(screen, VerificationScreen):  # a screen mounting now follows the job from console_jobs()
             screen.watch_job(f"verification of {snapshot_id[:8]}")
 
         async def run() -> None:
@@ -202,10 +236,12 @@ class BackstopApp(App[None]):
                      incident: Incident | None = None) -> None:
         """Open the wizard, optionally for a database and snapshot chosen elsewhere, or for a drill."""
         screen = self.console_screens.get(RestoreScreen.NUMBER)
-        if isinstance(screen, RestoreScreen):
+        if isinstance(screen, RestoreScreen) and screen.is_mounted:
             screen.reset(db, snapshot, incident)
+        elif isinstance(screen, RestoreScreen):
+            screen.preset = (db, snapshot, incident)  # built, not mounted yet: it starts from this
         else:
-            self.pending_restore = (db, snapshot, incident)  # the wizard picks it up when first mounted
+            self.pending_restore = (db, snapshot, incident)  # the wizard is built with it
         self.goto("restore")
 
     # -- help, palette, quit -------------------------------------------------------------------------

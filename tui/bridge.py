@@ -3,8 +3,9 @@
 Two sources feed the console:
 
 - the engine's event bus, for jobs this console runs itself (fast, in-process);
-- the catalog, polled with ``PRAGMA data_version`` (one cheap query), for
-  everything else, including jobs the CLI runs in another process.
+- the catalog's change feed (``engine.queries.watch``: one cheap check in a
+  thread every half second; SQLite's data_version today), for everything
+  else, including jobs the CLI runs in another process.
 
 Progress is coalesced twice: at most one ``JobProgressed`` per job every
 ``min_interval`` seconds leaves here (the newest figures, with a trailing

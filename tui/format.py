@@ -8,46 +8,24 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from core import format as core_format
+
 _BAR_FULL, _BAR_EMPTY = "█", "░"
 
 
-def size(n: float | None) -> str:
-    """Bytes for humans: 512 B, 3.4 MiB."""
-    if n is None:
-        return "?"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
-def duration(seconds: float | None) -> str:
-    """A short duration: 45s, 4m 12s, 1h 05m."""
-    if seconds is None:
-        return "?"
-    s = int(round(max(0.0, seconds)))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h {(s % 3600) // 60:02d}m"
-    return f"{s // 86400}d {(s % 86400) // 3600:02d}h"
+# One helper each for sizes and durations, shared with the CLI (core/format.py).
+size = core_format.size
+duration = core_format.duration
 
 
 def when(ts: float | None) -> str:
     """Epoch seconds as 'MM-DD HH:MM' (UTC)."""
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%m-%d %H:%M")
+    return core_format.utc(ts, "%m-%d %H:%M")
 
 
 def when_full(ts: float | None) -> str:
     """Epoch seconds as 'YYYY-MM-DD HH:MM:SS UTC'."""
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return core_format.utc(ts, "%Y-%m-%d %H:%M:%S UTC")
 
 
 def iso_short(iso: str) -> str:

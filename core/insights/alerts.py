@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Literal, Mapping, Sequence
 
-from core.catalog.models import JobRecord, VerificationRecord
+from core.records import JobRecord, VerificationRecord
 
 Level = Literal["critical", "warning", "info"]
 _ORDER = {"critical": 0, "warning": 1, "info": 2}

@@ -12,7 +12,8 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Iterable, Literal, Mapping, Sequence
 
-from core.catalog.models import JobRecord, RestoreRecord, VerificationRecord
+from core.format import duration
+from core.records import JobRecord, RestoreRecord, VerificationRecord
 
 Status = Literal["ok", "warn", "bad", "none"]
 DAY = 86_400.0
@@ -65,16 +66,6 @@ def _fill(values: list[float | None]) -> tuple[float, ...]:
             last = v
         out.append(last)
     return tuple(out)
-
-
-def human_duration(seconds: float) -> str:
-    """A short duration for operators: 45s, 4m 12s, 1h 05m."""
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    return f"{s // 3600}h {(s % 3600) // 60:02d}m"
 
 
 AgeCounts = Mapping[int, tuple[int, int]]  # whole days ago (0 = the last 24 h) -> (passed, failed)
@@ -176,7 +167,7 @@ def recovery_time(restores: Sequence[RestoreRecord], now: float, *, rto_s: Mappi
     definition = RECOVERY_DEFINITION.format(days=days)
     rtos = {r.db: rto_s.get(r.db, default_rto_s) for r in good}
     if not good:
-        rto_text = human_duration(default_rto_s)
+        rto_text = duration(default_rto_s)
         return Kpi("recovery", "Average Recovery Time", None, "no data",
                     f"no measured restores in {days}d (RTO {rto_text})", "none", definition, trend)
     durations = [r.duration_s for r in good]
@@ -186,6 +177,6 @@ def recovery_time(restores: Sequence[RestoreRecord], now: float, *, rto_s: Mappi
     share = 100.0 * within / len(good)
     tightest = min(rtos.values())
     status: Status = "ok" if within == len(good) else ("warn" if mean <= tightest else "bad")
-    display = f"{human_duration(mean)} mean"
-    detail = f"p95 {human_duration(p95)}; {share:.0f}% of {len(good)} within RTO {human_duration(tightest)}"
+    display = f"{duration(mean)} mean"
+    detail = f"p95 {duration(p95)}; {share:.0f}% of {len(good)} within RTO {duration(tightest)}"
     return Kpi("recovery", "Average Recovery Time", mean, display, detail, status, definition, trend)

@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from core.catalog.models import JobRecord
-from core.catalog.reader import CatalogReader
+from core.catalog.base import CatalogQueries
 from core.config import BackstopConfig
 from core.insights.alerts import Alert, build_alerts
 from core.insights.kpis import DAY, Kpi, completion_from_counts, integrity_from_counts, recovery_time
 from core.insights.trends import Trends, build_trends
+from core.records import JobRecord
 
 DEFAULT_RTO_S = 3600.0
 
@@ -40,7 +40,7 @@ def default_rto(config: BackstopConfig) -> float:
     return min(rto_targets(config).values(), default=DEFAULT_RTO_S)
 
 
-def build_dashboard(reader: CatalogReader, config: BackstopConfig, now: float, *, trend_days: int = 14) -> Dashboard:
+def build_dashboard(reader: CatalogQueries, config: BackstopConfig, now: float, *, trend_days: int = 14) -> Dashboard:
     """KPIs, alerts and running jobs as of ``now``."""
     days = max(trend_days, 7)
     total = reader.snapshot_count()
@@ -67,7 +67,7 @@ def build_dashboard(reader: CatalogReader, config: BackstopConfig, now: float, *
     return Dashboard(kpis, tuple(alerts), tuple(reader.running_jobs()), now)
 
 
-def build_trend_series(reader: CatalogReader, config: BackstopConfig, now: float, *, days: int = 30) -> Trends:
+def build_trend_series(reader: CatalogQueries, config: BackstopConfig, now: float, *, days: int = 30) -> Trends:
     """Every series of the trends screen over the last ``days`` days."""
     since_iso = datetime.fromtimestamp(now - days * DAY, timezone.utc).isoformat(timespec="seconds")
     return build_trends(

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Mapping, Sequence
 
-from core.catalog.models import JobRecord, RestoreRecord
+from core.records import JobRecord, RestoreRecord
 from core.insights.alerts import iso_to_epoch
-from core.insights.kpis import DAY, human_duration
+from core.format import duration
+from core.insights.kpis import DAY
 
 # Snapshot kinds that are self-contained; everything else (incremental base
 # backups, WAL segments, when physical backups land) counts as incremental.
@@ -94,12 +95,12 @@ def _forecast(points: Sequence[RestorePoint], rto: float, now: float) -> str:
     slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx  # seconds per day
     today = my - slope * mx
     if today >= rto:
-        return f"forecast: restores already take about {human_duration(today)}, over the RTO of {human_duration(rto)}"
+        return f"forecast: restores already take about {duration(today)}, over the RTO of {duration(rto)}"
     if slope <= 0:
-        return f"forecast: restore time is flat or falling (about {human_duration(today)}); RTO not at risk"
+        return f"forecast: restore time is flat or falling (about {duration(today)}); RTO not at risk"
     days = (rto - today) / slope
-    return (f"forecast: restore time grows {human_duration(slope * 30)} a month; "
-            f"reaches the RTO of {human_duration(rto)} in about {days:.0f} days")
+    return (f"forecast: restore time grows {duration(slope * 30)} a month; "
+            f"reaches the RTO of {duration(rto)} in about {days:.0f} days")
 
 
 def backup_durations(rows: Sequence[tuple[str, str, str, str, int, int]]) -> tuple[DurationPoint, ...]:

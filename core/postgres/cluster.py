@@ -308,16 +308,15 @@ class LocalCluster:
     # -- process control -------------------------------------------------
 
     def _run(self, args: list[str], *, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-        extra: dict[str, object] = {}
-        if self._acct is not None:
-            # subprocess drops privileges in the child after fork (thread-safe,
-            # unlike a preexec_fn), including supplementary groups.
-            extra = {"user": self._acct.uid, "group": self._acct.gid, "extra_groups": list(self._acct.groups)}
+        acct = self._acct
         cwd = self.data_dir if self.data_dir.is_dir() else Path("/")
         try:
+            # subprocess drops privileges in the child after fork (thread-safe,
+            # unlike a preexec_fn), including supplementary groups.
             return subprocess.run(
-                args, capture_output=True, text=True, env=_clean_env(), cwd=cwd,
-                timeout=timeout, **extra,  # type: ignore[arg-type]
+                args, capture_output=True, text=True, env=_clean_env(), cwd=cwd, timeout=timeout,
+                user=acct.uid if acct else None, group=acct.gid if acct else None,
+                extra_groups=list(acct.groups) if acct else None,
             )
         except subprocess.TimeoutExpired:
             raise PostgresError(
@@ -448,7 +447,7 @@ class LocalCluster:
 
     # -- databases ---------------------------------------------------------
 
-    def _execute(self, statement: sql.Composable, what: str) -> None:
+    def _execute(self, statement: sql.Composed, what: str) -> None:
         try:
             with psycopg.connect(self.dsn(), autocommit=True, connect_timeout=10) as conn:
                 conn.execute(statement)

@@ -151,10 +151,8 @@ _SCHEMA_QUERIES: dict[str, str] = {
         FROM pg_default_acl d LEFT JOIN pg_namespace n ON n.oid = d.defaclnamespace""",
 }
 
-_LARGE_OBJECTS = """
-COPY (SELECT encode(sha256(lo_get(m.oid)), 'hex') FROM pg_largeobject_metadata m ORDER BY 1)
-TO STDOUT
-"""
+_LARGE_OBJECTS = sql.Composed([sql.SQL(
+    "COPY (SELECT encode(sha256(lo_get(m.oid)), 'hex') FROM pg_largeobject_metadata m ORDER BY 1) TO STDOUT")])
 
 
 def _normalise(value: Any) -> Any:
@@ -174,7 +172,7 @@ def _digest_rows(rows: list[tuple[Any, ...]]) -> str:
     return h.hexdigest()
 
 
-async def _copy_digest(conn: psycopg.AsyncConnection[Any], query: sql.Composable | str) -> tuple[int, str]:
+async def _copy_digest(conn: psycopg.AsyncConnection[Any], query: sql.Composed) -> tuple[int, str]:
     """(line count, sha256) of a COPY ... TO STDOUT stream, read chunk by chunk."""
     h = hashlib.sha256()
     lines = 0
@@ -201,7 +199,7 @@ async def _connect(dsn: str, snapshot: str | None = None) -> psycopg.AsyncConnec
     return conn
 
 
-def _table_query(schema: str, name: str) -> sql.Composable:
+def _table_query(schema: str, name: str) -> sql.Composed:
     # Sorting by the row text in the C collation makes the order independent
     # of physical layout and of the database's collation. ROW(r.*) rather
     # than a bare alias, which a column of that name would shadow.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import re
 import shutil
@@ -197,7 +198,7 @@ def _restore_advice(cause: str) -> str:
 class DumpProcess:
     """A running `pg_dump` whose archive is read from ``reader`` (a raw pipe)."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, reader: "os.FileIO", stderr_task: asyncio.Task[bytes],
+    def __init__(self, proc: asyncio.subprocess.Process, reader: io.FileIO, stderr_task: asyncio.Task[bytes],
                  resources: contextlib.ExitStack) -> None:
         self.proc = proc
         self.reader = reader

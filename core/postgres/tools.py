@@ -249,11 +249,10 @@ def connect_error(exc: BaseException) -> str:
 
 async def server_major(dsn: str) -> int:
     """Major version of the server at ``dsn`` (e.g. 15)."""
-    kwargs: dict[str, object] = {}
     try:
-        if "connect_timeout" not in conninfo_to_dict(dsn):
-            kwargs["connect_timeout"] = 10
-        async with await psycopg.AsyncConnection.connect(dsn, **kwargs) as conn:
+        # A DSN without its own timeout gets one: a dead host must not hang a backup.
+        timeout = None if "connect_timeout" in conninfo_to_dict(dsn) else 10
+        async with await psycopg.AsyncConnection.connect(dsn, connect_timeout=timeout) as conn:
             cur = await conn.execute("SHOW server_version_num")
             row = await cur.fetchone()
     except psycopg.Error as exc:

@@ -98,121 +98,153 @@ async def check_target(repo: Repository, st: Storage, read_data: bool, pool: Thr
                        on_progress: Callable[[int, int], None] | None = None,
                        quarantined: frozenset[str] | set[str] = frozenset()) -> TargetReport:
     """Check one target's copy of the repository (``quarantined`` packs give way to other copies of a chunk)."""
-    rep = TargetReport(st.name)
+    check = _TargetCheck(repo, st, quarantined)
     try:
-        await _check(repo, st, read_data, pool, rep, on_progress, quarantined)
+        await check.run(read_data, pool, on_progress)
     except TargetUnreachable as exc:
-        rep.unreachable = str(exc)
-        rep.problems.append(str(exc))
+        check.rep.unreachable = str(exc)
+        check.rep.problems.append(str(exc))
     except StorageError as exc:
-        rep.problems.append(str(exc))
-    return rep
+        check.rep.problems.append(str(exc))
+    return check.rep
 
 
-async def _check(repo: Repository, st: Storage, read_data: bool, pool: ThreadPoolExecutor, rep: TargetReport,
-                 on_progress: Callable[[int, int], None] | None, quarantined: frozenset[str] | set[str]) -> None:
-    where = f"target '{st.name}'"
-    # The target must open on its own: if the others are lost, this is all there is.
-    rep.problems.extend(await repo.verify_identity(st))
-    # Index objects.
-    index = Index()
-    damaged_index: list[str] = []
-    for obj in await st.list(INDEX_PREFIX):
-        rep.objects_checked += 1
-        data = await st.get(obj.name)
-        rep.bytes_read += len(data)
-        if hashlib.sha256(data).hexdigest() != obj.name[len(INDEX_PREFIX):]:
-            damaged_index.append(f"{where}: {_short(obj.name)} is damaged (checksum mismatch)")
-            continue
-        try:
-            index.merge(obj.name, IndexFile.open(data, repo.keys), quarantined)
-        except BackstopError as exc:
-            damaged_index.append(f"{where}: {_short(obj.name)} cannot be read: {exc}")
-    for msg in damaged_index:
-        rep.problems.append(f"{msg}; the snapshots it affects are listed below; `backstop repair index` "
-                            "rebuilds what it listed from the pack headers")
-    pack_sizes = index.packs
+class _TargetCheck:
+    """The steps of checking one target, each filling in the report (FORMAT.md 15)."""
 
-    # Packs present.
-    present = {pack_id_from_name(o.name): o.size for o in await st.list(DATA_PREFIX)}
-    bad_packs = rep.bad_packs
-    for pid, size in pack_sizes.items():
-        if pid not in present:
-            bad_packs[pid] = "missing"
-        elif present[pid] != size:
-            bad_packs[pid] = f"of the wrong size ({present[pid]} bytes, expected {size})"
-    unreferenced = set(present) - set(pack_sizes)
-    if unreferenced:
-        why = ("listed by no readable index; `backstop repair index` re-reads their headers" if damaged_index else
-               "referenced by no index (left by an interrupted backup); prune removes them after the grace period")
-        rep.notes.append(f"{where}: {len(unreferenced)} pack(s) {why}")
+    def __init__(self, repo: Repository, st: Storage, quarantined: frozenset[str] | set[str]) -> None:
+        self.repo, self.st, self.quarantined = repo, st, quarantined
+        self.rep = TargetReport(st.name)
+        self.where = f"target '{st.name}'"
+        self.index = Index()
+        self.damaged_index: list[str] = []
+        self.manifests: dict[str, Manifest] = {}
+        self.bad_chunks: dict[str, set[bytes]] = {}  # pack -> its damaged chunks, where known that precisely
 
-    # Manifests.
-    manifests: dict[str, Manifest] = {}
-    for obj in await st.list(SNAPSHOT_PREFIX):
-        sid = obj.name[len(SNAPSHOT_PREFIX):]
-        rep.objects_checked += 1
-        data = await st.get(obj.name)
-        rep.bytes_read += len(data)
-        if hashlib.sha256(data).hexdigest() != sid:
-            rep.affect(sid, f"{where}: {_short(obj.name)} is damaged (checksum mismatch)")
-            continue
-        try:
-            manifests[sid] = Manifest.open(data, repo.keys)
-        except BackstopError as exc:
-            rep.affect(sid, f"{where}: {_short(obj.name)} cannot be read: {exc}")
-    rep.snapshots = sorted(manifests)
-    rep.described = {sid: f"{m.db} {m.finished_at}" for sid, m in manifests.items()}
-    for sid, m in sorted(manifests.items()):
-        missing = [c for c in m.chunk_ids() if c not in index.chunks]
-        if missing:
-            hint = ("an index object above is damaged: `backstop repair index`" if damaged_index
-                    else "run `backstop repair index`")
-            rep.affect(sid, f"{where}: snapshot {sid[:8]} ({m.db} {m.finished_at}) needs {len(missing)} chunk(s) "
-                            f"that no readable index lists; {hint}")
+    async def run(self, read_data: bool, pool: ThreadPoolExecutor,
+                  on_progress: Callable[[int, int], None] | None) -> None:
+        # The target must open on its own: if the others are lost, this is all there is.
+        self.rep.problems.extend(await self.repo.verify_identity(self.st))
+        await self._read_index()
+        await self._packs_present()
+        await self._read_manifests()
+        self._chunks_indexed()
+        if read_data:
+            await self._read_packs(pool, on_progress)
+        else:
+            self.rep.objects_checked += len(self.index.packs)
+        self._trace_damage()
 
-    # Pack contents.
-    bad_chunks: dict[str, set[bytes]] = {}  # pack -> its damaged chunks, where the damage is that precise
-    if read_data:
+    async def _read_index(self) -> None:
+        """Every index object: its SHA-256 matches its name and it opens."""
+        rep, where = self.rep, self.where
+        for obj in await self.st.list(INDEX_PREFIX):
+            rep.objects_checked += 1
+            data = await self.st.get(obj.name)
+            rep.bytes_read += len(data)
+            if hashlib.sha256(data).hexdigest() != obj.name[len(INDEX_PREFIX):]:
+                self.damaged_index.append(f"{where}: {_short(obj.name)} is damaged (checksum mismatch)")
+                continue
+            try:
+                self.index.merge(obj.name, IndexFile.open(data, self.repo.keys), self.quarantined)
+            except BackstopError as exc:
+                self.damaged_index.append(f"{where}: {_short(obj.name)} cannot be read: {exc}")
+        for msg in self.damaged_index:
+            rep.problems.append(f"{msg}; the snapshots it affects are listed below; `backstop repair index` "
+                                "rebuilds what it listed from the pack headers")
+
+    async def _packs_present(self) -> None:
+        """Every indexed pack exists with its recorded size; unindexed packs are a note."""
+        present = {pack_id_from_name(o.name): o.size for o in await self.st.list(DATA_PREFIX)}
+        for pid, size in self.index.packs.items():
+            if pid not in present:
+                self.rep.bad_packs[pid] = "missing"
+            elif present[pid] != size:
+                self.rep.bad_packs[pid] = f"of the wrong size ({present[pid]} bytes, expected {size})"
+        unreferenced = set(present) - set(self.index.packs)
+        if unreferenced:
+            why = ("listed by no readable index; `backstop repair index` re-reads their headers" if self.damaged_index
+                   else "referenced by no index (left by an interrupted backup); prune removes them after the grace "
+                        "period")
+            self.rep.notes.append(f"{self.where}: {len(unreferenced)} pack(s) {why}")
+
+    async def _read_manifests(self) -> None:
+        """Every manifest: its SHA-256 matches its name and it opens."""
+        rep, where = self.rep, self.where
+        for obj in await self.st.list(SNAPSHOT_PREFIX):
+            sid = obj.name[len(SNAPSHOT_PREFIX):]
+            rep.objects_checked += 1
+            data = await self.st.get(obj.name)
+            rep.bytes_read += len(data)
+            if hashlib.sha256(data).hexdigest() != sid:
+                rep.affect(sid, f"{where}: {_short(obj.name)} is damaged (checksum mismatch)")
+                continue
+            try:
+                self.manifests[sid] = Manifest.open(data, self.repo.keys)
+            except BackstopError as exc:
+                rep.affect(sid, f"{where}: {_short(obj.name)} cannot be read: {exc}")
+        rep.snapshots = sorted(self.manifests)
+        rep.described = {sid: f"{m.db} {m.finished_at}" for sid, m in self.manifests.items()}
+
+    def _chunks_indexed(self) -> None:
+        """Every chunk a snapshot needs is listed by some readable index object."""
+        for sid, m in sorted(self.manifests.items()):
+            missing = [c for c in m.chunk_ids() if c not in self.index.chunks]
+            if missing:
+                hint = ("an index object above is damaged: `backstop repair index`" if self.damaged_index
+                        else "run `backstop repair index`")
+                self.rep.affect(sid, f"{self.where}: snapshot {sid[:8]} ({m.db} {m.finished_at}) needs {len(missing)} "
+                                     f"chunk(s) that no readable index lists; {hint}")
+
+    async def _read_packs(self, pool: ThreadPoolExecutor, on_progress: Callable[[int, int], None] | None) -> None:
+        """--read-data: fetch each indexed pack, check its SHA-256 and open every blob the index places in it."""
+        rep, index = self.rep, self.index
         by_pack: dict[str, dict[bytes, tuple[int, int, int]]] = {}
         for cid, loc in index.chunks.items():
             by_pack.setdefault(loc.pack_id, {})[cid] = (loc.key_version, loc.offset, loc.length)
-        todo = [p for p in pack_sizes if p not in bad_packs]
-        total = sum(pack_sizes[p] for p in todo)
+        todo = [p for p in index.packs if p not in rep.bad_packs]
+        total = sum(index.packs[p] for p in todo)
         done = 0
         loop = asyncio.get_running_loop()
         for pid in todo:
             try:
-                data = await st.get(pack_object_name(pid))
+                data = await self.st.get(pack_object_name(pid))
             except ObjectNotFound:
-                bad_packs[pid] = "missing"  # deleted since the listing
+                rep.bad_packs[pid] = "missing"  # deleted since the listing
                 continue
             rep.objects_checked += 1
             rep.bytes_read += len(data)
             done += len(data)
-            problem, chunks = await loop.run_in_executor(pool, _verify_pack, data, pid, by_pack.get(pid, {}), repo)
+            problem, chunks = await loop.run_in_executor(pool, _verify_pack, data, pid, by_pack.get(pid, {}), self.repo)
             if problem:
-                bad_packs[pid] = f"damaged ({problem})"
+                rep.bad_packs[pid] = f"damaged ({problem})"
                 if chunks is not None:
-                    bad_chunks[pid] = chunks
+                    self.bad_chunks[pid] = chunks
             else:
                 rep.intact_packs.add(pid)
             if on_progress:
                 on_progress(done, total)
-    else:
-        rep.objects_checked += len(pack_sizes)
 
-    # Trace damage to snapshots.
-    if bad_packs:
-        hits: dict[str, list[str]] = {pid: [] for pid in bad_packs}
-        for sid, m in sorted(manifests.items()):
-            for pid in {index.chunks[c].pack_id for c in m.chunk_ids()
-                        if c in index.chunks and index.chunks[c].pack_id in bad_packs
-                        and (index.chunks[c].pack_id not in bad_chunks or c in bad_chunks[index.chunks[c].pack_id])}:
+    def _affects(self, cid: bytes) -> str | None:
+        """The damaged pack a snapshot needing chunk ``cid`` would read it from, if any."""
+        loc = self.index.chunks.get(cid)
+        if loc is None or loc.pack_id not in self.rep.bad_packs:
+            return None
+        known = self.bad_chunks.get(loc.pack_id)
+        return loc.pack_id if known is None or cid in known else None
+
+    def _trace_damage(self) -> None:
+        """Each bad pack, with the snapshots that need a damaged chunk of it."""
+        bad = self.rep.bad_packs
+        if not bad:
+            return
+        hits: dict[str, list[str]] = {pid: [] for pid in bad}
+        for sid, m in sorted(self.manifests.items()):
+            for pid in {p for p in map(self._affects, m.chunk_ids()) if p is not None}:
                 hits[pid].append(sid)
-        for pid, why in sorted(bad_packs.items()):
-            who = ", ".join(f"{s[:8]} ({manifests[s].db} {manifests[s].finished_at})" for s in hits[pid]) or "none"
-            msg = f"{where}: {_short(pack_object_name(pid))} is {why}; affects snapshots: {who}"
-            rep.problems.append(msg)
+        for pid, why in sorted(bad.items()):
+            who = ", ".join(f"{s[:8]} ({self.manifests[s].db} {self.manifests[s].finished_at})" for s in hits[pid])
+            msg = f"{self.where}: {_short(pack_object_name(pid))} is {why}; affects snapshots: {who or 'none'}"
+            self.rep.problems.append(msg)
             for s in hits[pid]:
-                rep.affected.setdefault(s, []).append(msg)
+                self.rep.affected.setdefault(s, []).append(msg)

@@ -13,10 +13,11 @@ import asyncio
 from dataclasses import dataclass, field
 
 from core.repository import quarantine
-from core.repository.index import INDEX_PREFIX, Index
+from core.repository.index import INDEX_PREFIX, Index, IndexFile
 from core.repository.manifest import Manifest
 from core.repository.packs import DATA_PREFIX, pack_id_from_name
 from core.repository.repo import Repository
+from core.repository.rollforward import complete_manifests
 
 
 @dataclass
@@ -29,7 +30,11 @@ class DedupIndex:
 
 
 async def backup_index(repo: Repository) -> DedupIndex:
-    """Load the dedup index: intact, common to every target, out of quarantine, present everywhere."""
+    """Load the dedup index: intact, common to every target, out of quarantine, present everywhere.
+
+    The caller holds a repository lock: a manifest an interrupted backup left
+    on some targets only is completed on the others here (core.repository.rollforward).
+    """
     held = await quarantine.load(repo)
     index = await repo.load_index(common=True, avoid=held)
     out = DedupIndex(index)
@@ -56,10 +61,17 @@ async def backup_index(repo: Repository) -> DedupIndex:
                                 "its chunks are stored again")
     out.quarantined = held
     index.drop_packs(held)
+    rolled = await complete_manifests(repo, index)
+    for sid, where in rolled.completed.items():
+        out.warnings.append(f"snapshot {sid[:8]}, left on some targets only by an interrupted backup, was completed "
+                            f"on {', '.join(where)}")
+    for sid, why in rolled.left.items():
+        out.warnings.append(f"snapshot {sid[:8]} is on some targets only and was left as it is: {why}; "
+                            "see `backstop check`")
     return out
 
 
-def snapshot_packs(manifest: Manifest, index: Index, new: Index | None = None) -> set[str]:
+def snapshot_packs(manifest: Manifest, index: Index, new: Index | IndexFile | None = None) -> set[str]:
     """The packs a snapshot's chunks are located in (``new`` first: this backup's own packs)."""
     out: set[str] = set()
     for cid in manifest.chunk_ids():

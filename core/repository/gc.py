@@ -132,7 +132,7 @@ class PruneReport:
 async def prune(repo: Repository, grace_s: float = DEFAULT_GRACE_S, dry_run: bool = False,
                 now: float | None = None) -> PruneReport:
     """Delete packs no snapshot needs and that are older than ``grace_s`` (caller holds the exclusive lock)."""
-    now = time.time() if now is None else now
+    at = time.time() if now is None else now
     manifests = await read_all_manifests(repo)
     index = await repo.load_index(common=False)
     refuse_damaged_index(index)
@@ -143,7 +143,7 @@ async def prune(repo: Repository, grace_s: float = DEFAULT_GRACE_S, dry_run: boo
     doomed: set[str] = set()
     for pid in sorted(every_pack - set(needed)):
         # Every copy must be old: an unknown age counts as new.
-        ages = [now - (lst[pid].mtime if lst[pid].mtime is not None else now) for lst in listings if pid in lst]
+        ages = [at - _mtime(lst[pid], at) for lst in listings if pid in lst]
         if not ages:
             continue  # listed by an index but stored nowhere: nothing to delete
         if min(ages) >= grace_s:
@@ -164,8 +164,12 @@ async def prune(repo: Repository, grace_s: float = DEFAULT_GRACE_S, dry_run: boo
     held = await quarantine.load(repo)
     if held & doomed:
         await quarantine.release(repo, held & doomed)
-    report.leftovers = await remove_leftovers(repo, now - grace_s)
+    report.leftovers = await remove_leftovers(repo, at - grace_s)
     return report
+
+
+def _mtime(obj: ObjectInfo, unknown: float) -> float:
+    return obj.mtime if obj.mtime is not None else unknown
 
 
 def refuse_damaged_index(index: Index) -> None:

@@ -15,14 +15,15 @@ import json
 import os
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from functools import lru_cache
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from core.errors import IntegrityError, RepositoryError, WrongKey
+from core.format import now_iso
 
 KEY_PREFIX = "keys/"
 # scrypt N=2^15, r=8: ~32 MiB and ~0.1 s per unlock here; slows guessing
@@ -60,10 +61,10 @@ class KdfParams:
         return {"kdf": "scrypt", "salt": _b64(self.salt), "n": self.n, "r": self.r, "p": self.p}
 
     @classmethod
-    def from_json(cls, d: dict[str, object]) -> "KdfParams":
+    def from_json(cls, d: dict[str, Any]) -> "KdfParams":
         if d.get("kdf") != "scrypt":
             raise RepositoryError(f"unsupported key derivation {d.get('kdf')!r}; upgrade backstop")
-        return cls(salt=_unb64(str(d["salt"])), n=int(d["n"]), r=int(d["r"]), p=int(d["p"]))  # type: ignore[arg-type]
+        return cls(salt=_unb64(str(d["salt"])), n=int(d["n"]), r=int(d["r"]), p=int(d["p"]))
 
 
 def _b64(b: bytes) -> str:
@@ -117,7 +118,7 @@ def wrap_data_key(dek: DataKey, passphrase: bytes, repo_id: str, params: KdfPara
     nonce = os.urandom(12)
     secret = json.dumps({"enc_key": _b64(dek.enc_key), "id_key": _b64(dek.id_key)}).encode()
     wrapped = nonce + AESGCM(kek).encrypt(nonce, secret, _aad(repo_id, dek.version))
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    now = now_iso()
     doc: dict[str, object] = {
         "format": 1,
         "version": dek.version,

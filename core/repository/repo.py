@@ -11,9 +11,10 @@ import uuid
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Iterable
 
 from core.config import RepositoryConfig
+from core.format import now_iso
 from core.processes import pid_alive
 from core.errors import (
     BackstopError,
@@ -79,7 +80,7 @@ class RepoParams:
             chunk_max=avg * 4,
             pack_target=cfg.pack_target_mib * 1024 * 1024,
             compression_level=cfg.compression_level,
-            created=_now(),
+            created=now_iso(),
         )
 
     def to_bytes(self) -> bytes:
@@ -100,10 +101,6 @@ class RepoParams:
             return cls(**doc)
         except TypeError:
             raise IntegrityError(f"{where}: the repository config object is damaged") from None
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def sha256_hex(data: bytes) -> str:
@@ -327,8 +324,8 @@ class Repository:
     # -- objects ------------------------------------------------------------
 
     async def put_all(self, name: str, data: bytes) -> None:
-        """Write one object to every target, concurrently."""
-        await asyncio.gather(*(s.put(name, data) for s in self.storages))
+        """Write one object to every target, concurrently; raises only once every target has answered."""
+        await _all(s.put(name, data) for s in self.storages)
 
     async def verify_all(self, name: str, digest: str) -> None:
         """Read an object back from every target and compare its SHA-256."""
@@ -336,7 +333,7 @@ class Repository:
             got = sha256_hex(await st.get(name))
             if got != digest:
                 raise IntegrityError(f"target '{st.name}': read-back of {name} does not match what was written")
-        await asyncio.gather(*(one(s) for s in self.storages))
+        await _all(one(s) for s in self.storages)
 
     async def delete_all(self, name: str) -> None:
         """Remove an object from every target, ignoring failures (best effort cleanup)."""
@@ -433,7 +430,7 @@ class Repository:
         assert kind in ("shared", "exclusive")
         await self._check_lock_conflicts(kind)
         name = f"{LOCK_PREFIX}{uuid.uuid4().hex}"
-        doc = {"kind": kind, "purpose": purpose, "host": socket.gethostname(), "pid": os.getpid(), "created": _now()}
+        doc = {"kind": kind, "purpose": purpose, "host": socket.gethostname(), "pid": os.getpid(), "created": now_iso()}
         await self.put_all(name, json.dumps(doc).encode())
         refresher = asyncio.ensure_future(self._refresh_lock(name, doc))
         try:
@@ -450,7 +447,7 @@ class Repository:
         while True:
             await asyncio.sleep(LOCK_REFRESH_SECONDS)
             try:
-                await self.put_all(name, json.dumps({**doc, "refreshed": _now()}).encode())
+                await self.put_all(name, json.dumps({**doc, "refreshed": now_iso()}).encode())
             except StorageError:
                 pass  # a missed refresh only matters after STALE_LOCK_SECONDS; the next try may work
 
@@ -497,6 +494,22 @@ class Repository:
                     f"since {lk['created']}; wait for it to finish"
                     + ("" if here else " (if that process is gone, `backstop unlock` removes the lock)")
                 )
+
+
+async def _all(calls: Iterable[Awaitable[None]]) -> None:
+    """Run calls on every target at once; raise the first failure only after every call has ended.
+
+    Raising as soon as one target fails would let the caller's cleanup (take
+    the manifest back everywhere) race a write still under way on another
+    target, which then lands after the cleanup: a snapshot left on one target.
+    """
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException) and not isinstance(r, Exception):
+            raise r  # cancellation and the like first
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
 
 
 async def _confirm_same_repository(ident: _Identity, params: RepoParams, passphrase: bytes) -> str:

@@ -1,5 +1,5 @@
-"""`backstop demo`: a private PostgreSQL with warranty data, a local repository, a first backup,
-then the operator console (when run on a terminal).
+"""`backstop demo`: a private PostgreSQL with warranty data, a local repository, a first backup
+and a printed summary (the CLI then opens the operator console when run on a terminal).
 
 Everything lives in one sandbox directory (the XDG data dir by default), so
 the demo never touches a real server or repository. The cluster keeps
@@ -8,16 +8,16 @@ running after the demo so the CLI can be tried on it; `--stop` stops it.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import secrets
 import shutil
-import sys
 from pathlib import Path
+from typing import Any
 
 from core.config import default_data_dir, load_config
 from core.errors import BackstopError
+from core.format import size
 
 DB_NAME = "warranty"
 
@@ -62,15 +62,23 @@ def _write_config(base: Path, dsn: str) -> Path:
     return cfg
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    """Set up (or reuse) the sandbox, take a backup, and show the catalog."""
-    base = sandbox_dir(args.dir)
-    if getattr(args, "stop", False):
+def run_demo(sandbox: str | Path | None, claims: int = 50_000, reset: bool = False,
+             stop: bool = False) -> tuple[Path, int]:
+    """Set up (or reuse) the sandbox, take a backup and print a summary; returns the config path and exit status.
+
+    ``sandbox``: the directory (default: the XDG data dir); ``claims``: rows of
+    warranty data to generate on first use; ``reset``: throw the sandbox away
+    first; ``stop``: only stop the sandbox's server. Opening the console
+    afterwards is the caller's business (`backstop demo` does it on a terminal).
+    """
+    base = sandbox_dir(None if sandbox is None else str(sandbox))
+    cfg_path = base / "backstop.yaml"
+    if stop:
         if (base / "pg").exists():
             _cluster(base).stop()
             _say(f"sandbox PostgreSQL in {base} stopped")
-        return 0
-    if args.reset and base.exists():
+        return cfg_path, 0
+    if reset and base.exists():
         if (base / "pg").exists():
             try:
                 _cluster(base).stop()
@@ -92,22 +100,14 @@ def run_demo(args: argparse.Namespace) -> int:
     if not exists:
         from core.sandbox.warranty import generate
 
-        _say(f"loading warranty-cost data: {args.claims} claims …")
+        _say(f"loading warranty-cost data: {claims} claims …")
         cluster.create_database(DB_NAME)
-        generate(cluster.dsn(DB_NAME), claims=args.claims)
+        generate(cluster.dsn(DB_NAME), claims=claims)
     cfg_path = _write_config(base, cluster.dsn(DB_NAME))
-    rc = asyncio.run(_backup_and_show(cfg_path))
-    # On a terminal the demo ends in the operator console; piped or in CI it
-    # ends with the printed summary.
-    if rc == 0 and not getattr(args, "no_tui", False) and sys.stdin.isatty() and sys.stdout.isatty():
-        from core.cli import open_console
-
-        return open_console(str(cfg_path))
-    return rc
+    return cfg_path, asyncio.run(_backup_and_show(cfg_path))
 
 
 async def _backup_and_show(cfg_path: Path) -> int:
-    from core.cli import cmd_check, cmd_snapshots
     from core.engine import Engine
 
     async with Engine(load_config(cfg_path)) as engine:
@@ -118,10 +118,10 @@ async def _backup_and_show(cfg_path: Path) -> int:
         rec = await engine.backup(DB_NAME)
         _say(f"snapshot {rec.short_id}: {rec.size_bytes / 2**20:.1f} MiB logical, "
              f"{rec.stored_bytes / 2**20:.1f} MiB new in the repository\n")
-        ns = argparse.Namespace(db=None, json=False, read_data=True, target=None)
-        await cmd_snapshots(engine, ns)
+        _print_snapshots(engine.snapshots())
         _say("")
-        await cmd_check(engine, ns)
+        check = await engine.check(read_data=True)
+        _print_check(check)
     _say(
         f"\nTry it yourself:\n  export BACKSTOP_CONFIG={cfg_path}\n"
         f"  backstop backup --db {DB_NAME}\n  backstop snapshots\n"
@@ -129,3 +129,35 @@ async def _backup_and_show(cfg_path: Path) -> int:
         f"  backstop tui\nStop the sandbox server with: backstop demo --stop"
     )
     return 0
+
+
+# The summary is printed here rather than by the CLI's commands, so that core never imports the CLI;
+# it reads as `backstop snapshots` and `backstop check` do.
+
+
+def _print_snapshots(rows: list[Any]) -> None:
+    if not rows:
+        _say("no snapshots")
+        return
+    _say(f"{'ID':<10}{'DATABASE':<16}{'KIND':<9}{'FINISHED (UTC)':<27}{'SIZE':>11}{'NEW':>11}  TARGETS")
+    for r in rows:
+        _say(f"{r.short_id:<10}{r.db:<16}{r.kind:<9}{r.finished_at:<27}{size(r.size_bytes):>11}"
+             f"{size(r.stored_bytes):>11}  {','.join(r.targets)}")
+
+
+def _print_check(res: Any) -> None:
+    for r in res.reports:
+        if r.unreachable is not None:
+            _say(f"target {r.target}: UNREACHABLE (not checked): {r.unreachable}")
+            continue
+        state = "ok" if r.ok else f"{len(r.problems)} problem(s)"
+        _say(f"target {r.target}: {state}; {r.objects_checked} objects, {size(r.bytes_read)} read, "
+             f"{len(r.snapshots)} snapshot(s)")
+        for p in r.problems:
+            _say(f"  DAMAGED {p}")
+        for n in r.notes:
+            _say(f"  note: {n}")
+    for p in res.catalog_problems:
+        _say(f"catalog: {p}")
+    for n in res.notes:
+        _say(f"note: {n}")

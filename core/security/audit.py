@@ -24,57 +24,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import sqlite3
 import uuid
-from dataclasses import dataclass
-from datetime import datetime, timezone
-from contextlib import contextmanager
-from typing import Any, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from core.errors import AuthError
+from core.records import AuditEntry
 
-_COLS = "seq, ts, operator, host, action, subject, outcome, detail, prev, mac"
-_LOG_ID_KEY = "audit_log_id"
+if TYPE_CHECKING:
+    from core.catalog.base import Catalog
 
-
-@dataclass(frozen=True)
-class AuditEntry:
-    """One audit log entry, as stored."""
-
-    seq: int
-    ts: float
-    operator: str
-    host: str
-    action: str
-    subject: str
-    outcome: str
-    detail: str  # compact JSON object, exactly as hashed
-    prev: str
-    mac: str
-
-    @property
-    def details(self) -> dict[str, Any]:
-        try:
-            value = json.loads(self.detail)
-        except ValueError:
-            return {}
-        return value if isinstance(value, dict) else {}
-
-    @property
-    def time(self) -> str:
-        return datetime.fromtimestamp(self.ts, timezone.utc).isoformat(timespec="seconds")
-
-    def to_json(self) -> dict[str, Any]:
-        """For `audit list --json` and the repository copy: every stored field, detail as an object."""
-        return {"seq": self.seq, "time": self.time, "ts": self.ts, "operator": self.operator, "host": self.host,
-                "action": self.action, "subject": self.subject, "outcome": self.outcome, "detail": self.details,
-                "detail_json": self.detail, "prev": self.prev, "mac": self.mac}
-
-    @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> "AuditEntry":
-        return cls(int(doc["seq"]), float(doc["ts"]), str(doc["operator"]), str(doc["host"]), str(doc["action"]),
-                   str(doc["subject"]), str(doc["outcome"]), str(doc["detail_json"]), str(doc["prev"]),
-                   str(doc["mac"]))
+__all__ = ["AuditEntry", "AuditLog", "VerifyReport", "entry_mac", "genesis", "verify_chain"]
 
 
 def _hmac(key: bytes, msg: str) -> str:
@@ -138,22 +98,15 @@ def _canonical(detail: dict[str, Any] | None) -> str:
 
 
 class AuditLog:
-    """The ``audit_log`` table. Reading needs no key; appending and verifying do."""
+    """The catalog's audit chain: appending and verifying need the key, reading does not.
 
-    def __init__(self, conn: sqlite3.Connection, key: bytes | None = None) -> None:
-        self._db = conn
+    The catalog stores the entries (``core.catalog``); this class computes
+    and checks their keyed hashes.
+    """
+
+    def __init__(self, catalog: "Catalog", key: bytes | None = None) -> None:
+        self._catalog = catalog
         self._key = key
-
-    @contextmanager
-    def _tx(self) -> Iterator[None]:
-        """One write transaction, taken at once (BEGIN IMMEDIATE): concurrent appenders are serialised."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
 
     def _need_key(self) -> bytes:
         if self._key is None:
@@ -162,56 +115,37 @@ class AuditLog:
 
     @property
     def log_id(self) -> str | None:
-        row = self._db.execute("SELECT value FROM security_state WHERE key=?", (_LOG_ID_KEY,)).fetchone()
-        return str(row[0]) if row else None
+        return self._catalog.audit_log_id()
 
     def is_empty(self) -> bool:
-        return self.log_id is None and self._db.execute("SELECT 1 FROM audit_log LIMIT 1").fetchone() is None
+        return self._catalog.audit_is_empty()
 
     def append(self, operator: str, host: str, action: str, subject: str, outcome: str,
                detail: dict[str, Any] | None, ts: float) -> AuditEntry:
         """Add one entry at the end of the chain (atomic against other processes)."""
         key = self._need_key()
-        with self._tx():
-            log_id = self.log_id
-            if log_id is None:
-                log_id = uuid.uuid4().hex
-                self._db.execute("INSERT INTO security_state (key, value) VALUES (?, ?)", (_LOG_ID_KEY, log_id))
-            last = self._db.execute("SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
-            seq, prev = (int(last[0]) + 1, str(last[1])) if last else (1, genesis(key, log_id))
+
+        def build(log_id: str, last: tuple[int, str] | None) -> AuditEntry:
+            seq, prev = (last[0] + 1, last[1]) if last else (1, genesis(key, log_id))
             draft = AuditEntry(seq, float(ts), operator, host, action, subject, outcome, _canonical(detail), prev, "")
-            entry = AuditEntry(**{**draft.__dict__, "mac": entry_mac(key, log_id, seq, draft)})
-            self._db.execute(f"INSERT INTO audit_log ({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)", _row(entry))
-        return entry
+            return replace(draft, mac=entry_mac(key, log_id, seq, draft))
+
+        return self._catalog.audit_append(build, start_log_id=uuid.uuid4().hex)
 
     def entries(self, since: float | None = None, limit: int | None = None, after_seq: int = 0) -> list[AuditEntry]:
         """Entries in sequence order (optionally from a time on, or after a sequence number; the newest ``limit``)."""
-        sql = f"SELECT {_COLS} FROM audit_log WHERE seq > ?"
-        args: list[object] = [after_seq]
-        if since is not None:
-            sql += " AND ts >= ?"
-            args.append(since)
-        if limit is not None:
-            sql = f"SELECT * FROM ({sql} ORDER BY seq DESC LIMIT ?) ORDER BY seq"
-            args.append(limit)
-        else:
-            sql += " ORDER BY seq"
-        return [_entry(r) for r in self._db.execute(sql, args)]
+        return self._catalog.audit_entries(since=since, limit=limit, after_seq=after_seq)
 
     def first(self, action: str, outcome: str) -> AuditEntry | None:
         """The earliest entry with this action and outcome (e.g. the first enrolment)."""
-        row = self._db.execute(f"SELECT {_COLS} FROM audit_log WHERE action=? AND outcome=? ORDER BY seq LIMIT 1",
-                               (action, outcome)).fetchone()
-        return _entry(row) if row else None
+        return self._catalog.audit_first(action, outcome)
 
     def last(self) -> AuditEntry | None:
         """The newest entry of the chain."""
-        row = self._db.execute(f"SELECT {_COLS} FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
-        return _entry(row) if row else None
+        return self._catalog.audit_last()
 
     def entry(self, seq: int) -> AuditEntry | None:
-        row = self._db.execute(f"SELECT {_COLS} FROM audit_log WHERE seq=?", (seq,)).fetchone()
-        return _entry(row) if row else None
+        return self._catalog.audit_entry(seq)
 
     def extend(self, entries: Iterable[AuditEntry]) -> int:
         """Append entries of this chain that another copy holds beyond the catalog's end, checked first."""
@@ -222,18 +156,12 @@ class AuditLog:
         report = verify_chain(self._need_key(), log_id, [*self.entries(), *new])
         if not report.ok:
             raise AuthError(f"the repository's entries do not continue the catalog's audit log: {report.problem}")
-        with self._tx():
-            self._db.executemany(f"INSERT INTO audit_log ({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                                 [_row(e) for e in new])
+        self._catalog.audit_insert(new)
         return len(new)
 
     def discard(self) -> int:
         """Drop the catalog's chain (before adopting the repository's); returns how many entries it had."""
-        with self._tx():
-            (n,) = self._db.execute("SELECT count(*) FROM audit_log").fetchone()
-            self._db.execute("DELETE FROM audit_log")
-            self._db.execute("DELETE FROM security_state WHERE key=?", (_LOG_ID_KEY,))
-        return int(n)
+        return self._catalog.audit_discard()
 
     def verify(self) -> VerifyReport:
         """Check the catalog's chain."""
@@ -252,19 +180,6 @@ class AuditLog:
         report = verify_chain(self._need_key(), log_id, entries)
         if not report.ok:
             raise AuthError(f"the repository's copy of audit log {log_id[:8]} is damaged: {report.problem}")
-        with self._tx():
-            if not self.is_empty():
-                raise AuthError("the catalog already has an audit log; refusing to replace it")
-            self._db.execute("INSERT INTO security_state (key, value) VALUES (?, ?)", (_LOG_ID_KEY, log_id))
-            self._db.executemany(f"INSERT INTO audit_log ({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                                 [_row(e) for e in entries])
+        if not self._catalog.audit_adopt(log_id, entries):
+            raise AuthError("the catalog already has an audit log; refusing to replace it")
         return len(entries)
-
-
-def _row(e: AuditEntry) -> tuple[object, ...]:
-    return (e.seq, e.ts, e.operator, e.host, e.action, e.subject, e.outcome, e.detail, e.prev, e.mac)
-
-
-def _entry(r: Sequence[Any]) -> AuditEntry:
-    return AuditEntry(int(r[0]), float(r[1]), str(r[2]), str(r[3]), str(r[4]), str(r[5]), str(r[6]), str(r[7]),
-                      str(r[8]), str(r[9]))

@@ -18,7 +18,7 @@ rebuild` makes the catalog equal to the repository again:
 
 from __future__ import annotations
 
-from core.catalog.store import Catalog
+from core.catalog.base import Catalog
 from core.repository.repo import Repository
 from core.security import audit_copy, operator_copy
 from core.security.audit import AuditLog

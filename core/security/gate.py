@@ -24,12 +24,12 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from enum import Enum
 from typing import Awaitable, Callable, Union
 
 from core.config import SecurityConfig
 from core.errors import AuthError, MfaRequired
+from core.format import utc
 from core.security.audit import AuditLog
 from core.security.operators import OperatorStore, role_at_least
 from core.security.totp import check_code
@@ -147,7 +147,7 @@ class Authorization:
 
 
 def _until(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%H:%M:%S UTC")
+    return utc(ts, "%H:%M:%S UTC")
 
 
 class Gate:

@@ -7,35 +7,40 @@ refused instead of trusted. The TOTP secret is sealed with AES-256-GCM,
 bound to the repository and the operator's name, so it cannot be read from
 the catalog nor moved to another operator's row.
 
-Attempt bookkeeping runs inside ``BEGIN IMMEDIATE``: two processes guessing
-codes for one operator at the same time are serialised, so neither the
-failure count nor the replay rule can be raced.
+Attempt bookkeeping runs with the operator's row locked by the catalog
+(``Catalog.operator_update``: ``BEGIN IMMEDIATE`` in SQLite): two processes
+guessing codes for one operator at the same time are serialised, so neither
+the failure count nor the replay rule can be raced. The catalog only stores
+rows; the MACs and seals are computed here.
 """
 
 from __future__ import annotations
 
 import base64
+import builtins
 import hashlib
 import hmac
 import json
 import os
 import re
-import sqlite3
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from core.errors import AuthError, UsageError
 from core.security.derive import SecurityKeys
+from core.records import OperatorRow
 from core.security.totp import new_secret
+
+if TYPE_CHECKING:
+    from core.catalog.base import Catalog
 
 ROLES = ("viewer", "operator", "admin")
 _RANK = {r: i for i, r in enumerate(ROLES)}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
-_COLS = "name, role, secret_sealed, created_at, created_by, last_step, failures, locked_until, mac"
 
 
 def role_at_least(role: str, required: str) -> bool:
@@ -73,10 +78,10 @@ class Operator:
 
 
 class OperatorStore:
-    """The ``operators`` table; needs the derived keys for anything but listing."""
+    """The catalog's operators; needs the derived keys for anything but listing."""
 
-    def __init__(self, conn: sqlite3.Connection, keys: SecurityKeys | None) -> None:
-        self._db = conn
+    def __init__(self, catalog: "Catalog", keys: SecurityKeys | None) -> None:
+        self._catalog = catalog
         self._keys = keys
 
     # -- crypto helpers --------------------------------------------------------
@@ -95,56 +100,47 @@ class OperatorStore:
 
     def _mac(self, row: tuple[object, ...]) -> str:
         name, role, sealed, created_at, created_by, last_step, failures, locked_until = row
-        msg = json.dumps([name, role, bytes(sealed).hex(), created_at, created_by, last_step, failures,  # type: ignore[arg-type]
+        msg = json.dumps([name, role, bytes(sealed).hex(), created_at, created_by, last_step, failures,  # type: ignore[call-overload]
                           locked_until], separators=(",", ":"))
         return hmac.new(self._need_keys().operator_mac, msg.encode(), hashlib.sha256).hexdigest()
 
-    def _verified(self, row: tuple[object, ...]) -> Operator:
-        if not hmac.compare_digest(self._mac(row[:8]), str(row[8])):
+    def _verified(self, row: OperatorRow) -> Operator:
+        if not hmac.compare_digest(self._mac(row.values()[:8]), str(row.mac)):
             raise AuthError(
-                f"the catalog record of operator '{row[0]}' fails its integrity check (edited outside backstop); "
+                f"the catalog record of operator '{row.name}' fails its integrity check (edited outside backstop); "
                 "refusing to trust it: an admin must remove and re-enrol the operator"
             )
         return _operator(row)
 
-    @contextmanager
-    def _tx(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _signed(self, name: str, role: str, sealed: bytes, created_at: float, created_by: str, last_step: int,
+                failures: int, locked_until: float) -> OperatorRow:
+        # Types fixed as the catalog returns them, so the MAC computed now matches the one checked on read.
+        values = (name, role, bytes(sealed), float(created_at), created_by, int(last_step), int(failures),
+                  float(locked_until))
+        return OperatorRow(*values, self._mac(values))
 
-    def _row(self, name: str) -> tuple[object, ...] | None:
-        row = self._db.execute(f"SELECT {_COLS} FROM operators WHERE name=?", (name,)).fetchone()
-        return tuple(row) if row else None
-
-    def _write(self, name: str, role: str, sealed: bytes, created_at: float, created_by: str, last_step: int,
-               failures: int, locked_until: float) -> None:
-        # Types fixed as SQLite returns them, so the MAC computed now matches the one checked on read.
-        row = (name, role, bytes(sealed), float(created_at), created_by, int(last_step), int(failures),
-               float(locked_until))
-        self._db.execute(f"INSERT OR REPLACE INTO operators ({_COLS}) VALUES (?,?,?,?,?,?,?,?,?)",
-                         (*row, self._mac(row)))
+    def _existing(self, name: str) -> OperatorRow:
+        row = self._catalog.operator_row(name)
+        if row is None:
+            raise UsageError(f"no operator named '{name}'")
+        return row
 
     # -- reading ---------------------------------------------------------------
 
     def count(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM operators").fetchone()[0])
+        return self._catalog.operator_count()
 
     def list(self) -> list[Operator]:
         """Every operator (no integrity check: listing needs no key)."""
-        return [_operator(tuple(r)) for r in self._db.execute(f"SELECT {_COLS} FROM operators ORDER BY name")]
+        return [_operator(r) for r in self._catalog.operator_rows()]
 
     def get(self, name: str) -> Operator | None:
         """The operator called ``name``, checked against its MAC; None if not enrolled."""
-        row = self._row(name)
+        row = self._catalog.operator_row(name)
         return self._verified(row) if row else None
 
-    def admins(self) -> list[str]:
-        return [r[0] for r in self._db.execute("SELECT name FROM operators WHERE role='admin' ORDER BY name")]
+    def admins(self) -> builtins.list[str]:
+        return [str(r.name) for r in self._catalog.operator_rows() if r.role == "admin"]
 
     # -- changes ---------------------------------------------------------------
 
@@ -153,69 +149,66 @@ class OperatorStore:
         check_name(name)
         check_role(role)
         secret = new_secret()
-        with self._tx():
-            if self._row(name) is not None:
+        with self._catalog.operator_update(name) as slot:
+            if slot.row is not None:
                 raise UsageError(f"operator '{name}' is already enrolled; remove it first to re-enrol")
-            self._write(name, role, self._seal(name, secret), now, created_by, -1, 0, 0.0)
+            slot.put(self._signed(name, role, self._seal(name, secret), now, created_by, -1, 0, 0.0))
         return secret
 
     def set_role(self, name: str, role: str) -> Operator:
         check_role(role)
-        with self._tx():
-            row = self._row(name)
+        with self._catalog.operator_update(name) as slot:
+            row = slot.row
             if row is None:
                 raise UsageError(f"no operator named '{name}'")
             op = self._verified(row)
-            self._write(name, role, row[2], op.created_at, op.created_by, op.last_step, op.failures,  # type: ignore[arg-type]
-                        op.locked_until)
+            slot.put(self._signed(name, role, row.secret_sealed, op.created_at, op.created_by, op.last_step,
+                                  op.failures, op.locked_until))
         return Operator(name, role, op.created_at, op.created_by, op.last_step, op.failures, op.locked_until)
 
     def remove(self, name: str) -> None:
-        with self._tx():
-            if self._db.execute("DELETE FROM operators WHERE name=?", (name,)).rowcount == 0:
+        with self._catalog.operator_update(name) as slot:
+            if slot.row is None:
                 raise UsageError(f"no operator named '{name}'")
+            slot.delete()
 
     def export(self, name: str, now: float) -> dict[str, object]:
         """The operator's durable record (for the repository copy): never the plain secret."""
-        row = self._row(name)
-        if row is None:
-            raise UsageError(f"no operator named '{name}'")
+        row = self._existing(name)
         op = self._verified(row)
-        return {"name": op.name, "role": op.role, "secret_sealed": base64.b64encode(bytes(row[2])).decode(),  # type: ignore[arg-type]
+        return {"name": op.name, "role": op.role, "secret_sealed": base64.b64encode(bytes(row.secret_sealed)).decode(),
                 "created_at": op.created_at, "created_by": op.created_by, "updated_at": now}
 
-    def import_records(self, records: list[dict[str, object]]) -> int:
+    def import_records(self, records: builtins.list[dict[str, object]]) -> int:
         """Take operators back from repository records into an empty table (attempt state starts afresh)."""
-        with self._tx():
-            if self.count():
-                raise AuthError("the catalog already has operators; refusing to replace them")
-            for r in records:
-                name, role = check_name(str(r["name"])), check_role(str(r["role"]))
-                self._write(name, role, base64.b64decode(str(r["secret_sealed"])), float(r["created_at"]),  # type: ignore[arg-type]
-                            str(r["created_by"]), -1, 0, 0.0)
+        rows = []
+        for r in records:
+            name, role = check_name(str(r["name"])), check_role(str(r["role"]))
+            rows.append(self._signed(name, role, base64.b64decode(str(r["secret_sealed"])), float(r["created_at"]),  # type: ignore[arg-type]
+                                     str(r["created_by"]), -1, 0, 0.0))
+        if not self._catalog.insert_operators_if_empty(rows):
+            raise AuthError("the catalog already has operators; refusing to replace them")
         return len(records)
 
     def clear(self) -> None:
         """Remove every operator row (a rebuild takes them back from the repository)."""
-        self._db.execute("DELETE FROM operators")
+        self._catalog.delete_operators()
 
     def set_attempt_state(self, name: str, last_step: int, failures: int, locked_until: float) -> None:
         """Restore attempt state (after records were imported), re-signing the row."""
-        with self._tx():
-            row = self._row(name)
+        with self._catalog.operator_update(name) as slot:
+            row = slot.row
             if row is None:
                 raise UsageError(f"no operator named '{name}'")
             op = self._verified(row)
-            self._write(name, op.role, row[2], op.created_at, op.created_by, last_step, failures,  # type: ignore[arg-type]
-                        locked_until)
+            slot.put(self._signed(name, op.role, row.secret_sealed, op.created_at, op.created_by, last_step, failures,
+                                  locked_until))
 
     def secret(self, name: str) -> bytes:
         """Unseal an operator's TOTP secret (for checking a code; never shown)."""
-        row = self._row(name)
-        if row is None:
-            raise UsageError(f"no operator named '{name}'")
+        row = self._existing(name)
         self._verified(row)
-        sealed = bytes(row[2])  # type: ignore[arg-type]
+        sealed = bytes(row.secret_sealed)
         try:
             return AESGCM(self._need_keys().totp_seal).decrypt(sealed[:12], sealed[12:], self._aad(name))
         except InvalidTag:
@@ -224,16 +217,16 @@ class OperatorStore:
     @contextmanager
     def attempt(self, name: str) -> Iterator["Attempt"]:
         """Lock the operator's row for one code check; the caller records the result on the handle."""
-        with self._tx():
-            row = self._row(name)
+        with self._catalog.operator_update(name) as slot:
+            row = slot.row
             if row is None:
                 raise UsageError(f"no operator named '{name}'")
             att = Attempt(self._verified(row))
             yield att
             op = att.operator
             if att.changed:
-                self._write(op.name, op.role, row[2], op.created_at, op.created_by, op.last_step,  # type: ignore[arg-type]
-                            op.failures, op.locked_until)
+                slot.put(self._signed(op.name, op.role, row.secret_sealed, op.created_at, op.created_by, op.last_step,
+                                      op.failures, op.locked_until))
 
 
 class Attempt:
@@ -258,6 +251,6 @@ class Attempt:
         self.changed = True
 
 
-def _operator(row: tuple[object, ...]) -> Operator:
-    return Operator(str(row[0]), str(row[1]), float(row[3]), str(row[4]), int(row[5]), int(row[6]),  # type: ignore[arg-type]
-                    float(row[7]))  # type: ignore[arg-type]
+def _operator(row: OperatorRow) -> Operator:
+    return Operator(str(row.name), str(row.role), float(row.created_at), str(row.created_by), int(row.last_step),
+                    int(row.failures), float(row.locked_until))

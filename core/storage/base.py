@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import abc
 from dataclasses import dataclass, field
 
@@ -58,7 +59,7 @@ class Storage(abc.ABC):
         """Remove the object; absent objects are not an error."""
 
     @abc.abstractmethod
-    async def cleanup_leftovers(self, older_than: float) -> list[str]:
+    async def cleanup_leftovers(self, older_than: float) -> builtins.list[str]:
         """Remove debris of crashed writes from before ``older_than`` (a Unix time).
 
         Directories: ``.backstop-tmp-*`` files anywhere under the root; S3:

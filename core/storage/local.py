@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import builtins
 import asyncio
 import errno
 import os
 import stat
-import time
 import uuid
 from pathlib import Path
 
 from core.config import LocalTargetConfig
+from core.format import utc
 from core.errors import ObjectNotFound, StorageError, TargetUnreachable
 from core.storage.base import ObjectInfo, Storage
 
@@ -51,7 +52,7 @@ def _set_mode(target: int | Path, mode: int) -> None:
 
 
 def _when(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
+    return utc(ts, "%Y-%m-%d %H:%M:%S UTC")
 
 
 class LocalStorage(Storage):
@@ -367,7 +368,7 @@ class LocalStorage(Storage):
     async def delete(self, name: str) -> None:
         await asyncio.to_thread(self._delete, name)
 
-    async def cleanup_leftovers(self, older_than: float) -> list[str]:
+    async def cleanup_leftovers(self, older_than: float) -> builtins.list[str]:
         return await asyncio.to_thread(self._cleanup_leftovers, older_than)
 
     async def ensure_directory(self) -> None:

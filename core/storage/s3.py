@@ -6,6 +6,7 @@ archiving path must start fast, so nothing touches it until the first request.
 
 from __future__ import annotations
 
+import builtins
 import asyncio
 import logging
 import re
@@ -421,7 +422,7 @@ class S3Storage(Storage):
     async def delete(self, name: str) -> None:
         await self._run("delete", name, lambda c: self._delete(c, name))
 
-    async def cleanup_leftovers(self, older_than: float) -> list[str]:
+    async def cleanup_leftovers(self, older_than: float) -> builtins.list[str]:
         return await self._run("leftover cleanup", None, lambda c: self._cleanup_leftovers(c, older_than))
 
     async def ensure_bucket(self) -> None:

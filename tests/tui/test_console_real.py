@@ -120,7 +120,7 @@ async def test_restore_over_the_live_database_goes_through_the_mfa_gate(pg_clust
     async with Engine(setup.config) as engine:
         # Enrolled directly in the store (enrolling through the gate needs an admin's codes, tested elsewhere).
         repo = await engine.open_repository()
-        operators = OperatorStore(engine.catalog.connection, SecurityKeys.derive(repo.id_key, repo.params.repo_id))
+        operators = OperatorStore(engine.catalog, SecurityKeys.derive(repo.id_key, repo.params.repo_id))
         codes = CodeBook(operators.add("alice", "operator", "test", time.time()))
         operators.add("victor", "viewer", "test", time.time())
         # The repository's sealed records are what the catalog is checked against.

@@ -11,25 +11,29 @@ from textual.binding import Binding, BindingType
 from textual.widgets import Static
 from textual.worker import get_current_worker
 
-from core.catalog.reader import AuditTable, CatalogReader
 from core.errors import BackstopError
+from core.queries import Queries
+from core.records import AuditTable
+from core.security.gate import Identity
 from tui import format as fmt
+from tui.host import ConsoleHost
 from tui.screens.base import ConsoleScreen
 from tui.widgets.filter_bar import FilterBar
 from tui.widgets.virtual_table import Cell, Column, VirtualTable
 
-# Table names the security work may use; the first that exists is shown.
-AUDIT_TABLES = ("audit_log", "audit", "audit_events")
 NOT_YET = "No audit entries yet: enrolling operators and destructive actions are recorded here."
 HIDDEN = {"prev", "mac"}  # chain fields: long hashes, checked by V rather than read by people
 WIDTH = {"seq": 6, "id": 6, "ts": 19, "operator": 12, "host": 12, "action": 18, "subject": 22, "outcome": 9}
 
 
 class TableSource:
-    """Rows of a table whose schema belongs to someone else, by rowid."""
+    """Audit entries by row key, in the columns the catalog stores them with (``rows`` reads the catalog:
+    the table calls it in a thread)."""
 
-    def __init__(self, reader: CatalogReader, table: AuditTable, rowids: array) -> None:
-        self.reader, self.table, self.rowids = reader, table, rowids
+    READS_IN_THREAD = True
+
+    def __init__(self, queries: Queries, table: AuditTable, rowids: array) -> None:
+        self.queries, self.table, self.rowids = queries, table, rowids
 
     def __len__(self) -> int:
         return len(self.rowids)
@@ -46,7 +50,7 @@ class TableSource:
     def rows(self, start: int, stop: int) -> list[Sequence[Cell]]:
         shown = [i for i, c in enumerate(self.table.columns) if c not in HIDDEN]
         out: list[Sequence[Cell]] = []
-        for r in self.reader.table_rows(self.table, self.rowids[start:stop]):
+        for r in self.queries.audit_rows(self.rowids[start:stop]):
             cells: list[Cell] = []
             for i in shown:
                 v, col = r[i], self.table.columns[i]
@@ -73,8 +77,8 @@ class AuditScreen(ConsoleScreen):
         Binding("V", "verify_chain", "Verify chain", id="audit.verify"),
     ]
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, host: ConsoleHost) -> None:
+        super().__init__(host)
         self.table: AuditTable | None = None
 
     def compose_body(self) -> ComposeResult:
@@ -91,10 +95,10 @@ class AuditScreen(ConsoleScreen):
 
     @work(thread=True, group="audit", exclusive=True, exit_on_error=False, description="audit: read the audit log")
     def load_audit(self) -> None:
-        reader = self.engine.reader
-        table = reader.find_table(AUDIT_TABLES)
+        queries = self.queries
+        table = queries.audit_table()
         words = self.query_one("#audit-filter", FilterBar).words
-        rowids = reader.table_rowids(table, words) if table else array("q")
+        rowids = queries.audit_rowids(words) if table else array("q")
         if not get_current_worker().is_cancelled:
             self.app.call_from_thread(self.show, table, rowids)
 
@@ -108,7 +112,7 @@ class AuditScreen(ConsoleScreen):
             self.table = table
             grid.columns = [Column(("TIME (UTC)" if c == "ts" else c.upper()), WIDTH.get(c, 40))
                             for c in table.columns if c not in HIDDEN]
-        grid.set_source(TableSource(self.engine.reader, table, rowids))
+        grid.set_source(TableSource(self.queries, table, rowids))
         self.set_status(f"{len(rowids)} entr{'y' if len(rowids) == 1 else 'ies'} in {table.name}")
 
     def action_verify_chain(self) -> None:
@@ -118,10 +122,8 @@ class AuditScreen(ConsoleScreen):
     @work(group="audit-verify", exclusive=True, exit_on_error=False,
           description="audit: verify the keyed hash chain")
     async def verify_chain(self) -> None:
-        from core.security.gate import Identity
-
         try:
-            report = await self.engine.check_audit(Identity(self.console.operator))
+            report = await self.engine.check_audit(Identity(self.host.operator))
         except BackstopError as exc:
             text = f"chain not verified: {exc}"
         else:

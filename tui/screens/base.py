@@ -2,40 +2,48 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from textual.app import ComposeResult
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from tui.bridge import JobChanged, JobProgressed
+from tui.host import ConsoleHost
 
 if TYPE_CHECKING:
     from core.engine import Engine
-    from tui.app import BackstopApp
+    from core.queries import Queries
 
 
 class ConsoleScreen(Screen[None]):
-    """A numbered screen of the console."""
+    """A numbered screen of the console.
+
+    The console builds it with itself as ``host``. Catalog reads go through
+    ``self.queries`` and always run in a worker thread (``@work(thread=True)``
+    or ``asyncio.to_thread``), never on the event loop.
+    """
 
     NUMBER = 0
     SCREEN_TITLE = ""
 
-    def __init__(self) -> None:
+    def __init__(self, host: ConsoleHost) -> None:
         super().__init__()
+        self.host = host
         self.stale = True  # the catalog changed while this screen was not shown
 
     @property
-    def console(self) -> "BackstopApp":
-        return cast("BackstopApp", self.app)
+    def engine(self) -> "Engine":
+        return self.host.engine
 
     @property
-    def engine(self) -> "Engine":
-        return self.console.engine
+    def queries(self) -> "Queries":
+        """The engine's read-only catalog queries (blocking: call them from a thread)."""
+        return self.host.engine.queries
 
     def now(self) -> float:
         """The console's clock (fixed in snapshot tests)."""
-        return self.console.clock()
+        return self.host.clock()
 
     def title_bar(self) -> Static:
         """The one-line title: screen number and name, and a status on the right."""
@@ -56,9 +64,6 @@ class ConsoleScreen(Screen[None]):
     def compose_body(self) -> ComposeResult:
         """The screen's own widgets (between title and footer)."""
         return iter(())
-
-    def on_mount(self) -> None:
-        self.console.register(self)
 
     def on_screen_resume(self) -> None:
         if self.stale:

@@ -14,8 +14,11 @@ from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 from textual.worker import get_current_worker
 
-from core.catalog.reader import CatalogReader, DatabaseSummary, SnapshotRow
+from core.queries import Queries
+from core.records import DatabaseSummary, SnapshotRow
 from tui import format as fmt
+from tui.host import ConsoleHost
+from tui.messages import RestoreRequested, VerifyRequested
 from tui.screens.base import ConsoleScreen
 from tui.widgets.filter_bar import FilterBar
 from tui.widgets.virtual_table import Cell, Column, VirtualTable
@@ -60,12 +63,15 @@ class SnapshotSource:
     It starts with only the count, fetching pages by position (the first and
     the last page are equally cheap); the full list of rowids arrives from a
     background worker and then serves every page and key lookup directly.
+    ``rows`` reads the catalog, so the table calls it from a worker thread
+    (``READS_IN_THREAD``); keys and records of rows not read yet are None.
     """
 
     PAGE = 64
+    READS_IN_THREAD = True
 
-    def __init__(self, reader: CatalogReader, total: int, db: str | None, words: tuple[str, ...]) -> None:
-        self.reader = reader
+    def __init__(self, queries: Queries, total: int, db: str | None, words: tuple[str, ...]) -> None:
+        self.queries = queries
         self.total = total
         self.db = db
         self.words = words
@@ -92,15 +98,19 @@ class SnapshotSource:
             ids = self._pages.get(page)
             if ids is None:
                 lo = page * self.PAGE
-                ids = self.reader.snapshot_page(lo, min(self.total, lo + self.PAGE), self.total, self.db, self.words)
+                ids = self.queries.snapshot_page(lo, min(self.total, lo + self.PAGE), self.total, self.db, self.words)
                 self._pages[page] = ids
             out.extend(ids)
         first = (start // self.PAGE) * self.PAGE
         return out[start - first: stop - first]
 
     def key(self, index: int) -> object:
-        ids = self._ids(index, index + 1)
-        return ids[0] if ids else None
+        """The rowid at a position, if known yet (never reads the catalog)."""
+        if self.rowids is not None:
+            return self.rowids[index] if 0 <= index < len(self.rowids) else None
+        page = self._pages.get(index // self.PAGE)
+        off = index % self.PAGE
+        return page[off] if page is not None and off < len(page) else None
 
     def index_of(self, key: object) -> int | None:
         if self.rowids is not None:
@@ -114,19 +124,15 @@ class SnapshotSource:
         return None
 
     def rows(self, start: int, stop: int) -> list[Sequence[Cell]]:
-        got = self.reader.snapshot_rows(self._ids(start, stop))
+        got = self.queries.snapshot_rows(self._ids(start, stop))
         if len(self._rows) > 4096:
             self._rows.clear()
         self._rows.update((r.rowid, r) for r in got)
         return [snapshot_cells(r) for r in got]
 
     def row(self, rowid: int) -> SnapshotRow | None:
-        """The full record of a row already shown (for the detail line)."""
-        r = self._rows.get(rowid)
-        if r is None:
-            got = self.reader.snapshot_rows([rowid])
-            r = got[0] if got else None
-        return r
+        """The full record of a row already read (for the detail line); None until its block is read."""
+        return self._rows.get(rowid)
 
 
 class CatalogScreen(ConsoleScreen):
@@ -141,8 +147,8 @@ class CatalogScreen(ConsoleScreen):
         Binding("r", "restore", "Restore…", id="catalog.restore"),
     ]
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, host: ConsoleHost) -> None:
+        super().__init__(host)
         self.db: str | None = None
         self.source: SnapshotSource | None = None
         self.loaded_at: float | None = None  # monotonic, for the benchmark
@@ -163,17 +169,17 @@ class CatalogScreen(ConsoleScreen):
     @work(thread=True, group="catalog", exclusive=True, exit_on_error=False,
           description="catalog: count the snapshots and list the databases")
     def load_catalog(self) -> None:
-        reader = self.engine.reader
+        queries = self.queries
         words = self.query_one("#catalog-filter", FilterBar).words
-        total = reader.snapshot_total(self.db, words)
-        dbs = reader.databases()
+        total = queries.snapshot_total(self.db, words)
+        dbs = queries.databases()
         if not get_current_worker().is_cancelled:
-            self.app.call_from_thread(self.show, dbs, SnapshotSource(reader, total, self.db, words))
+            self.app.call_from_thread(self.show, dbs, SnapshotSource(queries, total, self.db, words))
 
     @work(thread=True, group="catalog-ids", exclusive=True, exit_on_error=False,
           description="catalog: list every snapshot id for scrolling")
     def load_ids(self, source: SnapshotSource) -> None:
-        rowids = self.engine.reader.snapshot_rowids(source.db, source.words)
+        rowids = self.queries.snapshot_rowids(source.db, source.words)
         if not get_current_worker().is_cancelled:
             self.app.call_from_thread(self._ids_loaded, source, rowids)
 
@@ -247,9 +253,9 @@ class CatalogScreen(ConsoleScreen):
     def action_verify(self) -> None:
         row = self.current_row()
         if row is not None:
-            self.console.start_verification(row.id)
+            self.post_message(VerifyRequested(row.id))
 
     def action_restore(self) -> None:
         row = self.current_row()
         if row is not None:
-            self.console.open_restore(row.db, row.id)
+            self.post_message(RestoreRequested(row.db, row.id))

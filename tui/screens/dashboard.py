@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future
 from dataclasses import replace
 from typing import ClassVar
 
@@ -13,10 +14,11 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import ProgressBar, Static
 from textual.worker import get_current_worker
 
-from core.catalog.models import JobRecord
 from core.insights.overview import Dashboard
+from core.records import JobRecord
 from tui import format as fmt
 from tui.bridge import JobChanged, JobProgressed
+from tui.host import ConsoleHost
 from tui.screens.base import ConsoleScreen
 from tui.screens.modals import DefinitionsScreen
 from tui.widgets.kpi import KpiCard
@@ -45,8 +47,10 @@ class DashboardScreen(ConsoleScreen):
         Binding("d", "definitions", "KPI definitions", id="dashboard.definitions"),
     ]
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, host: ConsoleHost, first: "Future[Dashboard] | None" = None) -> None:
+        """``first``: a dashboard already being computed (the CLI starts it before Textual loads)."""
+        super().__init__(host)
+        self.first = first
         self.data: Dashboard | None = None
         self.running: list[JobRecord] = []
         self._last_full = -1e9
@@ -78,7 +82,7 @@ class DashboardScreen(ConsoleScreen):
     @work(thread=True, group="dashboard", exclusive=True, exit_on_error=False,
           description="dashboard: read KPIs, alerts and running jobs from the catalog")
     def load_dashboard(self) -> None:
-        first, self.console.first_dashboard = self.console.first_dashboard, None
+        first, self.first = self.first, None
         data = first.result() if first is not None else self.engine.dashboard(self.now())
         if not get_current_worker().is_cancelled:
             self.app.call_from_thread(self.show, data)
@@ -86,7 +90,7 @@ class DashboardScreen(ConsoleScreen):
     @work(thread=True, group="dashboard-running", exclusive=True, exit_on_error=False,
           description="dashboard: read running jobs from the catalog")
     def load_running(self) -> None:
-        jobs = self.engine.reader.running_jobs()
+        jobs = self.queries.running_jobs()
         if not get_current_worker().is_cancelled:
             self.app.call_from_thread(self.show_running, jobs)
 

@@ -10,8 +10,10 @@ from textual.binding import Binding, BindingType
 from textual.widgets import Static
 from textual.worker import get_current_worker
 
-from core.catalog.models import RestoreRecord
+from core.planner import Incident
+from core.records import RestoreRecord
 from tui import format as fmt
+from tui.messages import RestoreRequested
 from tui.screens.base import ConsoleScreen
 from tui.widgets.filter_bar import FilterBar
 from tui.widgets.virtual_table import Column, ListSource, VirtualTable
@@ -20,11 +22,6 @@ COLUMNS = [Column("WHEN (UTC)", 11), Column("DATABASE", 10), Column("SNAPSHOT", 
            Column("TOOK", 8, "right"), Column("RESULT", 6), Column("NOTE", 60)]
 EMPTY = ("No drills recorded yet. Run one from the restore wizard (6, 'Restore drill'): "
          "it restores into a scratch database, times it and records it here.")
-
-
-def is_drill(r: RestoreRecord) -> bool:
-    """Drills restore into databases the planner names <db>_drill_<time>."""
-    return "_drill_" in r.into
 
 
 class DrillsScreen(ConsoleScreen):
@@ -52,7 +49,7 @@ class DrillsScreen(ConsoleScreen):
 
     @work(thread=True, group="drills", exclusive=True, exit_on_error=False, description="drills: list drill restores")
     def load_drills(self) -> None:
-        rows = [r for r in self.engine.reader.restores(limit=5000) if is_drill(r)]
+        rows = self.queries.drills(limit=5000)
         if not get_current_worker().is_cancelled:
             self.app.call_from_thread(self.show, rows)
 
@@ -85,6 +82,4 @@ class DrillsScreen(ConsoleScreen):
 
     def action_new_drill(self) -> None:
         """Open the wizard with 'Restore drill' chosen: it restores into <db>_drill_<time>, timed and recorded."""
-        from core.planner import Incident
-
-        self.console.open_restore(incident=Incident.DRILL)
+        self.post_message(RestoreRequested(incident=Incident.DRILL))

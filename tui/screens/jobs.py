@@ -12,9 +12,10 @@ from textual.containers import Vertical
 from textual.widgets import DataTable, Log, ProgressBar, Static
 from textual.worker import get_current_worker
 
-from core.catalog.models import JobRecord
+from core.records import JobRecord
 from tui import format as fmt
 from tui.bridge import JobChanged, JobProgressed
+from tui.host import ConsoleHost
 from tui.screens.base import ConsoleScreen
 from tui.widgets.filter_bar import FilterBar
 
@@ -64,8 +65,8 @@ class JobsScreen(ConsoleScreen):
         Binding("slash", "filter", "Filter", id="jobs.filter"),
     ]
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, host: ConsoleHost) -> None:
+        super().__init__(host)
         self.jobs: dict[str, JobRecord] = {}
         self.order: list[str] = []
         self.selected: str | None = None
@@ -88,11 +89,11 @@ class JobsScreen(ConsoleScreen):
     @work(thread=True, group="jobs", exclusive=True, exit_on_error=False, description="jobs: read the job list")
     def load_jobs(self) -> None:
         words = self.query_one("#jobs-filter", FilterBar).words
-        jobs = self.engine.reader.jobs(limit=200, words=words)
+        jobs = self.queries.jobs(limit=200, words=words)
         selected = self.selected
         events = []
         if selected:
-            events = self.engine.reader.job_events(selected, self.last_event_id)
+            events = self.queries.job_events(selected, self.last_event_id)
         if not get_current_worker().is_cancelled:
             self.app.call_from_thread(self.show_jobs, jobs, selected, events)
 
@@ -144,7 +145,7 @@ class JobsScreen(ConsoleScreen):
         job_id = self.selected
         if job_id is None:
             return
-        events = self.engine.reader.job_events(job_id, self.last_event_id)
+        events = self.queries.job_events(job_id, self.last_event_id)
         if not get_current_worker().is_cancelled:
             self.app.call_from_thread(self._events_loaded, job_id, events)
 

@@ -27,8 +27,11 @@ from textual.worker import get_current_worker
 from core.engine import RestoreResult
 from core.errors import AuthError, BackstopError
 from core.planner import Incident, PointInTime, RestorePlan, RestoreRequest, Severity
+from core.records import SnapshotRow
+from core.security.gate import Identity
 from tui import format as fmt
 from tui.bridge import JobChanged, JobProgressed
+from tui.host import ConsoleHost
 from tui.screens.base import ConsoleScreen
 from tui.screens.modals import DestructiveApproval, DestructiveConfirmScreen
 
@@ -124,8 +127,11 @@ class RestoreScreen(ConsoleScreen):
         Binding("ctrl+n", "next", "Continue", id="restore.next"),
     ]
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, host: ConsoleHost,
+                 preset: tuple[str | None, str | None, Incident | None] | None = None) -> None:
+        """``preset``: (database, snapshot, incident) chosen elsewhere before the wizard first opened."""
+        super().__init__(host)
+        self.preset = preset
         self.state = WizardState()
         self.history: list[str] = []
         self.preset_snapshot: str | None = None
@@ -186,11 +192,11 @@ class RestoreScreen(ConsoleScreen):
 
     def _input(self, id: str, placeholder: str) -> Input:
         inp = Input(placeholder=placeholder, id=id)
-        inp.cursor_blink = self.console.cursor_blink
+        inp.cursor_blink = self.host.cursor_blink
         return inp
 
     def on_mount(self) -> None:
-        pending, self.console.pending_restore = self.console.pending_restore, None
+        pending, self.preset = self.preset, None
         if pending is not None:
             self.reset(*pending)
         else:
@@ -219,7 +225,7 @@ class RestoreScreen(ConsoleScreen):
             if self.step == "result":
                 self.reset()
             else:
-                self.console.go_back()
+                self.host.go_back()
             return
         self.show_step(self.history.pop(), remember=False)
 
@@ -324,7 +330,7 @@ class RestoreScreen(ConsoleScreen):
         assert self.state.db is not None
         table_list = self.query_one("#table-options", SelectionList)
         title = self.query_one("#tables-title", Static)
-        rows = await asyncio.to_thread(self.engine.reader.latest_snapshots, self.state.db, 1)
+        rows = await asyncio.to_thread(self.queries.latest_snapshots, self.state.db, 1)
         if not rows:
             title.update(f"No snapshots of {self.state.db}: nothing to restore (escape goes back).")
             return
@@ -352,15 +358,28 @@ class RestoreScreen(ConsoleScreen):
         opts = self.query_one("#point-options", OptionList)
         opts.clear_options()
         opts.add_option(Option("Latest: let the planner choose the best snapshot (recommended)", id="latest"))
-        rows = self.engine.reader.latest_snapshots(self.state.db, limit=30)
-        for r in rows:
-            verified = "verified" if any(c.ok for c in r.checks) else "unverified"
-            opts.add_option(Option(f"{fmt.iso_short(r.finished_at)} UTC  {r.id[:8]}  {fmt.size(r.size_bytes):>9}  "
-                                   f"{verified}", id=r.id))
+        opts.highlighted = 0
+        opts.focus()
+        self.load_points(self.state.db)
+
+    @work(group="wizard-points", exclusive=True, exit_on_error=False,
+          description="restore wizard: list the newest snapshots to choose from")
+    async def load_points(self, db: str) -> None:
+        rows = await asyncio.to_thread(self.queries.latest_snapshots, db, 30)
+        if get_current_worker().is_cancelled or self.step != "point" or self.state.db != db:
+            return
+        self._show_points(rows)
+
+    def _show_points(self, rows: list[SnapshotRow]) -> None:
+        """The snapshots to choose from, below 'Latest'; the cursor goes to the one chosen before, if any."""
+        opts = self.query_one("#point-options", OptionList)
+        opts.add_options([Option(f"{fmt.iso_short(r.finished_at)} UTC  {r.id[:8]}  {fmt.size(r.size_bytes):>9}  "
+                                 f"{'verified' if any(c.ok for c in r.checks) else 'unverified'}", id=r.id)
+                          for r in rows])
         ids = ["latest"] + [r.id for r in rows]
         want = self.state.point.snapshot_id if self.state.point.kind == "snapshot" else "latest"
-        opts.highlighted = ids.index(want) if want in ids else 0
-        opts.focus()
+        if opts.highlighted in (None, 0):
+            opts.highlighted = ids.index(want) if want in ids else 0
 
     @on(OptionList.OptionSelected, "#point-options")
     def _point(self, event: OptionList.OptionSelected) -> None:
@@ -419,7 +438,7 @@ class RestoreScreen(ConsoleScreen):
         opts.add_option(Option(f"Restore OVER the live database {self.state.db} (destructive, needs MFA)",
                                id="live", disabled=not available))
         self.query_one("#dest-note", Static).update(
-            f"Over the live database: {why}" + (f" (acting as operator {self.console.operator})" if available else ""))
+            f"Over the live database: {why}" + (f" (acting as operator {self.host.operator})" if available else ""))
         opts.highlighted = 0
         opts.focus()
 
@@ -479,8 +498,8 @@ class RestoreScreen(ConsoleScreen):
             assert self.state.db is not None
             live = self.engine.live_database(self.state.db)
             self.app.push_screen(
-                DestructiveConfirmScreen(f"restore over {live} as operator {self.console.operator}", live,
-                                         self.console.cursor_blink),
+                DestructiveConfirmScreen(f"restore over {live} as operator {self.host.operator}", live,
+                                         self.host.cursor_blink),
                 self._confirmed)
         else:
             self.start_restore()
@@ -507,17 +526,16 @@ class RestoreScreen(ConsoleScreen):
         assert s.plan is not None and s.plan.source is not None and s.db is not None
         try:
             if s.over_live:
-                from core.security.gate import Identity
-
                 assert s.approval is not None
-                who = Identity(self.console.operator, s.approval.code)
+                who = Identity(self.host.operator, s.approval.code)
                 over = await self.engine.restore_over(s.db, self.engine.live_database(s.db), s.plan.source.id,
                                                       who=who, target=s.plan.target)
                 kept = [f"the previous database is kept as {over.aside}"] if over.aside else []
                 s.result = replace(over.restore, warnings=[*over.restore.warnings, *kept])
             else:
                 s.result = await self.engine.restore(s.db, s.destination, s.plan.source.id, list(s.plan.tables),
-                                                     target=s.plan.target)
+                                                     target=s.plan.target,
+                                                     kind="drill" if s.incident is Incident.DRILL else "restore")
             s.error = None
         except AuthError as exc:
             s.error = f"REFUSED by the MFA gate: {exc}"
@@ -566,7 +584,7 @@ class RestoreScreen(ConsoleScreen):
             self.reset()
         else:
             self.reset()
-            self.console.goto("dashboard")
+            self.host.goto("dashboard")
 
     # -- live progress ---------------------------------------------------------------------
 

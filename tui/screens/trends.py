@@ -14,6 +14,7 @@ from textual.worker import get_current_worker
 
 from core.insights.trends import Trends
 from tui import format as fmt
+from tui.host import ConsoleHost
 from tui.screens.base import ConsoleScreen
 from tui.widgets.charts import BarChart
 
@@ -31,8 +32,8 @@ class TrendsScreen(ConsoleScreen):
         Binding("w", "window", "Window", id="trends.window"),
     ]
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, host: ConsoleHost) -> None:
+        super().__init__(host)
         self.days = WINDOWS[0]
 
     def compose_body(self) -> ComposeResult:

@@ -12,10 +12,12 @@ from textual.containers import Vertical
 from textual.widgets import ProgressBar, Static
 from textual.worker import get_current_worker
 
-from core.catalog.models import VerificationRecord
-from core.catalog.reader import CatalogReader
+from core.queries import Queries
+from core.records import VerificationRecord
 from tui import format as fmt
 from tui.bridge import JobChanged, JobProgressed
+from tui.host import ConsoleHost
+from tui.messages import VerifyRequested
 from tui.screens.base import ConsoleScreen
 from tui.widgets.filter_bar import FilterBar
 from tui.widgets.virtual_table import Cell, Column, VirtualTable
@@ -37,10 +39,12 @@ def verification_cells(v: VerificationRecord) -> list[Cell]:
 
 
 class VerificationSource:
-    """Verifications addressed by id, newest first."""
+    """Verifications addressed by id, newest first (``rows`` reads the catalog: the table calls it in a thread)."""
 
-    def __init__(self, reader: CatalogReader, ids: array) -> None:
-        self.reader = reader
+    READS_IN_THREAD = True
+
+    def __init__(self, queries: Queries, ids: array) -> None:
+        self.queries = queries
         self.ids = ids
         self.records: dict[int, VerificationRecord] = {}
 
@@ -57,7 +61,7 @@ class VerificationSource:
             return None
 
     def rows(self, start: int, stop: int) -> list[Sequence[Cell]]:
-        got = self.reader.verification_rows(self.ids[start:stop])
+        got = self.queries.verification_rows(self.ids[start:stop])
         if len(self.records) > 4096:
             self.records.clear()
         self.records.update((v.id, v) for v in got)
@@ -75,8 +79,8 @@ class VerificationScreen(ConsoleScreen):
         Binding("v", "verify", "Verify snapshot", id="verification.verify"),
     ]
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, host: ConsoleHost) -> None:
+        super().__init__(host)
         self.source: VerificationSource | None = None
         self.watching: str | None = None  # job id of the verification this console runs
 
@@ -91,8 +95,7 @@ class VerificationScreen(ConsoleScreen):
         self.query_one("#verify-progress", ProgressBar).display = False
         self.query_one("#verifications", VirtualTable).focus()
         # A verification started before this screen first mounted: follow it.
-        bridge = self.console.bridge
-        running = [j for j, kind in (bridge.running.items() if bridge else []) if kind == "verify"]
+        running = [j for j, kind in self.host.console_jobs().items() if kind == "verify"]
         if running:
             self.watching = running[-1]
             self.watch_job("the snapshot")
@@ -104,13 +107,13 @@ class VerificationScreen(ConsoleScreen):
           description="verification: list results")
     def load_verifications(self) -> None:
         words = self.query_one("#verification-filter", FilterBar).words
-        ids = self.engine.reader.verification_rowids(words)
+        ids = self.queries.verification_rowids(words)
         if not get_current_worker().is_cancelled:
             self.app.call_from_thread(self.show, ids)
 
     def show(self, ids: array) -> None:
         """Display a new listing."""
-        self.source = VerificationSource(self.engine.reader, ids)
+        self.source = VerificationSource(self.queries, ids)
         self.query_one("#verifications", VirtualTable).set_source(self.source)
         self.set_status(f"{len(ids)} result(s)")
 
@@ -129,7 +132,7 @@ class VerificationScreen(ConsoleScreen):
             self.notify("Put the cursor on a result about a snapshot, or start from the catalog (3, then v).",
                         severity="warning")
             return
-        self.console.start_verification(sid)
+        self.post_message(VerifyRequested(sid))
 
     def watch_job(self, description: str) -> None:
         """Called by the app when it starts a verification: show its progress here."""

@@ -4,6 +4,12 @@ Textual's DataTable builds every row up front (about 21 s for 100,000 rows
 here); this widget asks its ``RowSource`` for blocks of rows as they scroll
 into view and keeps a few blocks cached. The scrollbar reflects the whole
 list, and the cursor can jump to the end of 100,000 rows instantly.
+
+A source whose rows come from I/O (the catalog) says so with
+``READS_IN_THREAD = True``: its blocks are then read in a worker thread,
+never on the event loop, and their lines stay blank until they arrive.
+Such a source's ``key`` must not block either (None while unknown); the
+table announces the cursor's row again once its block is in.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from rich.segment import Segment
 from rich.style import Style
 from textual import events
 from textual.binding import Binding, BindingType
+from textual.worker import get_current_worker
 from textual.geometry import Size
 from textual.message import Message
 from textual.reactive import reactive
@@ -27,7 +34,10 @@ Cell = str | tuple[str, str]  # plain text, or (text, tone) with tone in good/wa
 
 
 class RowSource(Protocol):
-    """What the table displays: a length, stable keys and rows by position."""
+    """What the table displays: a length, stable keys and rows by position.
+
+    Optional: ``READS_IN_THREAD = True`` when ``rows`` blocks on I/O.
+    """
 
     def __len__(self) -> int: ...
     def key(self, index: int) -> object: ...
@@ -135,6 +145,7 @@ class VirtualTable(ScrollView, can_focus=True):
         self.empty_text = empty_text
         self.source: RowSource = EmptySource()
         self._cache: OrderedDict[int, list[Sequence[Cell]]] = OrderedDict()
+        self._loading: set[int] = set()  # blocks being read in a thread
         self.fetches = 0  # blocks fetched (the benchmark reads it)
         self.first_row_rendered_at: float | None = None
         self.last_row_rendered_at: float | None = None
@@ -150,6 +161,7 @@ class VirtualTable(ScrollView, can_focus=True):
         old_key = self.current_key if keep_key else None
         self.source = source
         self._cache.clear()
+        self._loading.clear()
         width = sum(c.width + 1 for c in self.columns)
         self.virtual_size = Size(width, len(source) + 1)
         index = source.index_of(old_key) if old_key is not None else None
@@ -169,15 +181,47 @@ class VirtualTable(ScrollView, can_focus=True):
         rows = self._cache.get(block)
         if rows is None:
             start = block * BLOCK
-            rows = self.source.rows(start, min(len(self.source), start + BLOCK))
-            self.fetches += 1
-            self._cache[block] = rows
-            if len(self._cache) > MAX_BLOCKS:
-                self._cache.popitem(last=False)
+            stop = min(len(self.source), start + BLOCK)
+            if getattr(self.source, "READS_IN_THREAD", False):
+                if block not in self._loading:
+                    self._loading.add(block)
+                    self._read_block(self.source, block, start, stop)
+                return None
+            rows = self.source.rows(start, stop)
+            self._store(block, rows)
         else:
             self._cache.move_to_end(block)
         off = index % BLOCK
         return rows[off] if off < len(rows) else None
+
+    def _store(self, block: int, rows: list[Sequence[Cell]]) -> None:
+        self.fetches += 1
+        self._cache[block] = rows
+        if len(self._cache) > MAX_BLOCKS:
+            self._cache.popitem(last=False)
+
+    def _read_block(self, source: RowSource, block: int, start: int, stop: int) -> None:
+        """Read one block of an I/O source in a worker thread; it is shown when it arrives."""
+
+        def read() -> None:
+            rows = source.rows(start, stop)
+            if not get_current_worker().is_cancelled:
+                self.app.call_from_thread(self._block_read, source, block, rows)
+
+        self.run_worker(read, thread=True, group=f"rows-{id(self)}", exit_on_error=False,
+                        description=f"table {self.id or ''}: read rows {start}-{stop}")
+
+    def _block_read(self, source: RowSource, block: int, rows: list[Sequence[Cell]]) -> None:
+        if source is not self.source:
+            return  # another listing replaced it meanwhile
+        self._loading.discard(block)
+        self._store(block, rows)
+        self.refresh()
+        n = len(source)
+        if n and block * BLOCK <= self.cursor < (block + 1) * BLOCK:
+            # Keys and records of these rows are known now: tell the screen about the row under the cursor.
+            index = min(self.cursor, n - 1)
+            self.post_message(self.Highlighted(self, index, source.key(index)))
 
     # -- rendering -----------------------------------------------------------------
 

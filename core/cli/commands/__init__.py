@@ -1,0 +1,1 @@
+"""One module per group of `backstop` commands; core/cli/parser.py lists them (its COMMANDS table)."""

@@ -1,0 +1,95 @@
+"""`backstop backup`, `snapshots` and `restore` (also `restore --force`, which replaces a database)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from core.cli.context import add_command, completes, engine_command, identity
+from core.cli.output import EXIT_OK, Column, err, print_json, print_table, size
+from core.errors import UsageError
+
+SNAPSHOT_COLUMNS = (Column("ID", 10), Column("DATABASE", 16), Column("KIND", 9), Column("FINISHED (UTC)", 27),
+                    Column("SIZE", 11, ">"), Column("NEW", 11, ">"), Column("TARGETS", gap="  "))
+
+
+async def cmd_backup(engine, args) -> int:  # type: ignore[no-untyped-def]
+    t0 = time.monotonic()
+    rec = await engine.backup(args.db)
+    if args.json:
+        print_json(rec.to_json())
+    else:
+        print(rec.id)
+        err(f"snapshot {rec.short_id} of {rec.db}: {size(rec.size_bytes)} logical, {size(rec.stored_bytes)} new "
+            f"in {time.monotonic() - t0:.1f} s; {rec.verified_summary}")
+    return EXIT_OK
+
+
+async def cmd_snapshots(engine, args) -> int:  # type: ignore[no-untyped-def]
+    rows = engine.snapshots(args.db)
+    if args.json:
+        print_json([r.to_json() for r in rows], indent=1)
+        return EXIT_OK
+    if not rows:
+        print("no snapshots" + (f" of {args.db}" if args.db else ""))
+        return EXIT_OK
+    print_table(SNAPSHOT_COLUMNS, ([r.short_id, r.db, r.kind, r.finished_at, size(r.size_bytes), size(r.stored_bytes),
+                                    ",".join(r.targets)] for r in rows))
+    return EXIT_OK
+
+
+async def cmd_restore(engine, args) -> int:  # type: ignore[no-untyped-def]
+    if args.force:
+        return await restore_force(engine, args)
+    res = await engine.restore(args.db, args.into, args.snapshot, args.table, target=args.target,
+                               only_target=args.target is not None)
+    if args.json:
+        print_json({"snapshot": res.snapshot_id, "db": res.db, "into": res.into, "tables": res.tables,
+                    "bytes": res.bytes, "duration_s": round(res.duration_s, 3), "warnings": res.warnings})
+    else:
+        what = ", ".join(res.tables) if res.tables else "whole database"
+        print(f"restored snapshot {res.snapshot_id[:8]} of {res.db} ({what}) into {res.into} "
+              f"in {res.duration_s:.1f} s ({size(res.bytes)})")
+    return EXIT_OK
+
+
+async def restore_force(engine, args) -> int:  # type: ignore[no-untyped-def]
+    """`restore --force`: replace an existing database, keeping the old one aside."""
+    if args.table:
+        raise UsageError("--force replaces a whole database; to bring back tables, restore them into a new "
+                         "database (without --force) and copy the rows over")
+    res = await engine.restore_over(args.db, args.into, args.snapshot, identity(args))
+    r = res.restore
+    if args.json:
+        print_json({"snapshot": r.snapshot_id, "db": r.db, "into": r.into, "replaced": res.replaced_by_restore,
+                    "previous_kept_as": res.aside, "bytes": r.bytes, "duration_s": round(r.duration_s, 3),
+                    "warnings": r.warnings})
+    else:
+        print(f"restored snapshot {r.snapshot_id[:8]} of {r.db} into {r.into} in {r.duration_s:.1f} s "
+              f"({size(r.bytes)})")
+        if res.aside:
+            err(f"the previous database {r.into} is kept as {res.aside}; drop it when you no longer need it")
+    return EXIT_OK
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = add_command(sub, "backup", engine_command(cmd_backup),
+                    "take a logical full snapshot of a database; prints the snapshot id", common)
+    completes(p.add_argument("--db", required=True, metavar="NAME", help="database name from the config"), "databases")
+
+    p = add_command(sub, "snapshots", engine_command(cmd_snapshots), "list snapshots", common)
+    completes(p.add_argument("--db", metavar="NAME", help="only this database"), "databases")
+
+    p = add_command(sub, "restore", engine_command(cmd_restore), "restore a snapshot into a new database", common)
+    completes(p.add_argument("--db", required=True, metavar="NAME", help="database name from the config"), "databases")
+    completes(p.add_argument("--snapshot", default="latest", metavar="ID",
+                             help="snapshot id or prefix, or 'latest' (default)"), "snapshot-ref")
+    p.add_argument("--into", required=True, metavar="NEW_DB", help="name of the new database to create")
+    p.add_argument("--table", action="append", default=[], metavar="SCHEMA.TABLE",
+                   help="restore only this table with its data (repeatable)")
+    p.add_argument("--force", action="store_true",
+                   help="if --into exists, replace it (operator with a one-time code; the old one is kept aside)")
+    completes(p.add_argument("--target", metavar="NAME",
+                             help="read only from this target (default: any intact copy, first target first)"),
+              "targets")

@@ -1,0 +1,116 @@
+"""`backstop backup`: a logical full snapshot, streamed from pg_dump into every target (FORMAT.md 11)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from pathlib import Path
+
+from core import __version__
+from core.records import BackupRecord
+from core.context import EngineContext
+from core.format import now_iso
+from core.jobs import Job, run_job
+from core.postgres import logical
+from core.postgres.tools import find_bin_dir, tool_major
+from core.repository.dedup import backup_index, snapshot_packs
+from core.repository.index import INDEX_PREFIX, Index
+from core.repository.manifest import FileEntry, Manifest
+from core.repository.repo import Repository
+from core.repository.writer import StreamWriter
+
+DUMP_FILE = "database.pgdump"
+
+
+async def backup(ctx: EngineContext, db_name: str) -> BackupRecord:
+    """Take a logical full snapshot of one database onto every target."""
+    dbc = ctx.config.database(db_name)
+    async with run_job(ctx.bus, "backup", db_name, f"logical backup of {db_name}") as job:
+        started = now_iso()
+        job.phase("connect")
+        info = await logical.source_info(dbc.dsn, db_name)
+        bin_dir = find_bin_dir(info.server_major, dbc.bin_dir)
+        repo = await ctx.open_repository(require_all=True)
+        async with repo.lock("shared", f"backup of {db_name}"):
+            job.phase("index")
+            dedup = await backup_index(repo)
+            for w in dedup.warnings:
+                job.warn(w)
+            entry, writer = await _dump_into(ctx, repo, dedup.index, bin_dir, dbc.dsn, info.estimated_bytes, job)
+            job.phase("commit")
+            await _commit_index(repo, writer)
+            manifest = Manifest(
+                db=db_name, kind="logical", started_at=started, finished_at=now_iso(), files=[entry],
+                size_bytes=entry.size, stored_bytes=writer.stats.stored_bytes, new_chunks=writer.stats.new_chunks,
+                targets=[s.name for s in repo.storages], server_version=info.server_version,
+                tool_versions={"backstop": __version__, "pg_dump": str(tool_major(bin_dir))},
+                tables=info.tables, table_bytes=info.table_bytes, host=socket.gethostname(),
+            )
+            sid, size = await _commit_manifest(repo, manifest)
+        return _record(ctx, job, sid, size, manifest, dedup.index, writer)
+
+
+async def _dump_into(ctx: EngineContext, repo: Repository, index: Index, bin_dir: Path, dsn: str, estimate: int,
+                     job: Job) -> tuple[FileEntry, StreamWriter]:
+    """Stream pg_dump's archive through the chunker into packs on every target."""
+    loop = asyncio.get_running_loop()
+    job.phase("dump")
+    def progress(done: int) -> None:  # called from the writer's thread
+        loop.call_soon_threadsafe(job.progress, done, max(estimate, done))
+
+    writer = StreamWriter(repo, index, loop, ctx.pool, ctx.config.workers, on_progress=progress)
+    dump = await logical.start_dump(bin_dir, dsn)
+    try:
+        entry = await asyncio.to_thread(writer.write, dump.reader, DUMP_FILE, logical.DUMP_FORMAT)
+        await dump.wait()
+        job.phase("upload")
+        await asyncio.to_thread(writer.finish)
+    except BaseException:
+        writer.abort()
+        dump.kill()
+        raise
+    finally:
+        dump.reader.close()
+    return entry, writer
+
+
+async def _commit_index(repo: Repository, writer: StreamWriter) -> None:
+    """The backup's one index object, listing only packs read back from every target."""
+    if writer.new_index.packs:
+        name, data = writer.new_index.seal(repo.key)
+        await repo.put_all(name, data)
+        await repo.verify_all(name, name[len(INDEX_PREFIX):])
+
+
+async def _commit_manifest(repo: Repository, manifest: Manifest) -> tuple[str, int]:
+    """Write the manifest last; a manifest on some targets only is taken back everywhere."""
+    sid, name, data = manifest.seal(repo.key)
+    try:
+        await repo.put_all(name, data)
+        await repo.verify_all(name, sid)
+    except BaseException:
+        await repo.delete_all(name)
+        raise
+    return sid, len(data)
+
+
+def _record(ctx: EngineContext, job: Job, sid: str, manifest_size: int, manifest: Manifest, index: Index,
+            writer: StreamWriter) -> BackupRecord:
+    """Catalog the snapshot and its verification: read-data only if it reused no earlier pack."""
+    # What was read back is the new packs, the index and the manifest; packs
+    # reused from earlier backups were only seen present with the right size.
+    packs = snapshot_packs(manifest, index, writer.new_index)
+    reused = len(packs - set(writer.new_index.packs))
+    stats = writer.stats
+    rec = BackupRecord(sid, manifest.db, manifest.kind, manifest.started_at, manifest.finished_at, manifest.size_bytes,
+                       stats.stored_bytes, manifest.targets, job.id, packs_read_back=stats.packs, packs_reused=reused)
+    ctx.catalog.add_snapshot(rec)
+    for t in manifest.targets:
+        ctx.catalog.add_verification(
+            job_id=job.id, target=t, snapshot_id=sid, started_at=time.time(), read_data=reused == 0,
+            objects_checked=stats.packs + reused + 1 + bool(writer.new_index.packs),
+            bytes_read=stats.stored_bytes + manifest_size, problems=[])
+    job.result = {"snapshot": sid, "size_bytes": manifest.size_bytes, "stored_bytes": stats.stored_bytes,
+                  "packs_read_back": stats.packs, "packs_reused": reused}
+    return rec

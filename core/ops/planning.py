@@ -1,0 +1,77 @@
+"""The restore wizard's facts: snapshots with their checks, target reachability, table lists, past restores."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+
+from core.catalog.base import CatalogQueries
+from core.context import EngineContext
+from core.errors import BackstopError
+from core.planner import (CopyCheck, LogicalSnapshot, PastRestore, PlanningFacts, RestorePlan, RestoreRequest,
+                          TargetState, plan, with_tables)
+from core.repository.repo import CONFIG_NAME
+from core.storage.base import Storage
+
+
+async def target_states(ctx: EngineContext, timeout_s: float = 5.0) -> list[TargetState]:
+    """Each configured target and whether it answers right now."""
+
+    async def probe(st: Storage) -> str:
+        try:
+            await asyncio.wait_for(st.exists(CONFIG_NAME), timeout_s)
+            return ""
+        except asyncio.TimeoutError:
+            return f"no answer within {timeout_s:.0f}s"
+        except (BackstopError, OSError) as exc:
+            return str(exc)
+
+    stores = {s.name: s for s in ctx.storages()}
+    details = await asyncio.gather(*(probe(stores[t.name]) for t in ctx.config.targets))
+    return [TargetState(t.name, t.type, getattr(t, "region", None), not d, d)
+            for t, d in zip(ctx.config.targets, details)]
+
+
+class TableLists:
+    """The tables each snapshot holds, from its manifest (cached: manifests never change)."""
+
+    def __init__(self, ctx: EngineContext) -> None:
+        self.ctx = ctx
+        self._cache: dict[str, list[str]] = {}
+
+    async def get(self, snapshot_id: str) -> list[str]:
+        if snapshot_id not in self._cache:
+            repo = await self.ctx.open_repository(require_all=False)
+            self._cache[snapshot_id] = list((await repo.read_manifest(snapshot_id)).tables)
+        return self._cache[snapshot_id]
+
+
+async def plan_restore(ctx: EngineContext, reader: CatalogQueries, tables: TableLists, request: RestoreRequest, *,
+                       now: datetime | None = None, targets: list[TargetState] | None = None) -> RestorePlan:
+    """Gather the facts (catalog, target reachability, table lists, history) and ask the planner."""
+    dbc = ctx.config.database(request.db)
+    # Catalog reads go to a thread: this runs on the console's event loop.
+    rows = await asyncio.to_thread(reader.latest_snapshots, request.db, 200)
+    if request.point.kind == "snapshot" and request.point.snapshot_id:
+        chosen = await asyncio.to_thread(reader.snapshot_by_id, request.point.snapshot_id)
+        if chosen is not None and chosen.db == request.db and all(r.id != chosen.id for r in rows):
+            rows.append(chosen)
+    sources: list[LogicalSnapshot] = [
+        LogicalSnapshot(r.id, r.db, datetime.fromisoformat(r.started_at), datetime.fromisoformat(r.finished_at),
+                        r.size_bytes, r.targets, tuple(CopyCheck(c.target, c.ok, c.read_data, c.at) for c in r.checks))
+        for r in rows]
+    if request.tables:
+        # Read table lists newest first until one has every table (a dropped table
+        # sends the planner to an older snapshot); unreadable manifests stay unknown.
+        for i, s in enumerate(sources[:20]):
+            try:
+                sources[i] = with_tables(s, await tables.get(s.id))
+            except BackstopError:
+                continue
+            if all(t in (sources[i].tables or ()) for t in request.tables):
+                break
+    history = [PastRestore(r.db, r.bytes, r.duration_s, r.ok, r.started_at, r.target, r.kind)
+               for r in await asyncio.to_thread(lambda: reader.restores(limit=200))]
+    states = targets if targets is not None else await target_states(ctx)
+    facts = PlanningFacts(sources, states, history, dbc.rto_minutes * 60, now or datetime.now(timezone.utc))
+    return plan(request, facts)

@@ -1,0 +1,80 @@
+"""`backstop catalog rebuild`: make the catalog equal to the repository (the catalog is only an index)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from core.records import SnapshotRecord
+from core.context import EngineContext
+from core.errors import BackstopError
+from core.repository.dedup import backup_index
+from core.repository.manifest import Manifest
+from core.repository.repo import Repository
+from core.security import state
+from core.security.gate import Identity, default_identity
+
+
+@dataclass
+class RebuildResult:
+    """What `catalog rebuild` changed."""
+
+    snapshots: int = 0  # snapshots the repository holds, now in the catalog
+    removed: list[str] = field(default_factory=list)  # catalog rows of snapshots no target holds
+    security: list[str] = field(default_factory=list)  # audit log, operators, schema repairs
+    warnings: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)  # interrupted commits finished, damage quarantined
+
+
+async def rebuild_catalog(ctx: EngineContext, who: Identity | None = None) -> RebuildResult:
+    """Snapshots and where each is stored, the audit log and the operators, as the repository has them."""
+    repo = await ctx.open_repository(require_all=False)
+    result = RebuildResult()
+    if not repo.unreachable and not repo.damaged:
+        # A commit a crash left on some targets only is finished first (as the next backup would).
+        async with repo.lock("shared", "catalog rebuild"):
+            result.repaired = (await backup_index(repo)).warnings
+    where = await _where(repo)
+    manifests = await _read_manifests(repo, where, result)
+    # A re-sealed manifest replaces the one it names (an interrupted re-encryption left both).
+    replaced = {m.supersedes for m in manifests.values() if m.supersedes}
+    existing = {r.id: r for r in ctx.catalog.snapshots()}
+    # Oldest first, so that rowid order (the tie-breaker for equal times) follows time.
+    for sid, m in sorted(manifests.items(), key=lambda kv: (kv[1].finished_at, kv[1].started_at, kv[0])):
+        if sid in replaced:
+            continue
+        old = existing.get(sid)
+        ctx.catalog.add_snapshot(SnapshotRecord(sid, m.db, m.kind, m.started_at, m.finished_at, m.size_bytes,
+                                                m.stored_bytes, where[sid], old.job_id if old else None))
+        result.snapshots += 1
+    partial = {**repo.unreachable, **repo.damaged}
+    for sid, row in existing.items():
+        if sid in where and sid not in replaced:
+            continue
+        if partial and sid not in replaced:
+            # A target that did not answer may hold it: keep the row rather than guess.
+            result.warnings.append(f"snapshot {row.short_id} is on no reachable target; kept in the catalog because "
+                                   f"target(s) {', '.join(partial)} could not be read")
+            continue
+        ctx.catalog.delete_snapshot(sid)
+        result.removed.append(sid)
+    result.security = await state.rebuild(ctx.catalog, ctx.config, repo, who or default_identity())
+    return result
+
+
+async def _where(repo: Repository) -> dict[str, list[str]]:
+    """Snapshot id -> the targets holding its manifest, in config order."""
+    where: dict[str, list[str]] = {}
+    for st in repo.storages:
+        for sid in await repo.snapshot_names(st):
+            where.setdefault(sid, []).append(st.name)
+    return where
+
+
+async def _read_manifests(repo: Repository, where: dict[str, list[str]], result: RebuildResult) -> dict[str, Manifest]:
+    out: dict[str, Manifest] = {}
+    for sid in sorted(where):
+        try:
+            out[sid] = await repo.read_manifest(sid)
+        except BackstopError as exc:
+            result.warnings.append(f"snapshot {sid[:8]} cannot be read from any target ({exc}); it is left out")
+    return out

@@ -1,0 +1,175 @@
+"""The engine's read-only query facade: what front ends may read from the catalog, and its change feed.
+
+The console never holds a catalog object: it asks ``engine.queries`` (this
+class), which delegates to the catalog's read side
+(:class:`core.catalog.base.CatalogQueries`, with connections of its own that
+are safe from worker threads). Every method blocks on I/O: call it from a
+worker thread or through ``asyncio.to_thread``, never on an event loop.
+:meth:`Queries.watch` is the one asynchronous method: it does its polling
+in a thread itself.
+
+Records come from :mod:`core.records`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from array import array
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from core.records import (
+    AuditTable,
+    DatabaseSummary,
+    JobRecord,
+    RestoreRecord,
+    SnapshotRow,
+    TargetCheck,
+    VerificationRecord,
+)
+
+if TYPE_CHECKING:
+    from core.catalog.base import CatalogQueries, ChangeFeed
+
+
+class Queries:
+    """Read-only catalog queries for the console and the insights (method by method as
+    :class:`core.catalog.base.CatalogQueries`)."""
+
+    def __init__(self, source: CatalogQueries) -> None:
+        self._q = source
+
+    def close(self) -> None:
+        """Release the connections the queries opened (in every thread)."""
+        self._q.close()
+
+    # -- the change feed -----------------------------------------------------------------
+
+    def changes(self) -> ChangeFeed:
+        """A new change feed: ``poll()`` is True when anyone committed since the previous poll (blocking)."""
+        return self._q.changes()
+
+    async def watch(self, interval: float) -> AsyncIterator[None]:
+        """Yield whenever the catalog changed (any process), checking every ``interval`` seconds.
+
+        The checks run in a thread; a check that fails (the catalog is being
+        replaced, or is locked) is tried again at the next interval.
+        """
+        feed = self.changes()
+        try:
+            while True:
+                try:
+                    changed = await asyncio.to_thread(feed.poll)
+                except Exception:  # noqa: BLE001 - a catalog being replaced or locked: next tick
+                    changed = False
+                if changed:
+                    yield
+                await asyncio.sleep(interval)
+        finally:
+            feed.close()
+
+    # -- databases and snapshots -----------------------------------------------------------
+
+    def databases(self) -> list[DatabaseSummary]:
+        return self._q.databases()
+
+    def snapshot_rowids(self, db: str | None = None, words: Sequence[str] = ()) -> array:
+        return self._q.snapshot_rowids(db, words)
+
+    def snapshot_total(self, db: str | None = None, words: Sequence[str] = ()) -> int:
+        return self._q.snapshot_total(db, words)
+
+    def snapshot_page(self, start: int, stop: int, total: int, db: str | None = None,
+                      words: Sequence[str] = ()) -> list[int]:
+        return self._q.snapshot_page(start, stop, total, db, words)
+
+    def snapshot_rows(self, rowids: Sequence[int]) -> list[SnapshotRow]:
+        return self._q.snapshot_rows(rowids)
+
+    def latest_snapshots(self, db: str, limit: int = 200) -> list[SnapshotRow]:
+        return self._q.latest_snapshots(db, limit)
+
+    def snapshot_by_id(self, sid: str) -> SnapshotRow | None:
+        return self._q.snapshot_by_id(sid)
+
+    def latest_checks(self, snapshot_ids: Iterable[str]) -> dict[str, tuple[TargetCheck, ...]]:
+        return self._q.latest_checks(snapshot_ids)
+
+    def snapshot_count(self) -> int:
+        return self._q.snapshot_count()
+
+    def snapshots_verified_since(self, since: float) -> int:
+        return self._q.snapshots_verified_since(since)
+
+    def never_verified(self, since_iso: str, older_than_iso: str,
+                       limit: int = 5) -> tuple[int, list[tuple[str, str, str]]]:
+        return self._q.never_verified(since_iso, older_than_iso, limit)
+
+    def snapshot_series(self, since_iso: str) -> list[tuple[str, str, str, str, int, int]]:
+        return self._q.snapshot_series(since_iso)
+
+    def latest_snapshot_per_db(self) -> dict[str, str]:
+        return self._q.latest_snapshot_per_db()
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    def jobs(self, limit: int = 200, words: Sequence[str] = ()) -> list[JobRecord]:
+        return self._q.jobs(limit, words)
+
+    def running_jobs(self) -> list[JobRecord]:
+        return self._q.running_jobs()
+
+    def job(self, job_id: str) -> JobRecord | None:
+        return self._q.job(job_id)
+
+    def job_events(self, job_id: str, after_id: int = 0,
+                   limit: int = 1000) -> list[tuple[int, float, str, dict[str, object]]]:
+        return self._q.job_events(job_id, after_id, limit)
+
+    def finished_jobs_since(self, since: float, kind: str | None = None) -> list[JobRecord]:
+        return self._q.finished_jobs_since(since, kind)
+
+    def failed_jobs_since(self, since: float) -> list[JobRecord]:
+        return self._q.failed_jobs_since(since)
+
+    def backup_counts_by_age(self, now: float, days: int) -> dict[int, tuple[int, int]]:
+        return self._q.backup_counts_by_age(now, days)
+
+    # -- verifications, restores and drills -----------------------------------------------------
+
+    def verification_rowids(self, words: Sequence[str] = ()) -> array:
+        return self._q.verification_rowids(words)
+
+    def verification_rows(self, ids: Sequence[int]) -> list[VerificationRecord]:
+        return self._q.verification_rows(ids)
+
+    def verification_counts_by_age(self, now: float, days: int) -> dict[int, tuple[int, int]]:
+        return self._q.verification_counts_by_age(now, days)
+
+    def verifications_since(self, since: float) -> list[VerificationRecord]:
+        return self._q.verifications_since(since)
+
+    def latest_target_checks(self) -> dict[str, VerificationRecord]:
+        return self._q.latest_target_checks()
+
+    def damaged_copies(self, limit: int = 20) -> list[VerificationRecord]:
+        return self._q.damaged_copies(limit)
+
+    def restores(self, since: float = 0.0, db: str | None = None, limit: int = 1000,
+                 kind: str | None = None) -> list[RestoreRecord]:
+        return self._q.restores(since, db, limit, kind)
+
+    def drills(self, limit: int = 5000) -> list[RestoreRecord]:
+        """Recorded drills (test restores), oldest first."""
+        return self._q.restores(limit=limit, kind="drill")
+
+    # -- the audit log, for display ---------------------------------------------------------------
+
+    def audit_table(self) -> AuditTable | None:
+        return self._q.audit_table()
+
+    def audit_rowids(self, words: Sequence[str] = ()) -> array:
+        return self._q.audit_rowids(words)
+
+    def audit_rows(self, rowids: Sequence[int]) -> list[tuple[object, ...]]:
+        return self._q.audit_rows(rowids)

@@ -1,0 +1,1 @@
+"""Test doubles: stand-ins for real parts that misbehave on purpose."""

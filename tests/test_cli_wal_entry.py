@@ -1,0 +1,138 @@
+"""The CLI's entry paths: `wal-push`/`wal-fetch` start without importing anything heavy, `--help` stays light,
+and the CLI package has no import circles (nor does anything else in core import it).
+
+PostgreSQL runs `backstop wal-push %p` once per 16 MiB WAL segment, so its start-up cost is paid constantly.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.backstop import BACKSTOP
+
+ROOT = Path(__file__).resolve().parent.parent
+HEAVY = ("boto3", "botocore", "psycopg", "textual", "pydantic", "yaml", "rich", "zstandard", "shtab", "cryptography",
+         "segno", "tui")
+
+
+def _imported(*args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """Run `python -X importtime -m core.cli ARGS` and return it with the names of every module it imported."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "core.cli", *args], capture_output=True,
+                          text=True, timeout=60, cwd=ROOT, stdin=subprocess.DEVNULL)
+    names = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    names.discard("imported package")
+    return proc, names
+
+
+@pytest.mark.parametrize("args", [("wal-push", "--help"), ("wal-fetch", "--help"),
+                                  ("--config", "/nonexistent.yaml", "wal-push", "pg_wal/000000010000000000000001"),
+                                  ("wal-fetch", "000000010000000000000001", "/tmp/x")])
+def test_wal_commands_import_nothing_heavy(args: tuple[str, ...]) -> None:
+    proc, names = _imported(*args)
+    assert "core.cli.wal" in names, proc.stderr[-2000:]
+    loaded_heavy = sorted(n for n in names if n.split(".")[0] in HEAVY)
+    assert loaded_heavy == [], loaded_heavy
+    # Not even the rest of the CLI or of core: only the package, its __init__ and the WAL module.
+    ours = sorted(n for n in names if n.split(".")[0] == "core")
+    assert ours == ["core", "core.cli", "core.cli.wal"], ours
+    for module in ("asyncio", "sqlite3", "json", "logging", "core.config", "core.engine"):
+        assert module not in names, module
+
+
+def test_wal_commands_say_honestly_that_they_are_not_there_yet() -> None:
+    for args, what in ((("wal-push", "pg_wal/000000010000000000000001"), "wal-push"),
+                       (("--config", "/nonexistent.yaml", "wal-fetch", "000000010000000000000001", "/tmp/x"),
+                        "wal-fetch")):
+        out = subprocess.run([*BACKSTOP, *args], capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert out.returncode == 2, out
+        assert out.stdout == ""
+        assert out.stderr.startswith(f"backstop: {what}: WAL archiving is not in this build yet; ")
+        assert out.stderr.count("\n") == 1
+    usage = subprocess.run([*BACKSTOP, "wal-fetch", "only-one-argument"], capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 2 and "DEST_PATH" in usage.stderr
+
+
+def test_main_help_lists_the_wal_commands_and_stays_light() -> None:
+    proc, names = _imported("--help")
+    assert proc.returncode == 0
+    assert "wal-push" in proc.stdout and "wal-fetch" in proc.stdout and "completion" in proc.stdout
+    assert "__complete" not in proc.stdout
+    loaded_heavy = sorted(n for n in names if n.split(".")[0] in HEAVY)
+    assert loaded_heavy == [], loaded_heavy
+
+
+def test_the_argv_scan_finds_the_command() -> None:
+    from core.cli import command_name
+
+    assert command_name(["wal-push", "x"]) == "wal-push"
+    assert command_name(["--config", "wal-push", "backup"]) == "backup"  # a config file named wal-push
+    assert command_name(["--conf", "c.yaml", "--json", "wal-fetch", "a", "b"]) == "wal-fetch"
+    assert command_name(["--config=c.yaml", "--otp", "123456", "prune"]) == "prune"
+    assert command_name(["--json"]) is None
+
+
+# -- layering ------------------------------------------------------------------------------------------------
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module a file imports, at module level or inside functions (lazy imports count too)."""
+    found: set[str] = set()
+    package = path.relative_to(ROOT).with_suffix("").parts[:-1]
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # from . import x / from ..y import z
+                base = ".".join([*package[: len(package) - node.level + 1], *([base] if base else [])])
+            found.add(base)
+            found |= {f"{base}.{a.name}" for a in node.names}
+    return found
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_nothing_outside_the_cli_imports_it() -> None:
+    offenders = []
+    for path in sorted((ROOT / "core").rglob("*.py")):
+        if (ROOT / "core" / "cli") in path.parents:
+            continue
+        bad = sorted(m for m in _imports(path) if m == "core.cli" or m.startswith("core.cli."))
+        offenders += [f"{path.relative_to(ROOT)}: {m}" for m in bad]
+    assert not offenders, offenders
+
+
+def test_the_cli_package_has_no_import_circle() -> None:
+    from core.cli.parser import COMMANDS
+
+    files = {_module_name(p): p for p in (ROOT / "core" / "cli").rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        deps = {m for m in _imports(path) if m in files}
+        graph[name] = deps - {name}
+    graph["core.cli.parser"] |= set(COMMANDS)  # imported by name from its dispatch table
+
+    def visit(node: str, stack: list[str], done: set[str]) -> None:
+        if node in stack:
+            raise AssertionError("import circle: " + " -> ".join(stack[stack.index(node):] + [node]))
+        if node in done:
+            return
+        for dep in sorted(graph.get(node, ())):
+            visit(dep, stack + [node], done)
+        done.add(node)
+
+    done: set[str] = set()
+    for node in sorted(graph):
+        visit(node, [], done)
+    # Command modules share only output and context, never each other's names.
+    for name, deps in graph.items():
+        if name.startswith("core.cli.commands."):
+            assert deps <= {"core.cli.output", "core.cli.context"}, (name, deps)
