@@ -13,7 +13,7 @@ import shlex
 import stat
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -76,7 +76,7 @@ class EncryptionConfig(_Strict):
     rotate_every: Duration | None = None
 
     @model_validator(mode="after")
-    def _one_source(self) -> "EncryptionConfig":
+    def _one_source(self) -> EncryptionConfig:
         if (self.passphrase_file is None) == (self.passphrase_env is None):
             raise ValueError("expected exactly one of passphrase_file or passphrase_env")
         return self
@@ -161,7 +161,7 @@ class S3TargetConfig(_Strict):
     read_timeout_s: float = Field(default=60.0, gt=0)
 
 
-TargetConfig = Annotated[Union[LocalTargetConfig, S3TargetConfig], Field(discriminator="type")]
+TargetConfig = Annotated[LocalTargetConfig | S3TargetConfig, Field(discriminator="type")]
 
 
 class DatabaseConfig(_Strict):
@@ -206,8 +206,9 @@ class BackstopConfig(_Strict):
     restore_jobs: int = Field(default=2, ge=1, le=16)
 
     @model_validator(mode="after")
-    def _unique_names(self) -> "BackstopConfig":
-        for kind, names in (("targets", [t.name for t in self.targets]), ("databases", [d.name for d in self.databases])):
+    def _unique_names(self) -> BackstopConfig:
+        for kind, names in (("targets", [t.name for t in self.targets]),
+                            ("databases", [d.name for d in self.databases])):
             dup = {n for n in names if names.count(n) > 1}
             if dup:
                 raise ValueError(f"{kind}: duplicate name {sorted(dup)[0]!r}")

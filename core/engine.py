@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
-from typing import Awaitable, Callable
 
 from core.catalog.base import Catalog
 from core.catalog.sqlite import SqliteCatalog
@@ -21,8 +21,23 @@ from core.context import EngineContext
 from core.events import EventBus
 from core.insights.overview import Dashboard, build_dashboard, build_trend_series
 from core.insights.trends import Trends
-from core.ops import audit, backup, check, forget, init, keys, locks, operators, planning, prune, rebuild, repair
-from core.ops import restore, settings, verify
+from core.ops import (
+    audit,
+    backup,
+    check,
+    forget,
+    init,
+    keys,
+    locks,
+    operators,
+    planning,
+    prune,
+    rebuild,
+    repair,
+    restore,
+    settings,
+    verify,
+)
 from core.ops.audit import AuditVerification
 from core.ops.check import CheckResult
 from core.ops.init import InitResult
@@ -86,7 +101,7 @@ class Engine:
             self._queries.close()
         self.catalog.close()
 
-    async def __aenter__(self) -> "Engine":
+    async def __aenter__(self) -> Engine:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -226,14 +241,14 @@ class Engine:
         """KPIs, alerts and running jobs (blocking catalog reads: call it from a thread)."""
         return build_dashboard(self.queries, self.config, time.time() if now is None else now)
 
-    def prefetch_dashboard(self) -> "Future[Dashboard]":
+    def prefetch_dashboard(self) -> Future[Dashboard]:
         """Start computing the dashboard in a thread (a front end's start-up overlaps it)."""
         fut: Future[Dashboard] = Future()
 
         def run() -> None:
             try:
                 fut.set_result(self.dashboard())
-            except BaseException as exc:  # handed to whoever waits for the result
+            except BaseException as exc:  # noqa: BLE001  (handed to whoever waits for the result)
                 fut.set_exception(exc)
 
         threading.Thread(target=run, name="backstop-dashboard", daemon=True).start()

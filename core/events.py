@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 # "abandoned": stopped from outside (SIGTERM, Ctrl-C) or its process died; counts as a failure.
 Outcome = Literal["succeeded", "failed", "abandoned"]

@@ -6,24 +6,24 @@ zones read the same figures.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 
 def now_iso() -> str:
     """The current time as stored in manifests, locks and the catalog: ISO 8601, seconds, UTC offset."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def iso_at(ts: float) -> str:
     """Epoch seconds in the stored ISO form."""
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
 def utc(ts: float | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
     """Epoch seconds for people, in UTC (``fmt`` picks the fields; '-' when unknown)."""
     if ts is None:
         return "-"
-    return datetime.fromtimestamp(ts, timezone.utc).strftime(fmt)
+    return datetime.fromtimestamp(ts, UTC).strftime(fmt)
 
 
 def size(n: float | None) -> str:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 from core.errors import BackstopError
 from core.events import EventBus, JobFinished, JobStarted, JobWarning, PhaseChanged, Progress, RateMeter

@@ -40,10 +40,11 @@ is required and an unverified one is only offered as a risky plan).
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
-from typing import Literal, Protocol, Sequence
+from typing import Literal, Protocol
 
 from core.format import duration as _dur
 
@@ -99,15 +100,15 @@ class PointInTime:
     at: datetime | None = None
 
     @staticmethod
-    def latest() -> "PointInTime":
+    def latest() -> PointInTime:
         return PointInTime("latest")
 
     @staticmethod
-    def snapshot(sid: str) -> "PointInTime":
+    def snapshot(sid: str) -> PointInTime:
         return PointInTime("snapshot", snapshot_id=sid)
 
     @staticmethod
-    def moment(at: datetime) -> "PointInTime":
+    def moment(at: datetime) -> PointInTime:
         return PointInTime("time", at=at)
 
 
@@ -226,7 +227,7 @@ class PlanningFacts:
     targets: Sequence[TargetState]
     history: Sequence[PastRestore] = ()
     rto_s: float | None = None
-    now: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 @dataclass(frozen=True)
@@ -271,7 +272,7 @@ class RestorePlan:
 
 
 def _fmt(t: datetime) -> str:
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 
@@ -279,7 +280,7 @@ def _fmt(t: datetime) -> str:
 def default_destination(db: str, incident: Incident, now: datetime) -> str:
     """A new database name that says what it is (never the live database)."""
     tag = "drill" if incident is Incident.DRILL else "restore"
-    return f"{db}_{tag}_{now.astimezone(timezone.utc):%Y%m%d_%H%M}"
+    return f"{db}_{tag}_{now.astimezone(UTC):%Y%m%d_%H%M}"
 
 
 def estimate(size_bytes: int, db: str, history: Sequence[PastRestore]) -> tuple[float, str]:
@@ -468,7 +469,8 @@ def _pick(d: _Draft, choices: list[_Choice]) -> _Choice:
         if good:
             if good[0].source is not best.source:
                 d.rejected.append(Rejected(best.source.id, None, "newer but never verified by reading it back"))
-                why = ("required for " + inc.label.lower()) if inc in _NEEDS_VERIFIED else "required at critical severity"
+                why = (("required for " + inc.label.lower()) if inc in _NEEDS_VERIFIED
+                       else "required at critical severity")
                 d.reasons.append(f"newest backup with a passed read-back verification ({why})")
             best = good[0]
         else:

@@ -17,18 +17,19 @@ import contextlib
 import getpass
 import os
 import time
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
-from typing import Callable, ClassVar, Iterable, Mapping
-
-from textual.app import App, SystemCommand
-from textual.binding import Binding, BindingType
-from textual.screen import Screen
-from textual.worker import Worker, WorkerState
+from typing import ClassVar
 
 from core.engine import Engine
 from core.errors import BackstopError
 from core.insights.overview import Dashboard
 from core.planner import Incident
+from textual.app import App, SystemCommand
+from textual.binding import Binding, BindingType
+from textual.screen import Screen
+from textual.worker import Worker, WorkerState
+
 from tui.bridge import CatalogChanged, EngineBridge, JobChanged, JobProgressed
 from tui.messages import RestoreRequested, VerifyRequested
 from tui.screens.audit import AuditScreen
@@ -85,7 +86,7 @@ class BackstopApp(App[None]):
 
     def __init__(self, engine: Engine, *, clock: Callable[[], float] = time.time, poll_interval: float = 0.5,
                  cursor_blink: bool = True, operator: str | None = None, own_engine: bool = False,
-                 keymap: dict[str, str] | None = None, first_dashboard: "Future[Dashboard] | None" = None) -> None:
+                 keymap: dict[str, str] | None = None, first_dashboard: Future[Dashboard] | None = None) -> None:
         super().__init__()
         self.first_dashboard = first_dashboard  # computed while the app started (see core.cli); the dashboard takes it
         self.engine = engine
@@ -201,7 +202,7 @@ class BackstopApp(App[None]):
         elif self.mode_history:
             self.switch_mode(self.mode_history.pop())
 
-    def action_back(self) -> None:
+    async def action_back(self) -> None:
         self.go_back()
 
     # -- actions shared by screens ----------------------------------------------------------------
@@ -284,7 +285,7 @@ class BackstopApp(App[None]):
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         for mode, cls in SCREENS_IN_ORDER:
             yield SystemCommand(f"{cls.NUMBER} {cls.SCREEN_TITLE}", f"Go to the {cls.SCREEN_TITLE} screen",
-                                lambda m=mode: self.goto(m))  # type: ignore[misc]
+                                lambda m=mode: self.goto(m))
         yield SystemCommand("Restore wizard: start over", "A new restore, from what happened",
                             lambda: self.open_restore())
         yield SystemCommand("Keys", "Every key binding (?)", self.action_help)
@@ -313,7 +314,7 @@ class BackstopApp(App[None]):
                                        yes="Quit and cancel", no="Stay"), answer)
 
 
-def run_console(engine: Engine, first_dashboard: "Future[Dashboard] | None" = None,
+def run_console(engine: Engine, first_dashboard: Future[Dashboard] | None = None,
                 operator: str | None = None) -> int:
     """Entry point of `backstop tui` (core.cli builds the engine and starts the dashboard's reads)."""
     BackstopApp(engine, own_engine=True, operator=operator, first_dashboard=first_dashboard).run()

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Callable
-
-from textual.message import Message
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from core.events import EventBus, JobEvent, JobFinished, JobStarted, JobWarning, PhaseChanged, Progress
+from textual.message import Message
 
 if TYPE_CHECKING:
     from textual.app import App
@@ -63,7 +63,7 @@ class CatalogChanged(Message):
 class EngineBridge:
     """Subscribes to the engine's bus and posts coalesced messages to the app."""
 
-    def __init__(self, app: "App[object]", bus: EventBus, min_interval: float = 0.1,
+    def __init__(self, app: App[Any], bus: EventBus, min_interval: float = 0.1,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.app = app
         self.min_interval = min_interval

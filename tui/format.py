@@ -6,7 +6,7 @@ different time zones read the same figures, and so do the snapshot tests.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from core import format as core_format
 
@@ -31,7 +31,7 @@ def when_full(ts: float | None) -> str:
 def iso_short(iso: str) -> str:
     """A catalog ISO time as 'YYYY-MM-DD HH:MM' (UTC)."""
     try:
-        return datetime.fromisoformat(iso).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M")
+        return datetime.fromisoformat(iso).astimezone(UTC).strftime("%Y-%m-%d %H:%M")
     except ValueError:
         return iso
 

@@ -46,7 +46,8 @@ from core.records import (
 )
 
 _HEX_RE = re.compile(r"[0-9a-f]{4,64}")
-_JOB_COLS = "id, kind, db, state, started_at, finished_at, phase, bytes_done, bytes_total, rate, error, description, host, pid"
+_JOB_COLS = ("id, kind, db, state, started_at, finished_at, phase, bytes_done, bytes_total, rate, error, description, "
+             "host, pid")
 
 # Progress rows are kept in job_events at most this often per job; the jobs
 # row itself always holds the newest figures.
@@ -177,9 +178,11 @@ class SqliteCatalog(SecurityTables):
     def add_snapshot(self, s: SnapshotRecord) -> None:
         """Record a committed snapshot (replacing a previous row with the same id)."""
         self._db.execute(
-            "INSERT OR REPLACE INTO snapshots (id, db, kind, started_at, finished_at, size_bytes, stored_bytes, targets, job_id)"
+            "INSERT OR REPLACE INTO snapshots (id, db, kind, started_at, finished_at, size_bytes, stored_bytes,"
+            " targets, job_id)"
             " VALUES (?,?,?,?,?,?,?,?,?)",
-            (s.id, s.db, s.kind, s.started_at, s.finished_at, s.size_bytes, s.stored_bytes, json.dumps(s.targets), s.job_id),
+            (s.id, s.db, s.kind, s.started_at, s.finished_at, s.size_bytes, s.stored_bytes, json.dumps(s.targets),
+             s.job_id),
         )
 
     def snapshots(self, db: str | None = None, limit: int | None = None, offset: int = 0) -> list[SnapshotRecord]:
@@ -214,7 +217,8 @@ class SqliteCatalog(SecurityTables):
             (len(ref), ref, db) if db else (len(ref), ref),
         ).fetchall()
         if not cur:
-            raise NotFound(f"no snapshot {ref!r}" + (f" of {db!r}" if db else "") + "; list them with `backstop snapshots`")
+            raise NotFound(f"no snapshot {ref!r}" + (f" of {db!r}" if db else "")
+                           + "; list them with `backstop snapshots`")
         if len(cur) > 1:
             raise NotFound(f"snapshot id {ref!r} is ambiguous ({len(cur)} match); give more characters")
         return next(s for s in self.snapshots(db) if s.id == cur[0][0])
@@ -239,7 +243,8 @@ class SqliteCatalog(SecurityTables):
                          read_data: bool, objects_checked: int, bytes_read: int, problems: list[str]) -> None:
         """Record a verification result for one target (and snapshot, if specific)."""
         self._db.execute(
-            "INSERT INTO verifications (job_id, target, snapshot_id, started_at, finished_at, read_data, objects_checked,"
+            "INSERT INTO verifications (job_id, target, snapshot_id, started_at, finished_at, read_data,"
+            " objects_checked,"
             " bytes_read, ok, problems) VALUES (?,?,?,?,?,?,?,?,?,?)",
             (job_id, target, snapshot_id, started_at, time.time(), int(read_data), objects_checked, bytes_read,
              int(not problems), json.dumps(problems)),

@@ -35,8 +35,8 @@ from core.records import (
 
 _JOB_COLS = ("id, kind, db, state, started_at, finished_at, phase, bytes_done, bytes_total, rate, error, "
              "description, host, pid")
-VERIFICATION_COLS = ("id, job_id, target, snapshot_id, started_at, finished_at, read_data, objects_checked, bytes_read, ok, "
-             "problems")
+VERIFICATION_COLS = ("id, job_id, target, snapshot_id, started_at, finished_at, read_data, objects_checked, "
+                     "bytes_read, ok, problems")
 RESTORE_COLS = "id, job_id, snapshot_id, db, into_db, tables, started_at, duration_s, bytes, ok, error, kind, target"
 AUDIT_TABLE = "audit_log"
 
@@ -169,7 +169,8 @@ class SqliteQueries:
         if db:
             where.append("db=?")
             args.append(db)
-        clause, wargs = _word_clause("lower(id || ' ' || db || ' ' || kind || ' ' || finished_at || ' ' || targets)", words)
+        clause, wargs = _word_clause("lower(id || ' ' || db || ' ' || kind || ' ' || finished_at || ' ' || targets)",
+                                     words)
         if clause:
             where.append(clause)
             args += wargs
@@ -241,7 +242,9 @@ class SqliteQueries:
         """One snapshot by full id or unique prefix (at least 4 characters)."""
         if len(sid) < 4:
             return None
-        rows = self._db().execute("SELECT rowid FROM snapshots WHERE id LIKE ? || '%' LIMIT 2", (sid.lower(),)).fetchall()
+        # A prefix compare, not LIKE: '_' and '%' in what was typed must not match anything.
+        rows = self._db().execute("SELECT rowid FROM snapshots WHERE substr(id, 1, ?) = ? LIMIT 2",
+                                  (len(sid), sid.lower())).fetchall()
         if len(rows) != 1:
             return None
         got = self.snapshot_rows([rows[0][0]])
@@ -274,7 +277,8 @@ class SqliteQueries:
             "SELECT count(DISTINCT v.snapshot_id) FROM verifications v JOIN snapshots s ON s.id = v.snapshot_id"
             " WHERE v.ok=1 AND v.finished_at >= ?", (since,)).fetchone()[0])
 
-    def never_verified(self, since_iso: str, older_than_iso: str, limit: int = 5) -> tuple[int, list[tuple[str, str, str]]]:
+    def never_verified(self, since_iso: str, older_than_iso: str,
+                       limit: int = 5) -> tuple[int, list[tuple[str, str, str]]]:
         """Snapshots finished in [since, older_than) with no verification at all: (count, examples)."""
         rows = self._db().execute(
             "SELECT s.id, s.db, s.finished_at FROM snapshots s WHERE s.finished_at >= ? AND s.finished_at < ?"
@@ -285,7 +289,7 @@ class SqliteQueries:
 
     def snapshot_series(self, since_iso: str) -> list[tuple[str, str, str, str, int, int]]:
         """(db, kind, started_at, finished_at, size_bytes, stored_bytes) finished since a time, oldest first."""
-        return [tuple(r) for r in self._db().execute(  # type: ignore[misc]
+        return [tuple(r) for r in self._db().execute(
             "SELECT db, kind, started_at, finished_at, size_bytes, stored_bytes FROM snapshots"
             " WHERE finished_at >= ? ORDER BY finished_at", (since_iso,))]
 
@@ -297,7 +301,8 @@ class SqliteQueries:
 
     def jobs(self, limit: int = 200, words: Sequence[str] = ()) -> list[JobRecord]:
         """Running jobs first, then the most recent ones, newest first."""
-        clause, args = _word_clause("lower(id || ' ' || kind || ' ' || coalesce(db,'') || ' ' || state || ' ' || description)",
+        clause, args = _word_clause("lower(id || ' ' || kind || ' ' || coalesce(db,'') || ' ' || state || ' ' || "
+                                    "description)",
                                     words)
         sql = f"SELECT {_JOB_COLS} FROM jobs" + (f" WHERE {clause}" if clause else "")
         sql += " ORDER BY started_at DESC LIMIT ?"
@@ -315,7 +320,8 @@ class SqliteQueries:
         r = self._db().execute(f"SELECT {_JOB_COLS} FROM jobs WHERE id=?", (job_id,)).fetchone()
         return JobRecord(*r) if r else None
 
-    def job_events(self, job_id: str, after_id: int = 0, limit: int = 1000) -> list[tuple[int, float, str, dict[str, object]]]:
+    def job_events(self, job_id: str, after_id: int = 0,
+                   limit: int = 1000) -> list[tuple[int, float, str, dict[str, object]]]:
         """A job's event log (id, time, type, payload) after an event id, oldest first."""
         rows = self._db().execute(
             "SELECT id, ts, type, payload FROM job_events WHERE job_id=? AND id>? ORDER BY id LIMIT ?",
@@ -334,7 +340,8 @@ class SqliteQueries:
     def failed_jobs_since(self, since: float) -> list[JobRecord]:
         """Failed jobs started since ``since``, oldest first."""
         return [JobRecord(*r) for r in self._db().execute(
-            f"SELECT {_JOB_COLS} FROM jobs WHERE started_at >= ? AND state IN ('failed', 'abandoned') ORDER BY started_at", (since,))]
+            f"SELECT {_JOB_COLS} FROM jobs WHERE started_at >= ? AND state IN ('failed', 'abandoned')"
+            " ORDER BY started_at", (since,))]
 
     def backup_counts_by_age(self, now: float, days: int) -> dict[int, tuple[int, int]]:
         """Finished backup jobs started in the last ``days`` days: days ago -> (succeeded, failed)."""
@@ -349,7 +356,8 @@ class SqliteQueries:
     def verification_rowids(self, words: Sequence[str] = ()) -> array:
         """Rowids of matching verifications, newest first."""
         clause, args = _word_clause(
-            "lower(target || ' ' || coalesce(snapshot_id,'repository') || ' ' || CASE ok WHEN 1 THEN 'ok' ELSE 'failed' END"
+            "lower(target || ' ' || coalesce(snapshot_id,'repository') || ' ' || "
+            "CASE ok WHEN 1 THEN 'ok' ELSE 'failed' END"
             " || ' ' || problems)", words)
         sql = "SELECT id FROM verifications" + (f" WHERE {clause}" if clause else "") + " ORDER BY id DESC"
         out = array("q")
@@ -361,7 +369,8 @@ class SqliteQueries:
         if not ids:
             return []
         marks = ",".join("?" * len(ids))
-        found = {r[0]: r for r in self._db().execute(f"SELECT {VERIFICATION_COLS} FROM verifications WHERE id IN ({marks})",
+        query = f"SELECT {VERIFICATION_COLS} FROM verifications WHERE id IN ({marks})"
+        found = {r[0]: r for r in self._db().execute(query,
                                                       list(ids))}
         return [verification_record(r) for i in ids if (r := found.get(i)) is not None]
 

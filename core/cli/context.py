@@ -15,12 +15,16 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.cli.output import ProgressDisplay, Terminated, progress_paused, warn
 
+if TYPE_CHECKING:
+    from core.engine import Engine
+    from core.security.gate import Identity
+
 Handler = Callable[[argparse.Namespace], int]
-EngineHandler = Callable[[Any, argparse.Namespace], Awaitable[int]]
+EngineHandler = Callable[["Engine", argparse.Namespace], Awaitable[int]]
 
 # -- declaring commands ------------------------------------------------------------------------------------
 
@@ -63,7 +67,7 @@ def completes_files(action: argparse.Action) -> argparse.Action:
 # -- who acts ---------------------------------------------------------------------------------------------------
 
 
-def identity(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def identity(args: argparse.Namespace) -> Identity:
     """Who acts (--operator, else $BACKSTOP_OPERATOR, else the OS user) and their code source.
 
     The code is --otp, else an echo-free prompt when stdin is a terminal
@@ -86,7 +90,7 @@ def identity(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 # -- running ------------------------------------------------------------------------------------------------------
 
 
-def build_engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def build_engine(args: argparse.Namespace) -> tuple[Engine, ProgressDisplay]:
     """The Engine for ``--config`` (or $BACKSTOP_CONFIG), with the progress display subscribed."""
     from core.config import load_config
     from core.engine import Engine

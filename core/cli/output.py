@@ -67,7 +67,7 @@ class Column(NamedTuple):
 def table_line(columns: Sequence[Column], values: Sequence[object]) -> str:
     """One line of a table (the header when ``values`` are the titles)."""
     return "".join(c.gap + (format(str(v), f"{c.align}{c.width}") if c.width else str(v))
-                   for c, v in zip(columns, values))
+                   for c, v in zip(columns, values, strict=True))
 
 
 def print_table(columns: Sequence[Column], rows: Iterable[Sequence[object]]) -> None:
@@ -215,3 +215,31 @@ def _new_progress() -> Any:
                     _Column(eta), console=Console(file=sys.stderr), transient=True,
                     # stdout carries data: never through rich. Stray stderr lines go above the bars.
                     redirect_stdout=False, redirect_stderr=True)
+
+
+# -- reports shared by commands and the demo ------------------------------------------------------
+
+
+SNAPSHOT_COLUMNS = (Column("ID", 10), Column("DATABASE", 16), Column("KIND", 9), Column("FINISHED (UTC)", 27),
+                    Column("SIZE", 11, ">"), Column("NEW", 11, ">"), Column("TARGETS", gap="  "))
+
+
+def snapshot_rows(rows: Iterable[Any]) -> Iterator[list[object]]:
+    """Rows of the `backstop snapshots` table (SnapshotRecords)."""
+    for r in rows:
+        yield [r.short_id, r.db, r.kind, r.finished_at, size(r.size_bytes), size(r.stored_bytes), ",".join(r.targets)]
+
+
+def check_lines(res: Any) -> Iterator[str]:
+    """The `backstop check` report (a CheckResult), line by line: per target, then the catalog."""
+    for r in res.reports:
+        if r.unreachable is not None:
+            yield f"target {r.target}: UNREACHABLE (not checked): {r.unreachable}"
+            continue
+        state = "ok" if r.ok else f"{len(r.problems)} problem(s)"
+        yield (f"target {r.target}: {state}; {r.objects_checked} objects, {size(r.bytes_read)} read, "
+               f"{len(r.snapshots)} snapshot(s)")
+        yield from (f"  DAMAGED {p}" for p in r.problems)
+        yield from (f"  note: {n}" for n in r.notes)
+    yield from (f"catalog: {p}" for p in res.catalog_problems)
+    yield from (f"note: {n}" for n in res.notes)

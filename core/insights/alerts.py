@@ -7,9 +7,10 @@ so it reads the same without colour (NO_COLOR terminals, screen readers).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Literal, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Literal
 
 from core.records import JobRecord, VerificationRecord
 
@@ -34,10 +35,11 @@ def iso_to_epoch(iso: str) -> float:
 
 def _hhmm(ts: float) -> str:
     # UTC, like every time the console and the CLI show.
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%m-%d %H:%M UTC")
+    return datetime.fromtimestamp(ts, UTC).strftime("%m-%d %H:%M UTC")
 
 
-def build_alerts(*, now: float, recent_jobs: Sequence[JobRecord], never_verified: tuple[int, Sequence[tuple[str, str, str]]],
+def build_alerts(*, now: float, recent_jobs: Sequence[JobRecord],
+                 never_verified: tuple[int, Sequence[tuple[str, str, str]]],
                  damaged: Sequence[VerificationRecord], target_checks: Mapping[str, VerificationRecord],
                  configured_targets: Sequence[str], latest_backup: Mapping[str, str], configured_dbs: Sequence[str],
                  missed_runs: Sequence[tuple[str, float]] = (), wal_lag_s: Mapping[str, float] | None = None,

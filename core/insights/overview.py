@@ -8,7 +8,7 @@ to the pure computations in ``kpis``, ``alerts`` and ``trends``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from core.catalog.base import CatalogQueries
 from core.config import BackstopConfig
@@ -56,8 +56,8 @@ def build_dashboard(reader: CatalogQueries, config: BackstopConfig, now: float, 
     )
     # Snapshots of the last 30 days left unverified (older ones weigh on the coverage KPI);
     # the newest hour is skipped: its verification may be running.
-    cutoff = datetime.fromtimestamp(now - 3600, timezone.utc).isoformat(timespec="seconds")
-    since = datetime.fromtimestamp(now - 30 * DAY, timezone.utc).isoformat(timespec="seconds")
+    cutoff = datetime.fromtimestamp(now - 3600, UTC).isoformat(timespec="seconds")
+    since = datetime.fromtimestamp(now - 30 * DAY, UTC).isoformat(timespec="seconds")
     alerts = build_alerts(
         now=now, recent_jobs=reader.failed_jobs_since(now - DAY),
         never_verified=reader.never_verified(since, cutoff), damaged=reader.damaged_copies(),
@@ -69,7 +69,7 @@ def build_dashboard(reader: CatalogQueries, config: BackstopConfig, now: float, 
 
 def build_trend_series(reader: CatalogQueries, config: BackstopConfig, now: float, *, days: int = 30) -> Trends:
     """Every series of the trends screen over the last ``days`` days."""
-    since_iso = datetime.fromtimestamp(now - days * DAY, timezone.utc).isoformat(timespec="seconds")
+    since_iso = datetime.fromtimestamp(now - days * DAY, UTC).isoformat(timespec="seconds")
     return build_trends(
         restores=reader.restores(since=now - 365 * DAY, limit=500),
         snapshot_rows=reader.snapshot_series(since_iso),

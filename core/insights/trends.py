@@ -7,14 +7,14 @@ Pure functions: the engine reads the records, these shape them into series
 from __future__ import annotations
 
 import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Mapping, Sequence
+from datetime import UTC, datetime
 
-from core.records import JobRecord, RestoreRecord
-from core.insights.alerts import iso_to_epoch
 from core.format import duration
+from core.insights.alerts import iso_to_epoch
 from core.insights.kpis import DAY
+from core.records import JobRecord, RestoreRecord
 
 # Snapshot kinds that are self-contained; everything else (incremental base
 # backups, WAL segments, when physical backups land) counts as incremental.
@@ -92,7 +92,7 @@ def _forecast(points: Sequence[RestorePoint], rto: float, now: float) -> str:
     sxx = sum((x - mx) ** 2 for x in xs)
     if sxx == 0:
         return "forecast: restores all at one moment; no trend yet"
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx  # seconds per day
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx  # seconds per day
     today = my - slope * mx
     if today >= rto:
         return f"forecast: restores already take about {duration(today)}, over the RTO of {duration(rto)}"
@@ -114,11 +114,11 @@ def backup_durations(rows: Sequence[tuple[str, str, str, str, int, int]]) -> tup
 
 def size_buckets(rows: Sequence[tuple[str, str, str, str, int, int]], now: float, days: int) -> tuple[SizeBucket, ...]:
     """Per-day stored bytes for the last ``days`` days (UTC days, oldest first, empty days included)."""
-    today = datetime.fromtimestamp(now, timezone.utc).date()
+    today = datetime.fromtimestamp(now, UTC).date()
     keys = [(today.toordinal() - i) for i in range(days - 1, -1, -1)]
     acc = {k: [0, 0, 0] for k in keys}
     for _db, kind, _started, finished, size, stored in rows:
-        k = datetime.fromisoformat(finished).astimezone(timezone.utc).date().toordinal()
+        k = datetime.fromisoformat(finished).astimezone(UTC).date().toordinal()
         if k in acc:
             acc[k][0] += size
             acc[k][1 if kind in FULL_KINDS else 2] += stored
@@ -131,7 +131,7 @@ def failures(jobs: Sequence[JobRecord]) -> tuple[tuple[int, ...], tuple[tuple[st
     kinds: dict[str, int] = {}
     for j in jobs:
         if j.state in ("failed", "abandoned"):
-            hours[datetime.fromtimestamp(j.started_at, timezone.utc).hour] += 1
+            hours[datetime.fromtimestamp(j.started_at, UTC).hour] += 1
             kinds[j.kind] = kinds.get(j.kind, 0) + 1
     return tuple(hours), tuple(sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
 

@@ -8,12 +8,12 @@ import time
 from pathlib import Path
 
 from core import __version__
-from core.records import BackupRecord
 from core.context import EngineContext
 from core.format import now_iso
 from core.jobs import Job, run_job
 from core.postgres import logical
 from core.postgres.tools import find_bin_dir, tool_major
+from core.records import BackupRecord
 from core.repository.dedup import backup_index, snapshot_packs
 from core.repository.index import INDEX_PREFIX, Index
 from core.repository.manifest import FileEntry, Manifest

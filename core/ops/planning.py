@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from core.catalog.base import CatalogQueries
 from core.context import EngineContext
 from core.errors import BackstopError
-from core.planner import (CopyCheck, LogicalSnapshot, PastRestore, PlanningFacts, RestorePlan, RestoreRequest,
-                          TargetState, plan, with_tables)
+from core.planner import (
+    CopyCheck,
+    LogicalSnapshot,
+    PastRestore,
+    PlanningFacts,
+    RestorePlan,
+    RestoreRequest,
+    TargetState,
+    plan,
+    with_tables,
+)
 from core.repository.repo import CONFIG_NAME
 from core.storage.base import Storage
 
@@ -21,7 +30,7 @@ async def target_states(ctx: EngineContext, timeout_s: float = 5.0) -> list[Targ
         try:
             await asyncio.wait_for(st.exists(CONFIG_NAME), timeout_s)
             return ""
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return f"no answer within {timeout_s:.0f}s"
         except (BackstopError, OSError) as exc:
             return str(exc)
@@ -29,7 +38,7 @@ async def target_states(ctx: EngineContext, timeout_s: float = 5.0) -> list[Targ
     stores = {s.name: s for s in ctx.storages()}
     details = await asyncio.gather(*(probe(stores[t.name]) for t in ctx.config.targets))
     return [TargetState(t.name, t.type, getattr(t, "region", None), not d, d)
-            for t, d in zip(ctx.config.targets, details)]
+            for t, d in zip(ctx.config.targets, details, strict=True)]
 
 
 class TableLists:
@@ -73,5 +82,5 @@ async def plan_restore(ctx: EngineContext, reader: CatalogQueries, tables: Table
     history = [PastRestore(r.db, r.bytes, r.duration_s, r.ok, r.started_at, r.target, r.kind)
                for r in await asyncio.to_thread(lambda: reader.restores(limit=200))]
     states = targets if targets is not None else await target_states(ctx)
-    facts = PlanningFacts(sources, states, history, dbc.rto_minutes * 60, now or datetime.now(timezone.utc))
+    facts = PlanningFacts(sources, states, history, dbc.rto_minutes * 60, now or datetime.now(UTC))
     return plan(request, facts)

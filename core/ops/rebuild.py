@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from core.records import SnapshotRecord
 from core.context import EngineContext
 from core.errors import BackstopError
+from core.records import SnapshotRecord
 from core.repository.dedup import backup_index
 from core.repository.manifest import Manifest
 from core.repository.repo import Repository

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from core.context import EngineContext
 from core.jobs import run_job
-from core.repository.repair_index import IndexRepairReport, repair_index as rebuild_index
+from core.repository.repair_index import IndexRepairReport
+from core.repository.repair_index import repair_index as rebuild_index
 
 
 async def repair_index(ctx: EngineContext, dry_run: bool = False) -> IndexRepairReport:

@@ -9,9 +9,9 @@ it read from, which the planner uses to rotate drills across targets.
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
-from typing import AsyncIterator
+from datetime import UTC, datetime
 
 from core.context import EngineContext
 from core.errors import RestoreRefused, UsageError
@@ -214,7 +214,7 @@ async def restore_over(ctx: EngineContext, db_name: str, into: str, snapshot: st
     subject = f"{db_name} snapshot {snap.short_id} over database {into}"
     async with Guard(ctx).action(who, Action.RESTORE_OVERWRITE, subject, require_all=False) as acting:
         acting.failure_detail["note"] = f"database {into} was left as it was"
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         temp, aside = _side_name(into, f"__restoring_{stamp}"), _side_name(into, f"__replaced_{stamp}")
         res = await restore(ctx, db_name, temp, snap.id, target=target)
         try:

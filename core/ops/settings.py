@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from core.context import EngineContext
 from core.errors import UsageError

@@ -15,10 +15,9 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator
 
 import psycopg
 from psycopg import sql
@@ -244,7 +243,7 @@ async def start_dump(bin_dir: Path, dsn: str) -> DumpProcess:
     finally:
         os.close(w)
     assert proc.stderr is not None
-    return DumpProcess(proc, os.fdopen(r, "rb", buffering=0), asyncio.ensure_future(proc.stderr.read()),  # type: ignore[arg-type]
+    return DumpProcess(proc, os.fdopen(r, "rb", buffering=0), asyncio.ensure_future(proc.stderr.read()),
                        resources)
 
 
@@ -275,7 +274,7 @@ def _table_entry(desc: str) -> tuple[str, tuple[str, str]] | None:
 
 
 async def _feed(proc: asyncio.subprocess.Process, stream: AsyncIterator[bytes],
-                until: "asyncio.Future[bytes] | None" = None) -> int:
+                until: asyncio.Future[bytes] | None = None) -> int:
     """Write ``stream`` into the process's stdin until it ends, the process stops reading,
     or ``until`` is done; returns the bytes written. The stream is always closed, which
     stops its read-ahead from the repository."""

@@ -19,8 +19,8 @@ Lists keep the archive's order: a pg_restore reading a pipe cannot go back.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import AsyncIterator, Callable
 
 from core.errors import PostgresError
 from core.postgres.logical import read_toc, restore_stream, toc_desc

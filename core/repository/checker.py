@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
 
 from core.errors import BackstopError, IntegrityError, ObjectNotFound, StorageError, TargetUnreachable
 from core.repository.crypto import open_chunk

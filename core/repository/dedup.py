@@ -43,7 +43,7 @@ async def backup_index(repo: Repository) -> DedupIndex:
                             "the chunks it lists are stored again; run `backstop repair index`")
     listings = await asyncio.gather(*(st.list(DATA_PREFIX) for st in repo.storages))
     findings: list[quarantine.Finding] = []
-    for st, listing in zip(repo.storages, listings):
+    for st, listing in zip(repo.storages, listings, strict=True):
         sizes = {pack_id_from_name(o.name): o.size for o in listing}
         for pid, size in index.packs.items():
             if pid in held:

@@ -25,10 +25,10 @@ import time
 from dataclasses import dataclass, field
 
 from core.errors import RepositoryError
+from core.repository import quarantine
 from core.repository.index import INDEX_PREFIX, Index, IndexFile
 from core.repository.manifest import SNAPSHOT_PREFIX, Manifest
 from core.repository.packs import DATA_PREFIX, pack_id_from_name, pack_object_name
-from core.repository import quarantine
 from core.repository.repo import Repository
 from core.storage.base import ObjectInfo
 
@@ -69,7 +69,7 @@ def referenced_packs(index: Index, live: dict[bytes, str], listings: list[dict[s
                 f"snapshot {sid[:8]} needs chunk {cid.hex()[:16]} that no index lists; "
                 "run `backstop check` and repair the repository before deleting anything")
         needed.setdefault(loc.pack_id, sid)
-    for st, listing in zip(repo.storages, listings):
+    for st, listing in zip(repo.storages, listings, strict=True):
         for pid, sid in needed.items():
             if pid not in listing:
                 raise RepositoryError(
@@ -159,7 +159,7 @@ async def prune(repo: Repository, grace_s: float = DEFAULT_GRACE_S, dry_run: boo
         report.index_objects_replaced = await replace_index(repo, index, doomed)
     for pid in sorted(doomed):
         name = pack_object_name(pid)
-        await asyncio.gather(*(st.delete(name) for st, lst in zip(repo.storages, listings) if pid in lst))
+        await asyncio.gather(*(st.delete(name) for st, lst in zip(repo.storages, listings, strict=True) if pid in lst))
     # A deleted pack needs no quarantine record any more.
     held = await quarantine.load(repo)
     if held & doomed:

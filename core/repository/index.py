@@ -53,7 +53,7 @@ class IndexFile:
         return f"{INDEX_PREFIX}{hashlib.sha256(data).hexdigest()}", data
 
     @classmethod
-    def open(cls, data: bytes, keys: dict[int, DataKey]) -> "IndexFile":
+    def open(cls, data: bytes, keys: dict[int, DataKey]) -> IndexFile:
         """Decrypt and parse an index object."""
         out = cls()
         try:

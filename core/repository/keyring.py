@@ -22,7 +22,7 @@ import hashlib
 import secrets
 import struct
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from core.errors import IntegrityError, RepositoryError, StorageError
 from core.repository.crypto import ENVELOPE_HEADER_SIZE, envelope_key_version
@@ -82,12 +82,12 @@ def last_rotation(statuses: list[KeyStatus]) -> datetime:
     """When keys last changed: the newest wrap (a KEK rotation) or DEK creation."""
     stamps = [datetime.fromisoformat(s.wrapped_at) for s in statuses]
     stamps += [datetime.fromisoformat(s.dek_created) for s in statuses]
-    return max(t if t.tzinfo else t.replace(tzinfo=timezone.utc) for t in stamps)
+    return max(t if t.tzinfo else t.replace(tzinfo=UTC) for t in stamps)
 
 
 def rotation_due(statuses: list[KeyStatus], every: timedelta, now: datetime | None = None) -> bool:
     """True when the policy ``every`` says the keys are due for rotation."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     return now - last_rotation(statuses) >= every
 
 
@@ -104,7 +104,7 @@ async def sync_key_objects(repo: Repository) -> list[str]:
         for name, data in objs.items():
             union.setdefault(name, data)
     copied = []
-    for st, objs in zip(repo.storages, per_target):
+    for st, objs in zip(repo.storages, per_target, strict=True):
         for name in sorted(set(union) - set(objs)):
             await st.put(name, union[name])
             copied.append(f"{name} -> {st.name}")
@@ -217,7 +217,7 @@ async def pack_header_version(repo: Repository, pack_id: str, size: int) -> int:
     raise RepositoryError(f"cannot read the header of {name} from any target: " + "; ".join(errors))
 
 
-async def bounded_gather(coros: list) -> list:  # type: ignore[type-arg]
+async def bounded_gather(coros: list) -> list:
     """Await many small reads, at most a few at a time (S3 connection pools are small)."""
     sem = asyncio.Semaphore(_PARALLEL)
 
@@ -265,13 +265,14 @@ async def scan_key_usage(repo: Repository) -> KeyScan:
             u(loc.key_version).chunks += 1
             u(loc.key_version).packs.add(loc.pack_id)
     pack_ids = sorted(packs)
-    pack_versions = dict(zip(pack_ids, await bounded_gather([pack_header_version(repo, p, packs[p]) for p in pack_ids])))
+    versions = await bounded_gather([pack_header_version(repo, p, packs[p]) for p in pack_ids])
+    pack_versions = dict(zip(pack_ids, versions, strict=True))
     for p, v in pack_versions.items():
         u(v).pack_headers += 1
         u(v).packs.add(p)
     snaps = sorted(await union_listing(repo, SNAPSHOT_PREFIX))
     versions = await bounded_gather([envelope_version(repo, n) for n in snaps])
-    manifest_versions = {n[len(SNAPSHOT_PREFIX):]: v for n, v in zip(snaps, versions)}
+    manifest_versions = {n[len(SNAPSHOT_PREFIX):]: v for n, v in zip(snaps, versions, strict=True)}
     for v in versions:
         u(v).manifests += 1
     records = [n for prefix in RECORD_KINDS for n in sorted(await union_listing(repo, prefix))]

@@ -61,7 +61,7 @@ class KdfParams:
         return {"kdf": "scrypt", "salt": _b64(self.salt), "n": self.n, "r": self.r, "p": self.p}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "KdfParams":
+    def from_json(cls, d: dict[str, Any]) -> KdfParams:
         if d.get("kdf") != "scrypt":
             raise RepositoryError(f"unsupported key derivation {d.get('kdf')!r}; upgrade backstop")
         return cls(salt=_unb64(str(d["salt"])), n=int(d["n"]), r=int(d["r"]), p=int(d["p"]))

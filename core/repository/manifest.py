@@ -58,7 +58,7 @@ class Manifest:
         return sid, f"{SNAPSHOT_PREFIX}{sid}", data
 
     @classmethod
-    def open(cls, data: bytes, keys: dict[int, DataKey]) -> "Manifest":
+    def open(cls, data: bytes, keys: dict[int, DataKey]) -> Manifest:
         """Decrypt and parse a stored manifest."""
         try:
             doc = json.loads(open_object(data, _KIND, keys))

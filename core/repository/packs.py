@@ -110,7 +110,7 @@ def read_pack_header(data: bytes, keys: dict[int, DataKey]) -> list[BlobEntry]:
     return [BlobEntry(*_ENTRY.unpack_from(header, i)) for i in range(0, len(header), _ENTRY.size)]
 
 
-async def fetch_pack_header(st: "Storage", pack_id: str, size: int, keys: dict[int, DataKey]) -> list[BlobEntry]:
+async def fetch_pack_header(st: Storage, pack_id: str, size: int, keys: dict[int, DataKey]) -> list[BlobEntry]:
     """A stored pack's blob list, read with two ranged reads (trailer, then header), not the whole pack."""
     name = pack_object_name(pack_id)
     if size < _TRAILER.size:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable, Iterator
 
 from core.errors import IntegrityError, StorageError
 from core.repository.crypto import open_chunk

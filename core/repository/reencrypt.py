@@ -28,14 +28,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Awaitable, Callable
 
 from core.errors import IntegrityError, RepositoryError, StorageError
-from core.repository.crypto import open_object, reseal_chunk, seal_object, envelope_key_version
-from core.repository.gc import (live_chunks, pack_listings, read_all_manifests, referenced_packs, refuse_damaged_index,
-                                 replace_index)
+from core.repository.crypto import envelope_key_version, open_object, reseal_chunk, seal_object
+from core.repository.gc import (
+    live_chunks,
+    pack_listings,
+    read_all_manifests,
+    referenced_packs,
+    refuse_damaged_index,
+    replace_index,
+)
 from core.repository.index import Index, IndexFile, Location
 from core.repository.keyring import bounded_gather, envelope_version, pack_header_version
 from core.repository.keys import DataKey
@@ -76,7 +82,8 @@ def _reseal_blobs(data: bytes, blobs: list[tuple[bytes, Location]], keys: dict[i
         blob = view[loc.offset: loc.offset + loc.length]
         old = keys.get(loc.key_version)
         if old is None:
-            raise IntegrityError(f"chunk {cid.hex()[:16]} needs data key version {loc.key_version}, which is not in keys/")
+            raise IntegrityError(f"chunk {cid.hex()[:16]} needs data key version {loc.key_version}, "
+                                 "which is not in keys/")
         out.append((cid, reseal_chunk(blob, cid, old, current), loc.raw_length))
     return out
 
@@ -106,7 +113,8 @@ async def reencrypt(repo: Repository, versions: set[int], pool: ThreadPoolExecut
     """Move every chunk, header, index, manifest and audit copy sealed with ``versions`` to the current key."""
     current = repo.key
     if current.version in versions:
-        raise RepositoryError(f"data key {current.version} is the current key; rotate (`backstop key rotate --dek`) first")
+        raise RepositoryError(f"data key {current.version} is the current key; "
+                              "rotate (`backstop key rotate --dek`) first")
     report = ReencryptReport(sorted(versions))
     loop = asyncio.get_running_loop()
 
@@ -126,7 +134,7 @@ async def reencrypt(repo: Repository, versions: set[int], pool: ThreadPoolExecut
 
     # 1. packs to rewrite: an old blob version (from the index) or an old header version.
     header_versions = dict(zip(sorted(index.packs), await bounded_gather(
-        [pack_header_version(repo, p, index.packs[p]) for p in sorted(index.packs)])))
+        [pack_header_version(repo, p, index.packs[p]) for p in sorted(index.packs)]), strict=True))
     rewrite = {loc.pack_id for loc in index.chunks.values() if loc.key_version in versions}
     rewrite |= {p for p, v in header_versions.items() if v in versions}
     by_pack: dict[str, list[tuple[bytes, Location]]] = defaultdict(list)
@@ -186,5 +194,5 @@ async def reencrypt(repo: Repository, versions: set[int], pool: ThreadPoolExecut
     # 5. the replaced packs: nothing lists or needs them any more.
     for pid in sorted(rewrite):
         name = pack_object_name(pid)
-        await asyncio.gather(*(st.delete(name) for st, lst in zip(repo.storages, listings) if pid in lst))
+        await asyncio.gather(*(st.delete(name) for st, lst in zip(repo.storages, listings, strict=True) if pid in lst))
     return report

@@ -65,7 +65,7 @@ async def repair_index(repo: Repository, dry_run: bool = False) -> IndexRepairRe
         digest = name[len(INDEX_PREFIX):]
         intact: bytes | None = None
         bad: list[Storage] = []
-        for st, lst in zip(stores, index_lists):
+        for st, lst in zip(stores, index_lists, strict=True):
             if name not in {o.name for o in lst}:
                 continue
             try:
@@ -94,7 +94,7 @@ async def repair_index(repo: Repository, dry_run: bool = False) -> IndexRepairRe
 
     pack_lists = await asyncio.gather(*(st.list(DATA_PREFIX) for st in stores))
     where: dict[str, dict[str, int]] = {}  # pack id -> target -> size
-    for st, lst in zip(stores, pack_lists):
+    for st, lst in zip(stores, pack_lists, strict=True):
         for o in lst:
             where.setdefault(pack_id_from_name(o.name), {})[st.name] = o.size
     by_name = {st.name: st for st in stores}

@@ -8,14 +8,12 @@ import json
 import os
 import socket
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
-from typing import AsyncIterator, Awaitable, Iterable
+from datetime import UTC, datetime
 
 from core.config import RepositoryConfig
-from core.format import now_iso
-from core.processes import pid_alive
 from core.errors import (
     BackstopError,
     IntegrityError,
@@ -28,6 +26,8 @@ from core.errors import (
     TargetUnreachable,
     WrongKey,
 )
+from core.format import now_iso
+from core.processes import pid_alive
 from core.repository.index import INDEX_PREFIX, Index, IndexFile
 from core.repository.keys import (
     KEY_PREFIX,
@@ -70,7 +70,7 @@ class RepoParams:
     created: str
 
     @classmethod
-    def new(cls, cfg: RepositoryConfig) -> "RepoParams":
+    def new(cls, cfg: RepositoryConfig) -> RepoParams:
         avg = cfg.chunk_avg_kib * 1024
         return cls(
             repo_id=uuid.uuid4().hex,
@@ -87,7 +87,7 @@ class RepoParams:
         return json.dumps({"format": "backstop-repository", **asdict(self)}, indent=1).encode()
 
     @classmethod
-    def from_bytes(cls, data: bytes, where: str) -> "RepoParams":
+    def from_bytes(cls, data: bytes, where: str) -> RepoParams:
         try:
             doc = json.loads(data)
             if doc.pop("format") != "backstop-repository":
@@ -191,7 +191,7 @@ class Repository:
 
     @classmethod
     async def init(cls, storages: list[Storage], passphrase: bytes,
-                   cfg: RepositoryConfig) -> tuple["Repository", list[str]]:
+                   cfg: RepositoryConfig) -> tuple[Repository, list[str]]:
         """Create the repository on every target that lacks it; returns it and those targets.
 
         Idempotent. Refuses when an existing repository does not open with this
@@ -250,7 +250,7 @@ class Repository:
         return repo, created
 
     @classmethod
-    async def open(cls, storages: list[Storage], passphrase: bytes, require_all: bool = True) -> "Repository":
+    async def open(cls, storages: list[Storage], passphrase: bytes, require_all: bool = True) -> Repository:
         """Open the repository from every target whose own config and keys are intact.
 
         With ``require_all`` (backups) every target must open; otherwise
@@ -267,7 +267,7 @@ class Repository:
                                                                 for e in others):
                 assert failed[0].error is not None
                 first = next((e for e in others if isinstance(e, RepositoryNotInitialised)), None)
-                raise first or (wrong[0] if wrong else failed[0].error)  # type: ignore[misc]
+                raise first or (wrong[0] if wrong else failed[0].error)
             if all(isinstance(e, StorageError) for e in others) and not wrong:
                 raise StorageError(storages[0].name if len(storages) == 1 else "all",
                                    "no target could be reached: " + "; ".join(str(e) for e in others))
@@ -371,7 +371,7 @@ class Repository:
         index = Index()
         for name in sorted(names):
             try:
-                f = await self._read_index(name, [s for s, have in zip(stores, sets) if name in have])
+                f = await self._read_index(name, [s for s, have in zip(stores, sets, strict=True) if name in have])
             except IntegrityError as exc:
                 index.damaged[name] = str(exc)
                 continue
@@ -466,10 +466,10 @@ class Repository:
                 doc = json.loads(await st.get(o.name))
                 created = datetime.fromisoformat(doc.get("refreshed") or doc["created"])
                 if created.tzinfo is None:
-                    created = created.replace(tzinfo=timezone.utc)
+                    created = created.replace(tzinfo=UTC)
             except (ObjectNotFound, ValueError, KeyError, TypeError, AttributeError):
                 continue  # vanished meanwhile, or not a lock we can read: it cannot hold anything
-            age = (datetime.now(timezone.utc) - created).total_seconds()
+            age = (datetime.now(UTC) - created).total_seconds()
             dead = doc.get("host") == here and not pid_alive(doc.get("pid"))
             out.append({**doc, "name": o.name, "stale": age > STALE_LOCK_SECONDS or dead, "dead_holder": dead})
         return out

@@ -38,8 +38,8 @@ async def complete_manifests(repo: Repository, index: Index) -> RollForward:
     held = [{o.name[len(SNAPSHOT_PREFIX):] for o in lst} for lst in listings]
     every = set.intersection(*held) if held else set()
     for sid in sorted(set().union(*held) - every):
-        holders = [st for st, have in zip(repo.storages, held) if sid in have]
-        lacking = [st for st, have in zip(repo.storages, held) if sid not in have]
+        holders = [st for st, have in zip(repo.storages, held, strict=True) if sid in have]
+        lacking = [st for st, have in zip(repo.storages, held, strict=True) if sid not in have]
         data = await _intact_copy(holders, sid)
         if data is None:
             out.left[sid] = "no target holds an intact copy of its manifest"

@@ -11,9 +11,9 @@ damaged copy cannot be masked by a healthy one.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
 
 from core.errors import BackstopError
 from core.repository.quarantine import Finding

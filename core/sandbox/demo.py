@@ -13,11 +13,11 @@ import json
 import secrets
 import shutil
 from pathlib import Path
-from typing import Any
 
+# The output module of the CLI, not its handlers: the summary reads as `backstop snapshots` and `check` do.
+from core.cli.output import SNAPSHOT_COLUMNS, check_lines, print_table, snapshot_rows
 from core.config import default_data_dir, load_config
 from core.errors import BackstopError
-from core.format import size
 
 DB_NAME = "warranty"
 
@@ -118,10 +118,14 @@ async def _backup_and_show(cfg_path: Path) -> int:
         rec = await engine.backup(DB_NAME)
         _say(f"snapshot {rec.short_id}: {rec.size_bytes / 2**20:.1f} MiB logical, "
              f"{rec.stored_bytes / 2**20:.1f} MiB new in the repository\n")
-        _print_snapshots(engine.snapshots())
+        rows = engine.snapshots()
+        if rows:
+            print_table(SNAPSHOT_COLUMNS, snapshot_rows(rows))
+        else:
+            _say("no snapshots")
         _say("")
-        check = await engine.check(read_data=True)
-        _print_check(check)
+        for line in check_lines(await engine.check(read_data=True)):
+            _say(line)
     _say(
         f"\nTry it yourself:\n  export BACKSTOP_CONFIG={cfg_path}\n"
         f"  backstop backup --db {DB_NAME}\n  backstop snapshots\n"
@@ -131,33 +135,3 @@ async def _backup_and_show(cfg_path: Path) -> int:
     return 0
 
 
-# The summary is printed here rather than by the CLI's commands, so that core never imports the CLI;
-# it reads as `backstop snapshots` and `backstop check` do.
-
-
-def _print_snapshots(rows: list[Any]) -> None:
-    if not rows:
-        _say("no snapshots")
-        return
-    _say(f"{'ID':<10}{'DATABASE':<16}{'KIND':<9}{'FINISHED (UTC)':<27}{'SIZE':>11}{'NEW':>11}  TARGETS")
-    for r in rows:
-        _say(f"{r.short_id:<10}{r.db:<16}{r.kind:<9}{r.finished_at:<27}{size(r.size_bytes):>11}"
-             f"{size(r.stored_bytes):>11}  {','.join(r.targets)}")
-
-
-def _print_check(res: Any) -> None:
-    for r in res.reports:
-        if r.unreachable is not None:
-            _say(f"target {r.target}: UNREACHABLE (not checked): {r.unreachable}")
-            continue
-        state = "ok" if r.ok else f"{len(r.problems)} problem(s)"
-        _say(f"target {r.target}: {state}; {r.objects_checked} objects, {size(r.bytes_read)} read, "
-             f"{len(r.snapshots)} snapshot(s)")
-        for p in r.problems:
-            _say(f"  DAMAGED {p}")
-        for n in r.notes:
-            _say(f"  note: {n}")
-    for p in res.catalog_problems:
-        _say(f"catalog: {p}")
-    for n in res.notes:
-        _say(f"note: {n}")

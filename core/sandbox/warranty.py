@@ -375,7 +375,8 @@ def _attachments_sql(claims: int, seed: int) -> str:
     return f"""
 INSERT INTO warranty.claim_attachments (id, claim_id, file_name, content)
 SELECT i, 1 + (i - 1) * {stride}, format('claim-%s-photo-%s.bin', 1 + (i - 1) * {stride}, i),
-       lo_from_bytea({LO_OID_BASE} + i, convert_to(format('attachment %s of seed {seed} [{SENTINEL}]%s', i, chr(10)), 'UTF8')
+       lo_from_bytea({LO_OID_BASE} + i,
+                     convert_to(format('attachment %s of seed {seed} [{SENTINEL}]%s', i, chr(10)), 'UTF8')
            || (SELECT decode(string_agg(md5(i || ':' || j || ':{seed}'), '' ORDER BY j), 'hex')
                FROM generate_series(1, 16 << i) AS j))
 FROM generate_series(1, {n}) AS i;
@@ -423,7 +424,7 @@ def _run_phases(dsn: str, phases: list[tuple[list[str], list[str]]]) -> None:
                 conn.execute(statement)
 
         for phase in phases:
-            for future in [pool.submit(run, conn, batch) for conn, batch in zip(conns, phase)]:
+            for future in [pool.submit(run, conn, batch) for conn, batch in zip(conns, phase, strict=False)]:
                 future.result()
 
 

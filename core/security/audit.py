@@ -25,8 +25,9 @@ import hashlib
 import hmac
 import json
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from core.errors import AuthError
 from core.records import AuditEntry
@@ -83,7 +84,8 @@ def verify_chain(key: bytes, log_id: str, entries: Sequence[AuditEntry]) -> Veri
                                     f"audit entry #{e.seq} holds the content of entry #{moved}: "
                                     "the log was reordered")
             return VerifyReport(len(entries), e.seq,
-                                f"audit entry #{e.seq} ({e.time}, {e.action}) was altered: its keyed hash does not match")
+                                f"audit entry #{e.seq} ({e.time}, {e.action}) was altered: "
+                                "its keyed hash does not match")
         if not hmac.compare_digest(e.prev, prev):
             return VerifyReport(len(entries), e.seq,
                                 f"audit entry #{e.seq} does not follow entry #{e.seq - 1}: "
@@ -104,7 +106,7 @@ class AuditLog:
     and checks their keyed hashes.
     """
 
-    def __init__(self, catalog: "Catalog", key: bytes | None = None) -> None:
+    def __init__(self, catalog: Catalog, key: bytes | None = None) -> None:
         self._catalog = catalog
         self._key = key
 

@@ -20,6 +20,7 @@ from core.repository.repo import AUDIT_KIND, AUDIT_PREFIX, Repository
 from core.security.audit import AuditEntry, AuditLog, verify_chain
 from core.storage.base import Storage
 
+
 def object_name(log_id: str, seq: int) -> str:
     return f"{AUDIT_PREFIX}{log_id}/{seq:012d}"
 

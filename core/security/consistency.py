@@ -62,9 +62,9 @@ async def disagreements(repo: Repository, catalog: Catalog, audit: AuditLog, ops
         else:
             last = audit.last()
             if last is None or last.seq < n:
-                problems.append(f"the catalog's audit log ends at entry #{last.seq if last else 0} but the repository's "
-                                f"copy goes on to #{n}: the catalog was rolled back to an older copy or entries were "
-                                "deleted")
+                problems.append(f"the catalog's audit log ends at entry #{last.seq if last else 0} but the "
+                                f"repository's copy goes on to #{n}: the catalog was rolled back to an older copy "
+                                "or entries were deleted")
             else:
                 theirs = await audit_copy.read_entry(repo, main, n)
                 ours = audit.entry(n)

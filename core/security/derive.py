@@ -40,7 +40,7 @@ class SecurityKeys:
     totp_seal: bytes
 
     @classmethod
-    def derive(cls, id_key: bytes, repo_id: str) -> "SecurityKeys":
+    def derive(cls, id_key: bytes, repo_id: str) -> SecurityKeys:
         return cls(repo_id, derive_key(id_key, repo_id, AUDIT_MAC), derive_key(id_key, repo_id, OPERATOR_MAC),
                    derive_key(id_key, repo_id, TOTP_SEAL))
 

@@ -23,9 +23,9 @@ import inspect
 import os
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Awaitable, Callable, Union
 
 from core.config import SecurityConfig
 from core.errors import AuthError, MfaRequired
@@ -99,7 +99,7 @@ _LABELS: dict[Action, str] = {
 }
 
 # A code, or something that produces one when asked (a prompt, a TUI modal).
-CodeSource = Union[str, Callable[[], Union[str, None, Awaitable[Union[str, None]]]], None]
+CodeSource = str | Callable[[], str | None | Awaitable[str | None]] | None
 
 
 @dataclass(frozen=True)
@@ -272,4 +272,4 @@ async def _obtain(source: CodeSource) -> str | None:
     value = source()
     if inspect.isawaitable(value):
         value = await value
-    return value  # type: ignore[return-value]
+    return value

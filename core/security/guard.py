@@ -16,9 +16,10 @@ then ``act(...)``), so none of them repeats the sequence:
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, AsyncIterator
+from typing import TYPE_CHECKING
 
 from core.security import audit_copy
 from core.security.gate import Action, Identity
@@ -53,7 +54,7 @@ class Acting:
 class Guard:
     """Gated actions of one engine context."""
 
-    def __init__(self, ctx: "EngineContext") -> None:
+    def __init__(self, ctx: EngineContext) -> None:
         self.ctx = ctx
 
     @asynccontextmanager

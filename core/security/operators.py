@@ -23,16 +23,17 @@ import hmac
 import json
 import os
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from core.errors import AuthError, UsageError
-from core.security.derive import SecurityKeys
 from core.records import OperatorRow
+from core.security.derive import SecurityKeys
 from core.security.totp import new_secret
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ class Operator:
 class OperatorStore:
     """The catalog's operators; needs the derived keys for anything but listing."""
 
-    def __init__(self, catalog: "Catalog", keys: SecurityKeys | None) -> None:
+    def __init__(self, catalog: Catalog, keys: SecurityKeys | None) -> None:
         self._catalog = catalog
         self._keys = keys
 
@@ -215,7 +216,7 @@ class OperatorStore:
             raise AuthError(f"the TOTP secret of operator '{name}' cannot be unsealed; re-enrol the operator") from None
 
     @contextmanager
-    def attempt(self, name: str) -> Iterator["Attempt"]:
+    def attempt(self, name: str) -> Iterator[Attempt]:
         """Lock the operator's row for one code check; the caller records the result on the handle."""
         with self._catalog.operator_update(name) as slot:
             row = slot.row

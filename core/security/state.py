@@ -18,8 +18,7 @@ from core.errors import BackstopError, CatalogDisagrees
 from core.repository.repo import Repository
 from core.security import audit_copy, operator_copy
 from core.security.audit import AuditEntry, AuditLog, verify_chain
-from core.security.consistency import (FORK_ACTION, REBUILD_HINT, acknowledged_forks, disagreements,
-                                       removed_operators)
+from core.security.consistency import FORK_ACTION, REBUILD_HINT, acknowledged_forks, disagreements, removed_operators
 from core.security.derive import SecurityKeys
 from core.security.gate import Gate, Identity
 from core.security.operators import OperatorStore

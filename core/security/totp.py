@@ -24,7 +24,7 @@ DIGITS = 6
 SECRET_BYTES = 20  # 160 bits, the HMAC-SHA-1 block-size recommendation of RFC 4226 section 4
 # How far back a code still counts as "expired" rather than "wrong" (5 minutes).
 _EXPIRED_LOOKBACK = 10
-_CODE_RE = re.compile(r"^\d{%d}$" % DIGITS)
+_CODE_RE = re.compile(rf"^\d{{{DIGITS}}}$")
 
 Verdict = Literal["ok", "wrong", "expired", "replayed", "malformed"]
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import builtins
 import abc
+import builtins
 from dataclasses import dataclass, field
 
 
@@ -68,8 +68,8 @@ class Storage(abc.ABC):
         per thing removed.
         """
 
-    async def prepare(self) -> None:
+    async def prepare(self) -> None:  # noqa: B027  (optional: most targets need nothing)
         """Create the container (directory, bucket) if absent; used by `init`."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027  (optional: most targets hold nothing)
         """Release connections and threads."""

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import builtins
 import asyncio
+import builtins
 import errno
 import os
 import stat
@@ -11,8 +11,8 @@ import uuid
 from pathlib import Path
 
 from core.config import LocalTargetConfig
-from core.format import utc
 from core.errors import ObjectNotFound, StorageError, TargetUnreachable
+from core.format import utc
 from core.storage.base import ObjectInfo, Storage
 
 # Temp files of in-flight (or crashed) writes start with this; list() hides them.

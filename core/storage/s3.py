@@ -6,16 +6,17 @@ archiving path must start fast, so nothing touches it until the first request.
 
 from __future__ import annotations
 
-import builtins
 import asyncio
+import builtins
 import logging
 import re
 import threading
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timezone
+from datetime import UTC
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from core.config import S3TargetConfig
@@ -362,7 +363,7 @@ class S3Storage(Storage):
                     if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
                         continue  # completed or aborted meanwhile
                     raise
-                started = initiated.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+                started = initiated.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
                 removed.append(f"aborted unfinished multipart upload of {key[cut:]} (started {started})")
         removed.sort()
         return removed

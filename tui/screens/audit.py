@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from array import array
-from typing import ClassVar, Sequence
+from collections.abc import Sequence
+from typing import ClassVar
 
+from core.errors import BackstopError
+from core.queries import Queries
+from core.records import AuditTable
+from core.security.gate import Identity
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import Static
 from textual.worker import get_current_worker
 
-from core.errors import BackstopError
-from core.queries import Queries
-from core.records import AuditTable
-from core.security.gate import Identity
 from tui import format as fmt
 from tui.host import ConsoleHost
 from tui.screens.base import ConsoleScreen
@@ -43,7 +44,7 @@ class TableSource:
 
     def index_of(self, key: object) -> int | None:
         try:
-            return self.rowids.index(key)  # type: ignore[arg-type]
+            return self.rowids.index(key)
         except ValueError:
             return None
 

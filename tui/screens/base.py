@@ -33,11 +33,11 @@ class ConsoleScreen(Screen[None]):
         self.stale = True  # the catalog changed while this screen was not shown
 
     @property
-    def engine(self) -> "Engine":
+    def engine(self) -> Engine:
         return self.host.engine
 
     @property
-    def queries(self) -> "Queries":
+    def queries(self) -> Queries:
         """The engine's read-only catalog queries (blocking: call them from a thread)."""
         return self.host.engine.queries
 

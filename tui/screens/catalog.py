@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import time
 from array import array
-from typing import ClassVar, Sequence
+from collections.abc import Sequence
+from typing import ClassVar
 
+from core.queries import Queries
+from core.records import DatabaseSummary, SnapshotRow
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -14,8 +17,6 @@ from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 from textual.worker import get_current_worker
 
-from core.queries import Queries
-from core.records import DatabaseSummary, SnapshotRow
 from tui import format as fmt
 from tui.host import ConsoleHost
 from tui.messages import RestoreRequested, VerifyRequested
@@ -115,12 +116,12 @@ class SnapshotSource:
     def index_of(self, key: object) -> int | None:
         if self.rowids is not None:
             try:
-                return self.rowids.index(key)  # type: ignore[arg-type]
+                return self.rowids.index(key)
             except ValueError:
                 return None
         for page, ids in self._pages.items():
             if key in ids:
-                return page * self.PAGE + ids.index(key)  # type: ignore[arg-type]
+                return page * self.PAGE + ids.index(key)
         return None
 
     def rows(self, start: int, stop: int) -> list[Sequence[Cell]]:

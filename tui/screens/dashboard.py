@@ -7,6 +7,8 @@ from concurrent.futures import Future
 from dataclasses import replace
 from typing import ClassVar
 
+from core.insights.overview import Dashboard
+from core.records import JobRecord
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -14,8 +16,6 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import ProgressBar, Static
 from textual.worker import get_current_worker
 
-from core.insights.overview import Dashboard
-from core.records import JobRecord
 from tui import format as fmt
 from tui.bridge import JobChanged, JobProgressed
 from tui.host import ConsoleHost
@@ -47,7 +47,7 @@ class DashboardScreen(ConsoleScreen):
         Binding("d", "definitions", "KPI definitions", id="dashboard.definitions"),
     ]
 
-    def __init__(self, host: ConsoleHost, first: "Future[Dashboard] | None" = None) -> None:
+    def __init__(self, host: ConsoleHost, first: Future[Dashboard] | None = None) -> None:
         """``first``: a dashboard already being computed (the CLI starts it before Textual loads)."""
         super().__init__(host)
         self.first = first

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from core.planner import Incident
+from core.records import RestoreRecord
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import Static
 from textual.worker import get_current_worker
 
-from core.planner import Incident
-from core.records import RestoreRecord
 from tui import format as fmt
 from tui.messages import RestoreRequested
 from tui.screens.base import ConsoleScreen
@@ -60,8 +60,9 @@ class DrillsScreen(ConsoleScreen):
         keys = []
         for r in reversed(rows):
             result = ("ok", "good") if r.ok else ("FAILED", "bad")
-            row = [fmt.when(r.started_at), r.db, r.snapshot_id[:8], r.into, fmt.duration(r.duration_s), result,
-                   (r.error or ", ".join(r.tables) or "whole database")]
+            row: list[str | tuple[str, str]] = [
+                fmt.when(r.started_at), r.db, r.snapshot_id[:8], r.into, fmt.duration(r.duration_s), result,
+                (r.error or ", ".join(r.tables) or "whole database")]
             text = " ".join(c if isinstance(c, str) else c[0] for c in row).lower()
             if all(w in text for w in words):
                 cells.append(row)

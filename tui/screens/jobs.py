@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import ClassVar
 
+from core.records import JobRecord
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -12,7 +13,6 @@ from textual.containers import Vertical
 from textual.widgets import DataTable, Log, ProgressBar, Static
 from textual.worker import get_current_worker
 
-from core.records import JobRecord
 from tui import format as fmt
 from tui.bridge import JobChanged, JobProgressed
 from tui.host import ConsoleHost
@@ -44,7 +44,7 @@ def event_line(ts: float, kind: str, payload: dict[str, object]) -> str:
         return f"{t} phase {payload.get('phase')}"
     if kind == "Progress":
         total = payload.get("bytes_total")
-        tot = f"/{fmt.size(total)}" if isinstance(total, (int, float)) else ""  # type: ignore[arg-type]
+        tot = f"/{fmt.size(total)}" if isinstance(total, (int, float)) else ""
         return (f"{t} {payload.get('phase')}: {fmt.size(payload.get('bytes_done'))}{tot}"  # type: ignore[arg-type]
                 f" at {fmt.size(payload.get('rate'))}/s")  # type: ignore[arg-type]
     if kind == "JobWarning":
@@ -97,7 +97,7 @@ class JobsScreen(ConsoleScreen):
         if not get_current_worker().is_cancelled:
             self.app.call_from_thread(self.show_jobs, jobs, selected, events)
 
-    def show_jobs(self, jobs: list[JobRecord], selected: str | None, events: list) -> None:  # type: ignore[type-arg]
+    def show_jobs(self, jobs: list[JobRecord], selected: str | None, events: list) -> None:
         """Update the table by row key (a rebuild only when rows come or go)."""
         table = self.query_one("#jobs-table", DataTable)
         now = self.now()
@@ -115,7 +115,7 @@ class JobsScreen(ConsoleScreen):
                 for j in jobs:
                     old = self.jobs.get(j.id)
                     if old != j:
-                        for (key, _, _), value in zip(COLUMNS, job_cells(j, now)):
+                        for (key, _, _), value in zip(COLUMNS, job_cells(j, now), strict=True):
                             table.update_cell(j.id, key, value)
         self.jobs = {j.id: j for j in jobs}
         running = sum(1 for j in jobs if j.state == "running")
@@ -149,11 +149,11 @@ class JobsScreen(ConsoleScreen):
         if not get_current_worker().is_cancelled:
             self.app.call_from_thread(self._events_loaded, job_id, events)
 
-    def _events_loaded(self, job_id: str, events: list) -> None:  # type: ignore[type-arg]
+    def _events_loaded(self, job_id: str, events: list) -> None:
         if job_id == self.selected:
             self._append_events(events)
 
-    def _append_events(self, events: list) -> None:  # type: ignore[type-arg]
+    def _append_events(self, events: list) -> None:
         events = [e for e in events if e[0] > self.last_event_id]
         if not events:
             return
@@ -183,7 +183,7 @@ class JobsScreen(ConsoleScreen):
         self.jobs[j.id] = j
         table = self.query_one("#jobs-table", DataTable)
         with self.app.batch_update():
-            for (key, _, _), value in zip(COLUMNS, job_cells(j, self.now())):
+            for (key, _, _), value in zip(COLUMNS, job_cells(j, self.now()), strict=True):
                 table.update_cell(j.id, key, value)
             if j.id == self.selected:
                 self._show_detail()

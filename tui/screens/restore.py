@@ -10,12 +10,16 @@ the review step's explicit "Start".
 from __future__ import annotations
 
 import asyncio
-
 import re
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import ClassVar
 
+from core.engine import RestoreResult
+from core.errors import AuthError, BackstopError
+from core.planner import Incident, PointInTime, RestorePlan, RestoreRequest, Severity
+from core.records import SnapshotRow
+from core.security.gate import Identity
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -24,11 +28,6 @@ from textual.widgets import ContentSwitcher, Input, Log, OptionList, ProgressBar
 from textual.widgets.option_list import Option
 from textual.worker import get_current_worker
 
-from core.engine import RestoreResult
-from core.errors import AuthError, BackstopError
-from core.planner import Incident, PointInTime, RestorePlan, RestoreRequest, Severity
-from core.records import SnapshotRow
-from core.security.gate import Identity
 from tui import format as fmt
 from tui.bridge import JobChanged, JobProgressed
 from tui.host import ConsoleHost
@@ -78,7 +77,7 @@ def parse_when(text: str) -> datetime | None:
         return None
     for pattern in ("%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d"):
         try:
-            return datetime.strptime(text, pattern).replace(tzinfo=timezone.utc)
+            return datetime.strptime(text, pattern).replace(tzinfo=UTC)
         except ValueError:
             continue
     raise ValueError(f"cannot read {text!r}: use YYYY-MM-DD HH:MM (UTC)")
@@ -94,7 +93,7 @@ def plan_text(p: RestorePlan) -> str:
         what = ", ".join(p.tables) if p.tables else "whole database"
         lines = [
             f"{head}: restore snapshot {p.source.id[:8]} ({p.source.kind}) of {p.request.db} from target {p.target}",
-            f"  point      {p.point.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S} UTC   scope {what}",
+            f"  point      {p.point.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC   scope {what}",
             f"  estimate   {fmt.duration(p.estimated_s)} ({p.estimate_basis})"
             + (f"   RTO {fmt.duration(p.rto_s)}" if p.rto_s else ""),
             "  why:",
@@ -399,7 +398,7 @@ class RestoreScreen(ConsoleScreen):
     async def make_plan(self) -> None:
         try:
             p = await self.engine.plan_restore(self.state.request(),
-                                               now=datetime.fromtimestamp(self.now(), timezone.utc))
+                                               now=datetime.fromtimestamp(self.now(), UTC))
         except BackstopError as exc:
             self.query_one("#plan-text", Static).update(f"Planning failed: {exc}")
             return
@@ -472,7 +471,7 @@ class RestoreScreen(ConsoleScreen):
 
     def _enter_review(self) -> None:
         s = self.state
-        assert s.plan is not None and s.plan.source is not None and s.incident is not None
+        assert s.plan is not None and s.plan.source is not None and s.incident is not None and s.db is not None
         dest = (f"OVER THE LIVE DATABASE {self.engine.live_database(s.db)} (destructive: MFA confirmation follows)"
                 if s.over_live
                 else f"new database {s.destination}")

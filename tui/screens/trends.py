@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import ClassVar
 
+from core.insights.trends import Trends
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -12,7 +13,6 @@ from textual.containers import VerticalScroll
 from textual.widgets import Sparkline, Static
 from textual.worker import get_current_worker
 
-from core.insights.trends import Trends
 from tui import format as fmt
 from tui.host import ConsoleHost
 from tui.screens.base import ConsoleScreen

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from array import array
-from typing import ClassVar, Sequence
+from collections.abc import Sequence
+from typing import ClassVar
 
+from core.queries import Queries
+from core.records import VerificationRecord
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -12,8 +15,6 @@ from textual.containers import Vertical
 from textual.widgets import ProgressBar, Static
 from textual.worker import get_current_worker
 
-from core.queries import Queries
-from core.records import VerificationRecord
 from tui import format as fmt
 from tui.bridge import JobChanged, JobProgressed
 from tui.host import ConsoleHost
@@ -56,7 +57,7 @@ class VerificationSource:
 
     def index_of(self, key: object) -> int | None:
         try:
-            return self.ids.index(key)  # type: ignore[arg-type]
+            return self.ids.index(key)
         except ValueError:
             return None
 

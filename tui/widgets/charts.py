@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.segment import Segment
@@ -33,7 +33,7 @@ class BarChart(Widget):
         self.styles.height = max(1, len(self.rows) + (1 if target is not None else 0))
         self.refresh(layout=True)
 
-    def render(self) -> "_Bars":
+    def render(self) -> _Bars:
         return _Bars(self)
 
 

@@ -20,12 +20,12 @@ class FilterBar(Input):
     class Done(Message):
         """The operator left the filter (kept or cleared)."""
 
-        def __init__(self, bar: "FilterBar") -> None:
+        def __init__(self, bar: FilterBar) -> None:
             super().__init__()
             self.bar = bar
 
         @property
-        def control(self) -> "FilterBar":
+        def control(self) -> FilterBar:
             return self.bar
 
     def __init__(self, placeholder: str = "filter: words that must all appear", *, id: str | None = None) -> None:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+from core.insights.kpis import Kpi
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.content import Content
 from textual.widgets import Sparkline, Static
-
-from core.insights.kpis import Kpi
 
 # Status words make the state readable without colour (NO_COLOR, screen readers).
 STATUS_WORD = {"ok": "OK", "warn": "WATCH", "bad": "ALERT", "none": "NO DATA"}

@@ -16,19 +16,20 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Literal, Protocol, Sequence
+from typing import ClassVar, Literal, Protocol
 
 from rich.segment import Segment
 from rich.style import Style
 from textual import events
 from textual.binding import Binding, BindingType
-from textual.worker import get_current_worker
 from textual.geometry import Size
 from textual.message import Message
 from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
+from textual.worker import get_current_worker
 
 Cell = str | tuple[str, str]  # plain text, or (text, tone) with tone in good/warn/bad/dim
 
@@ -125,14 +126,14 @@ class VirtualTable(ScrollView, can_focus=True):
     class Highlighted(Message):
         """The cursor moved to a row."""
 
-        def __init__(self, table: "VirtualTable", index: int, key: object) -> None:
+        def __init__(self, table: VirtualTable, index: int, key: object) -> None:
             super().__init__()
             self.table = table
             self.index = index
             self.key = key
 
         @property
-        def control(self) -> "VirtualTable":
+        def control(self) -> VirtualTable:
             return self.table
 
     class Selected(Highlighted):
@@ -227,7 +228,7 @@ class VirtualTable(ScrollView, can_focus=True):
 
     def _cells_to_segments(self, cells: Sequence[Cell], base: Style, header: bool = False) -> list[Segment]:
         segs: list[Segment] = []
-        for col, cell in zip(self.columns, cells):
+        for col, cell in zip(self.columns, cells, strict=False):
             text, tone = (cell, None) if isinstance(cell, str) else cell
             text = text if len(text) <= col.width else text[: max(0, col.width - 1)] + "…"
             text = text.rjust(col.width) if col.align == "right" and not header else text.ljust(col.width)
@@ -312,6 +313,6 @@ class VirtualTable(ScrollView, can_focus=True):
         if len(self.source):
             self.post_message(self.Selected(self, self.cursor, self.source.key(self.cursor)))
 
-    def _on_click(self, event: events.Click) -> None:
+    async def _on_click(self, event: events.Click) -> None:
         if event.y >= 1:
             self.move_to(int(self.scroll_y) + event.y - 1)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import time
-from datetime import datetime, timezone
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from core.cli.context import add_command, add_group, engine_command, identity
 from core.cli.output import EXIT_FAILED, EXIT_OK, print_json, printable, utc
 from core.errors import UsageError
+
+if TYPE_CHECKING:
+    from core.engine import Engine
 
 
 def parse_since(text: str) -> float:
@@ -24,10 +27,10 @@ def parse_since(text: str) -> float:
         t = datetime.fromisoformat(text)
     except ValueError:
         raise UsageError(f"--since {text!r}: expected a duration (24h, 7d) or a date/time (2026-01-31T08:00)") from None
-    return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
+    return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
 
 
-async def cmd_audit_list(engine, args) -> int:  # type: ignore[no-untyped-def]
+async def cmd_audit_list(engine: Engine, args: argparse.Namespace) -> int:
     since = parse_since(args.since) if args.since else None
     rows = engine.audit_entries(since=since, limit=args.limit)
     if args.json:
@@ -46,7 +49,7 @@ async def cmd_audit_list(engine, args) -> int:  # type: ignore[no-untyped-def]
     return EXIT_OK
 
 
-async def cmd_audit_verify(engine, args) -> int:  # type: ignore[no-untyped-def]
+async def cmd_audit_verify(engine: Engine, args: argparse.Namespace) -> int:
     res = await engine.check_audit(identity(args))
     if args.json:
         print_json({"ok": res.ok, "entries": res.entries, "problems": res.problems, "notes": res.notes,

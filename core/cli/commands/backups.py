@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.cli.context import add_command, completes, engine_command, identity
-from core.cli.output import EXIT_OK, Column, err, print_json, print_table, size
+from core.cli.output import EXIT_OK, SNAPSHOT_COLUMNS, err, print_json, print_table, size, snapshot_rows
 from core.errors import UsageError
 
-SNAPSHOT_COLUMNS = (Column("ID", 10), Column("DATABASE", 16), Column("KIND", 9), Column("FINISHED (UTC)", 27),
-                    Column("SIZE", 11, ">"), Column("NEW", 11, ">"), Column("TARGETS", gap="  "))
+if TYPE_CHECKING:
+    from core.engine import Engine
 
-
-async def cmd_backup(engine, args) -> int:  # type: ignore[no-untyped-def]
+async def cmd_backup(engine: Engine, args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     rec = await engine.backup(args.db)
     if args.json:
@@ -26,7 +25,7 @@ async def cmd_backup(engine, args) -> int:  # type: ignore[no-untyped-def]
     return EXIT_OK
 
 
-async def cmd_snapshots(engine, args) -> int:  # type: ignore[no-untyped-def]
+async def cmd_snapshots(engine: Engine, args: argparse.Namespace) -> int:
     rows = engine.snapshots(args.db)
     if args.json:
         print_json([r.to_json() for r in rows], indent=1)
@@ -34,12 +33,11 @@ async def cmd_snapshots(engine, args) -> int:  # type: ignore[no-untyped-def]
     if not rows:
         print("no snapshots" + (f" of {args.db}" if args.db else ""))
         return EXIT_OK
-    print_table(SNAPSHOT_COLUMNS, ([r.short_id, r.db, r.kind, r.finished_at, size(r.size_bytes), size(r.stored_bytes),
-                                    ",".join(r.targets)] for r in rows))
+    print_table(SNAPSHOT_COLUMNS, snapshot_rows(rows))
     return EXIT_OK
 
 
-async def cmd_restore(engine, args) -> int:  # type: ignore[no-untyped-def]
+async def cmd_restore(engine: Engine, args: argparse.Namespace) -> int:
     if args.force:
         return await restore_force(engine, args)
     res = await engine.restore(args.db, args.into, args.snapshot, args.table, target=args.target,
@@ -54,7 +52,7 @@ async def cmd_restore(engine, args) -> int:  # type: ignore[no-untyped-def]
     return EXIT_OK
 
 
-async def restore_force(engine, args) -> int:  # type: ignore[no-untyped-def]
+async def restore_force(engine: Engine, args: argparse.Namespace) -> int:
     """`restore --force`: replace an existing database, keeping the old one aside."""
     if args.table:
         raise UsageError("--force replaces a whole database; to bring back tables, restore them into a new "

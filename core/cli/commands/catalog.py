@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.cli.context import add_command, add_group, engine_command
 from core.cli.output import EXIT_OK, print_json, utc, warn
 
+if TYPE_CHECKING:
+    from core.engine import Engine
 
-async def cmd_catalog_rebuild(engine, args) -> int:  # type: ignore[no-untyped-def]
+
+async def cmd_catalog_rebuild(engine: Engine, args: argparse.Namespace) -> int:
     res = await engine.rebuild_catalog()
     if args.json:
         print_json({"snapshots": res.snapshots, "removed": res.removed, "security": res.security,
@@ -26,7 +29,7 @@ async def cmd_catalog_rebuild(engine, args) -> int:  # type: ignore[no-untyped-d
     return EXIT_OK
 
 
-async def cmd_jobs(engine, args) -> int:  # type: ignore[no-untyped-def]
+async def cmd_jobs(engine: Engine, args: argparse.Namespace) -> int:
     rows = engine.catalog.jobs(limit=args.limit)
     if args.json:
         print_json([j.to_json() for j in rows], indent=1)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.cli.context import add_command, completes, engine_command, identity
 from core.cli.output import EXIT_OK, err, print_json, printable, size
 from core.errors import UsageError
+
+if TYPE_CHECKING:
+    from core.engine import Engine
 
 
 def parse_grace(text: str) -> float:
@@ -20,7 +23,7 @@ def parse_grace(text: str) -> float:
         raise UsageError(f"--grace: {exc}") from None
 
 
-async def cmd_forget(engine, args) -> int:  # type: ignore[no-untyped-def]
+async def cmd_forget(engine: Engine, args: argparse.Namespace) -> int:
     removed = await engine.forget_snapshots(args.snapshot, identity(args))
     if args.json:
         print_json({"forgotten": removed})
@@ -31,7 +34,7 @@ async def cmd_forget(engine, args) -> int:  # type: ignore[no-untyped-def]
     return EXIT_OK
 
 
-async def cmd_prune(engine, args) -> int:  # type: ignore[no-untyped-def]
+async def cmd_prune(engine: Engine, args: argparse.Namespace) -> int:
     grace = parse_grace(args.grace) if args.grace is not None else None
     rep = await engine.prune_repository(identity(args), grace_s=grace, dry_run=args.dry_run)
     if args.json:
@@ -39,7 +42,8 @@ async def cmd_prune(engine, args) -> int:  # type: ignore[no-untyped-def]
         return EXIT_OK
     verb = "would delete" if rep.dry_run else "deleted"
     print(f"{verb} {len(rep.packs_deleted)} of {rep.packs_total} pack(s) ({size(rep.bytes_freed)} per target); "
-          f"{rep.snapshots} snapshot(s) kept; {rep.packs_too_young} unneeded pack(s) younger than the grace period kept")
+          f"{rep.snapshots} snapshot(s) kept; {rep.packs_too_young} unneeded pack(s) younger than the grace period "
+          "kept")
     for line in rep.leftovers:
         print(printable(f"  removed leftover: {line}"))
     return EXIT_OK

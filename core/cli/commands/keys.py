@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.cli.context import add_command, add_group, engine_command, identity
 from core.cli.output import EXIT_OK, Column, print_json, print_table, size
+
+if TYPE_CHECKING:
+    from core.engine import Engine
 
 KEY_COLUMNS = (Column("VERSION", 9), Column("CREATED (UTC)", 27), Column("WRAPPED (UTC)", 27), Column("KEK", 10),
                Column("STATE", 9), Column("IN USE BY"))
 
 
-async def cmd_key_list(engine, args) -> int:  # type: ignore[no-untyped-def]
+async def cmd_key_list(engine: Engine, args: argparse.Namespace) -> int:
     rows = await engine.key_list(usage=not args.no_usage)
     if args.json:
         print_json([{**r.status.to_json(), "usage": r.usage.to_json() if r.usage else None} for r in rows], indent=1)
@@ -23,7 +26,7 @@ async def cmd_key_list(engine, args) -> int:  # type: ignore[no-untyped-def]
     return EXIT_OK
 
 
-async def cmd_key_rotate(engine, args) -> int:  # type: ignore[no-untyped-def]
+async def cmd_key_rotate(engine: Engine, args: argparse.Namespace) -> int:
     kek, dek = args.kek, args.dek
     if not kek and not dek:
         kek = dek = True  # neither named: rotate both (no data is re-uploaded either way)
@@ -51,7 +54,7 @@ def _print_reencrypt(report: Any) -> None:
         print(f"  snapshot {old[:8]} is now {new[:8]}")
 
 
-async def cmd_key_reencrypt(engine, args) -> int:  # type: ignore[no-untyped-def]
+async def cmd_key_reencrypt(engine: Engine, args: argparse.Namespace) -> int:
     report = await engine.reencrypt_keys(identity(args), set(args.version) if args.version else None)
     if args.json:
         print_json(report.to_json(), indent=1)
@@ -60,7 +63,7 @@ async def cmd_key_reencrypt(engine, args) -> int:  # type: ignore[no-untyped-def
     return EXIT_OK
 
 
-async def cmd_key_retire(engine, args) -> int:  # type: ignore[no-untyped-def]
+async def cmd_key_retire(engine: Engine, args: argparse.Namespace) -> int:
     report = await engine.retire_key(args.version, identity(args), reencrypt=args.reencrypt)
     if args.json:
         print_json({"retired": args.version, "reencrypt": report.to_json() if report else None})

@@ -10,11 +10,14 @@ import argparse
 import getpass
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.cli.context import add_command, add_group, engine_command, identity
 from core.cli.output import EXIT_OK, Column, err, print_json, print_table, utc
 from core.errors import UsageError
+
+if TYPE_CHECKING:
+    from core.engine import Engine
 
 ROLES = ("viewer", "operator", "admin")
 OPERATOR_COLUMNS = (Column("NAME", 24), Column("ROLE", 10), Column("ENROLLED (UTC)", 21), Column("BY", 16),
@@ -43,13 +46,13 @@ def _print_enrolment(e: Any, as_json: bool, what: str) -> None:
         f"(or: oathtool --totp -b SECRET, with the secret= value). It is shown only this once.")
 
 
-async def cmd_operator_add(engine, args) -> int:  # type: ignore[no-untyped-def]
+async def cmd_operator_add(engine: Engine, args: argparse.Namespace) -> int:
     e = await engine.add_operator(args.name, args.role, identity(args))
     _print_enrolment(e, args.json, f"operator '{e.name}' enrolled with role {e.role}")
     return EXIT_OK
 
 
-async def cmd_operator_recover(engine, args) -> int:  # type: ignore[no-untyped-def]
+async def cmd_operator_recover(engine: Engine, args: argparse.Namespace) -> int:
     if args.passphrase_stdin:
         typed = sys.stdin.buffer.readline().rstrip(b"\r\n")
     elif sys.stdin.isatty():
@@ -62,7 +65,7 @@ async def cmd_operator_recover(engine, args) -> int:  # type: ignore[no-untyped-
     return EXIT_OK
 
 
-async def cmd_operator_list(engine, args) -> int:  # type: ignore[no-untyped-def]
+async def cmd_operator_list(engine: Engine, args: argparse.Namespace) -> int:
     ops = engine.list_operators()
     if args.json:
         print_json([o.to_json() for o in ops], indent=1)
@@ -81,13 +84,13 @@ async def cmd_operator_list(engine, args) -> int:  # type: ignore[no-untyped-def
     return EXIT_OK
 
 
-async def cmd_operator_role(engine, args) -> int:  # type: ignore[no-untyped-def]
+async def cmd_operator_role(engine: Engine, args: argparse.Namespace) -> int:
     op = await engine.set_operator_role(args.name, args.role, identity(args))
     err(f"operator '{op.name}' now has role {op.role}")
     return EXIT_OK
 
 
-async def cmd_operator_remove(engine, args) -> int:  # type: ignore[no-untyped-def]
+async def cmd_operator_remove(engine: Engine, args: argparse.Namespace) -> int:
     await engine.remove_operator(args.name, identity(args))
     err(f"operator '{args.name}' removed")
     return EXIT_OK

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.cli.context import add_command, add_group, completes, engine_command, identity
-from core.cli.output import EXIT_FAILED, EXIT_OK, err, print_json, printable, size
+from core.cli.output import EXIT_FAILED, EXIT_OK, check_lines, err, print_json, printable
+
+if TYPE_CHECKING:
+    from core.engine import Engine
 
 
-async def cmd_init(engine, args) -> int:  # type: ignore[no-untyped-def]
+async def cmd_init(engine: Engine, args: argparse.Namespace) -> int:
     res = await engine.init()
     if args.json:
         print_json({"repo_id": res.repo_id, "created_on": res.created_on, "existing_on": res.existing_on,
@@ -26,7 +29,7 @@ async def cmd_init(engine, args) -> int:  # type: ignore[no-untyped-def]
     return EXIT_OK
 
 
-async def cmd_check(engine, args) -> int:  # type: ignore[no-untyped-def]
+async def cmd_check(engine: Engine, args: argparse.Namespace) -> int:
     res = await engine.check(read_data=args.read_data, target=args.target)
     if args.json:
         print_json({"ok": res.ok, "read_data": res.read_data, "targets": [
@@ -35,25 +38,12 @@ async def cmd_check(engine, args) -> int:  # type: ignore[no-untyped-def]
              "affected_snapshots": sorted(r.affected)} for r in res.reports],
             "catalog_problems": res.catalog_problems, "notes": res.notes}, indent=1)
     else:
-        for r in res.reports:
-            if r.unreachable is not None:
-                print(f"target {r.target}: UNREACHABLE (not checked): {r.unreachable}")
-                continue
-            state = "ok" if r.ok else f"{len(r.problems)} problem(s)"
-            print(f"target {r.target}: {state}; {r.objects_checked} objects, {size(r.bytes_read)} read, "
-                  f"{len(r.snapshots)} snapshot(s)")
-            for p in r.problems:
-                print(f"  DAMAGED {p}")
-            for n in r.notes:
-                print(f"  note: {n}")
-        for p in res.catalog_problems:
-            print(f"catalog: {p}")
-        for n in res.notes:
-            print(f"note: {n}")
+        for line in check_lines(res):
+            print(line)
     return EXIT_OK if res.ok else EXIT_FAILED
 
 
-async def cmd_repair_index(engine, args) -> int:  # type: ignore[no-untyped-def]
+async def cmd_repair_index(engine: Engine, args: argparse.Namespace) -> int:
     rep = await engine.repair_index(dry_run=args.dry_run)
     if args.json:
         print_json(rep.to_json(), indent=1)
@@ -73,7 +63,7 @@ async def cmd_repair_index(engine, args) -> int:  # type: ignore[no-untyped-def]
     return EXIT_OK
 
 
-async def cmd_unlock(engine, args) -> int:  # type: ignore[no-untyped-def]
+async def cmd_unlock(engine: Engine, args: argparse.Namespace) -> int:
     if not args.lock and not args.all:
         locks = await engine.list_locks()
         if args.json:
