@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Literal
 
+from core.format import utc
 from core.records import JobRecord, VerificationRecord
 
 Level = Literal["critical", "warning", "info"]
@@ -35,7 +36,7 @@ def iso_to_epoch(iso: str) -> float:
 
 def _hhmm(ts: float) -> str:
     # UTC, like every time the console and the CLI show.
-    return datetime.fromtimestamp(ts, UTC).strftime("%m-%d %H:%M UTC")
+    return utc(ts, "%m-%d %H:%M UTC")
 
 
 def build_alerts(*, now: float, recent_jobs: Sequence[JobRecord],

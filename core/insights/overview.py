@@ -8,10 +8,10 @@ to the pure computations in ``kpis``, ``alerts`` and ``trends``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from core.catalog.base import CatalogQueries
 from core.config import BackstopConfig
+from core.format import iso_at
 from core.insights.alerts import Alert, build_alerts
 from core.insights.kpis import DAY, Kpi, completion_from_counts, integrity_from_counts, recovery_time
 from core.insights.trends import Trends, build_trends
@@ -56,8 +56,8 @@ def build_dashboard(reader: CatalogQueries, config: BackstopConfig, now: float, 
     )
     # Snapshots of the last 30 days left unverified (older ones weigh on the coverage KPI);
     # the newest hour is skipped: its verification may be running.
-    cutoff = datetime.fromtimestamp(now - 3600, UTC).isoformat(timespec="seconds")
-    since = datetime.fromtimestamp(now - 30 * DAY, UTC).isoformat(timespec="seconds")
+    cutoff = iso_at(now - 3600)
+    since = iso_at(now - 30 * DAY)
     alerts = build_alerts(
         now=now, recent_jobs=reader.failed_jobs_since(now - DAY),
         never_verified=reader.never_verified(since, cutoff), damaged=reader.damaged_copies(),
@@ -69,7 +69,7 @@ def build_dashboard(reader: CatalogQueries, config: BackstopConfig, now: float, 
 
 def build_trend_series(reader: CatalogQueries, config: BackstopConfig, now: float, *, days: int = 30) -> Trends:
     """Every series of the trends screen over the last ``days`` days."""
-    since_iso = datetime.fromtimestamp(now - days * DAY, UTC).isoformat(timespec="seconds")
+    since_iso = iso_at(now - days * DAY)
     return build_trends(
         restores=reader.restores(since=now - 365 * DAY, limit=500),
         snapshot_rows=reader.snapshot_series(since_iso),

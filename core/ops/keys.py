@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from core.context import EngineContext
 from core.errors import KeyInUse, UsageError
-from core.format import config_duration
+from core.format import config_duration, iso_at
 from core.jobs import run_job
 from core.repository import keyring
 from core.repository.keyring import KeyStatus, KeyUsage
@@ -58,7 +58,7 @@ async def rotate_keys(ctx: EngineContext, who: Identity | None = None, kek: bool
             statuses = await keyring.key_status(sec.repo)
             policy = config_duration(every.total_seconds())
             if not keyring.rotation_due(statuses, every):
-                last = keyring.last_rotation(statuses).isoformat(timespec="seconds")
+                last = iso_at(keyring.last_rotation(statuses).timestamp())
                 return RotationResult(False, f"not due: keys last rotated {last}, policy every {policy}")
             approval = f"encryption.rotate_every={policy} policy is due"
         passphrase = ctx.config.encryption.passphrase()
