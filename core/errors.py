@@ -53,6 +53,10 @@ class ObjectNotFound(StorageError):
         self.name = name
 
 
+class ObjectDamaged(StorageError):
+    """An object a target returned is not what was stored (short read, truncated): damage, not an outage."""
+
+
 class RepositoryError(BackstopError):
     """The repository is missing, of another format, or inconsistent."""
 

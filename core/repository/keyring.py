@@ -21,8 +21,10 @@ import asyncio
 import hashlib
 import secrets
 import struct
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from core.errors import IntegrityError, RepositoryError, StorageError
 from core.repository.crypto import ENVELOPE_HEADER_SIZE, envelope_key_version
@@ -44,6 +46,7 @@ from core.storage.base import ObjectInfo, Storage
 
 _TRAILER = struct.Struct(">I4s")
 _PARALLEL = 16
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -217,11 +220,11 @@ async def pack_header_version(repo: Repository, pack_id: str, size: int) -> int:
     raise RepositoryError(f"cannot read the header of {name} from any target: " + "; ".join(errors))
 
 
-async def bounded_gather(coros: list) -> list:
+async def bounded_gather(coros: list[Awaitable[T]]) -> list[T]:
     """Await many small reads, at most a few at a time (S3 connection pools are small)."""
     sem = asyncio.Semaphore(_PARALLEL)
 
-    async def one(c):  # type: ignore[no-untyped-def]
+    async def one(c: Awaitable[T]) -> T:
         async with sem:
             return await c
     return list(await asyncio.gather(*(one(c) for c in coros)))

@@ -21,7 +21,7 @@ import json
 import time
 from dataclasses import dataclass
 
-from core.errors import BackstopError, IntegrityError, ObjectNotFound, StorageError
+from core.errors import BackstopError, IntegrityError, ObjectDamaged, ObjectNotFound, StorageError
 from core.repository.crypto import open_object, seal_object
 from core.repository.repo import Repository
 
@@ -40,8 +40,7 @@ class Finding:
 
 def is_damage(exc: BaseException) -> bool:
     """A failed read that proves a copy bad (not a target that did not answer)."""
-    return isinstance(exc, (IntegrityError, ObjectNotFound)) or (
-        isinstance(exc, StorageError) and "shorter than expected" in str(exc))
+    return isinstance(exc, (IntegrityError, ObjectNotFound, ObjectDamaged))
 
 
 def object_name(pack_id: str) -> str:

@@ -13,11 +13,15 @@ import json
 import secrets
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # The output module of the CLI, not its handlers: the summary reads as `backstop snapshots` and `check` do.
 from core.cli.output import SNAPSHOT_COLUMNS, check_lines, print_table, snapshot_rows
 from core.config import default_data_dir, load_config
 from core.errors import BackstopError
+
+if TYPE_CHECKING:
+    from core.postgres.cluster import LocalCluster
 
 DB_NAME = "warranty"
 
@@ -31,7 +35,7 @@ def sandbox_dir(arg: str | None) -> Path:
     return Path(arg).absolute() if arg else default_data_dir() / "demo"
 
 
-def _cluster(base: Path):  # type: ignore[no-untyped-def]
+def _cluster(base: Path) -> LocalCluster:
     from core.postgres.cluster import LocalCluster, free_port
 
     state_file = base / "sandbox.json"

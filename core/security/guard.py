@@ -27,6 +27,7 @@ from core.security.state import SecuritySession, open_session
 
 if TYPE_CHECKING:
     from core.context import EngineContext
+    from core.repository.repo import Repository
 
 Lock = tuple[str, str]  # (kind, purpose) of a repository lock
 
@@ -43,7 +44,7 @@ class Acting:
     failure_detail: dict[str, object] = field(default_factory=dict)  # recorded only when it fails
 
     @property
-    def repo(self):  # type: ignore[no-untyped-def]
+    def repo(self) -> Repository:
         return self.session.repo
 
     def record(self, action: str, subject: str, outcome: str, **detail: object) -> None:

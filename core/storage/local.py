@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 from core.config import LocalTargetConfig
-from core.errors import ObjectNotFound, StorageError, TargetUnreachable
+from core.errors import ObjectDamaged, ObjectNotFound, StorageError, TargetUnreachable
 from core.format import utc
 from core.storage.base import ObjectInfo, Storage
 
@@ -206,7 +206,7 @@ class LocalStorage(Storage):
         except OSError as exc:
             raise self._os_error(exc, "read", path) from None
         if len(data) != length:
-            raise StorageError(
+            raise ObjectDamaged(
                 self.name,
                 f"object {name} is shorter than expected: wanted {length} bytes at offset {offset}, "
                 f"got {len(data)}; the object is truncated or the caller's index is wrong; verify the repository",

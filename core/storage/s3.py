@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from core.config import S3TargetConfig
-from core.errors import ObjectNotFound, StorageError, TargetUnreachable
+from core.errors import ObjectDamaged, ObjectNotFound, StorageError, TargetUnreachable
 from core.storage.base import ObjectInfo, Storage
 
 # boto3 clients are generated at runtime; stubs (mypy-boto3-s3) are not a dependency.
@@ -286,7 +286,7 @@ class S3Storage(Storage):
             resp = None
         data = b"" if resp is None else resp["Body"].read()
         if length is not None and len(data) != length:
-            raise StorageError(
+            raise ObjectDamaged(
                 self.name,
                 f"object {name} is shorter than expected: wanted {length} bytes at offset {offset}, "
                 f"got {len(data)}; the object is truncated or the caller's index is wrong; verify the repository",
