@@ -204,6 +204,9 @@ class BackstopConfig(_Strict):
     workers: int = Field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)), ge=1, le=64)
     # pg_restore processes run at once in a whole-database restore (like pg_restore -j).
     restore_jobs: int = Field(default=2, ge=1, le=16)
+    # Tables copied at once by a logical backup, each on its own connection inside one
+    # snapshot (like pg_dump -j); the backup opens jobs + 2 connections.
+    jobs: int = Field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)), ge=1, le=32)
 
     @model_validator(mode="after")
     def _unique_names(self) -> BackstopConfig:

@@ -136,12 +136,14 @@ class Engine:
         return await self.ctx.find_snapshot(ref, db)
 
     async def restore(self, db_name: str, into: str, snapshot: str = "latest", tables: list[str] | None = None,
-                      target: str | None = None, only_target: bool = False, kind: str = "restore") -> RestoreResult:
-        """Restore a snapshot into a new database on the same server (whole, or some tables).
+                      target: str | None = None, only_target: bool = False, kind: str = "restore",
+                      patterns: list[str] | None = None, schemas: list[str] | None = None) -> RestoreResult:
+        """Restore a snapshot into a new database on the same server (whole, or tables named, matched or by schema).
 
         ``kind`` 'drill' records it as a drill (a test restore) rather than a restore.
         """
-        return await restore.restore(self.ctx, db_name, into, snapshot, tables, target, only_target, kind)
+        return await restore.restore(self.ctx, db_name, into, snapshot, tables, target, only_target, kind,
+                                     patterns, schemas)
 
     async def restore_over(self, db_name: str, into: str, snapshot: str = "latest", who: Identity | None = None,
                            target: str | None = None) -> OverwriteResult:

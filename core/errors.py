@@ -94,6 +94,11 @@ class LockConflict(RepositoryError):
 class PostgresError(BackstopError):
     """PostgreSQL or one of its tools failed."""
 
+    def __init__(self, message: str, toc_entry: int | None = None) -> None:
+        super().__init__(message)
+        # pg_restore's "from TOC entry N": the archive entry whose creation failed, when known.
+        self.toc_entry = toc_entry
+
 
 class RestoreRefused(BackstopError):
     """A restore was refused before anything was changed."""

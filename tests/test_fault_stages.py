@@ -57,8 +57,10 @@ from tests.fixtures.pg import warranty_template
 from tests.fixtures.s3 import SeaweedServer, new_bucket
 from tests.fixtures.tamper import copy_catalog
 
-# 2,000 claims dump to 0.7 MB: one 1 MiB pack. 20,000 dump to 5.9 MB, stored as two packs (1.06 + 0.72 MB).
-CLAIMS = 20_000
+# With 1 MiB packs, 40,000 claims leave the forgotten snapshot at least two packs of its own, so the
+# "later" delete stages have a second call to fail (Stage.nth asserts it). Per-table COPY text packs
+# tighter than the old single archive, hence more claims than format 1 needed.
+CLAIMS = 40_000
 REPOSITORY = {"chunk_avg_kib": 64, "pack_target_mib": 1}
 A, B = "A", "B"  # A: local directory, B: S3 bucket (config order: A is the "first target")
 

@@ -25,7 +25,9 @@ def _keys(setup: Setup) -> list[dict]:  # type: ignore[type-arg]
 
 async def test_rotate_kek_and_dek_then_reencrypt_and_retire(tmp_path: Path, pg_cluster, make_warranty_db,  # type: ignore[no-untyped-def]
                                                             setup_factory) -> None:
-    name, dsn = make_warranty_db(claims=1500)
+    # Each table is its own stream, so every grown table re-stores its tail chunk (64 KiB on average):
+    # enough claims that those tails are a small share of the snapshot.
+    name, dsn = make_warranty_db(claims=6000)
     repo, repo2 = tmp_path / "repo", tmp_path / "repo2"
     setup = setup_factory([local_target(repo), local_target(repo2, "second")], [{"name": "warranty", "dsn": dsn}],
                           repository={"chunk_avg_kib": 64}, security={"totp_drift_steps": 2})

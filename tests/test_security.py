@@ -293,8 +293,10 @@ def _packs(repo: Path) -> set[str]:
 
 async def test_forget_and_prune_with_grace_period(tmp_path: Path, pg_cluster, make_warranty_db,  # type: ignore[no-untyped-def]
                                                   setup_factory) -> None:
-    _, dsn_a = make_warranty_db(claims=2000, seed=1)
-    name_b, dsn_b = make_warranty_db(claims=2000, seed=2)
+    # Tables equal in both databases share chunks, so a's packs are wholly garbage only where they hold
+    # its claims: enough of them for at least two 1 MiB packs of a's own.
+    _, dsn_a = make_warranty_db(claims=30000, seed=1)
+    name_b, dsn_b = make_warranty_db(claims=30000, seed=2)
     repo, repo2 = tmp_path / "repo", tmp_path / "repo2"
     setup = setup_factory([local_target(repo), local_target(repo2, "second")],
                           [{"name": "a", "dsn": dsn_a}, {"name": "b", "dsn": dsn_b}],

@@ -11,6 +11,8 @@ import json
 import shutil
 from pathlib import Path
 
+import psycopg
+
 from core.postgres.fingerprint import fingerprint
 from core.sandbox.warranty import append_claims
 from tests.fixtures.backstop import Setup, local_target, s3_target_dict
@@ -103,6 +105,10 @@ async def test_damaged_index_object_affects_only_its_snapshots_and_repair_index_
         tmp_path, pg_cluster, make_warranty_db, setup_factory):  # type: ignore[no-untyped-def]
     a_name, a_dsn = make_warranty_db(claims=2000, seed=1)
     b_name, b_dsn = make_warranty_db(claims=1500, seed=7)
+    # Each table is its own stream: b's currencies (the same list in every warranty database) would
+    # share a's chunks. Made different, b shares none, so the damage below must leave b untouched.
+    with psycopg.connect(b_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE public.currencies SET name = name || ' (b)'")
     r1, r2 = tmp_path / "r1", tmp_path / "r2"
     setup = setup_factory([local_target(r1, "t1"), local_target(r2, "t2")],
                           [{"name": "a", "dsn": a_dsn}, {"name": "b", "dsn": b_dsn}])

@@ -4,27 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 from pathlib import Path
 
+import psycopg
+
 from core import __version__
 from core.context import EngineContext
+from core.errors import PostgresError
 from core.format import now_iso
 from core.jobs import Job, run_job
 from core.postgres import logical
-from core.postgres.tools import find_bin_dir, tool_major
+from core.postgres.snapshot import ExportedSnapshot, SnapshotWorker, TableSource
+from core.postgres.tools import find_bin_dir, first_line, tool_major
 from core.records import BackupRecord
 from core.repository.dedup import backup_index, snapshot_packs
 from core.repository.index import INDEX_PREFIX, Index
-from core.repository.manifest import FileEntry, Manifest
+from core.repository.manifest import MANIFEST_FORMAT, SCHEMA_FILE, FileEntry, Manifest
 from core.repository.repo import Repository
 from core.repository.writer import StreamWriter
 
-DUMP_FILE = "database.pgdump"
+DUMP_FILE = "database.pgdump"  # format 1: the whole `pg_dump -Fc -Z0` archive
+COPY_FORMAT = "copy-text"  # format 2: a table's `COPY ... TO STDOUT` text
 
 
 async def backup(ctx: EngineContext, db_name: str) -> BackupRecord:
-    """Take a logical full snapshot of one database onto every target."""
+    """Take a logical full snapshot of one database onto every target: a schema archive and a stream per table."""
     dbc = ctx.config.database(db_name)
     async with run_job(ctx.bus, "backup", db_name, f"logical backup of {db_name}") as job:
         started = now_iso()
@@ -37,42 +43,100 @@ async def backup(ctx: EngineContext, db_name: str) -> BackupRecord:
             dedup = await backup_index(repo)
             for w in dedup.warnings:
                 job.warn(w)
-            entry, writer = await _dump_into(ctx, repo, dedup.index, bin_dir, dbc.dsn, info.estimated_bytes, job)
+            async with ExportedSnapshot(dbc.dsn, db_name) as snap:
+                files, writer = await _dump_tables(ctx, repo, dedup.index, bin_dir, dbc.dsn, snap,
+                                                   info.estimated_bytes, job)
             job.phase("commit")
             await _commit_index(repo, writer)
             manifest = Manifest(
-                db=db_name, kind="logical", started_at=started, finished_at=now_iso(), files=[entry],
-                size_bytes=entry.size, stored_bytes=writer.stats.stored_bytes, new_chunks=writer.stats.new_chunks,
-                targets=[s.name for s in repo.storages], server_version=info.server_version,
+                db=db_name, kind="logical", started_at=started, finished_at=now_iso(), files=files,
+                size_bytes=sum(f.size for f in files), stored_bytes=writer.stats.stored_bytes,
+                new_chunks=writer.stats.new_chunks, targets=[s.name for s in repo.storages],
+                server_version=info.server_version,
                 tool_versions={"backstop": __version__, "pg_dump": str(tool_major(bin_dir))},
                 tables=info.tables, table_bytes=info.table_bytes, host=socket.gethostname(),
+                format=MANIFEST_FORMAT, encoding=snap.encoding,
             )
             sid, size = await _commit_manifest(repo, manifest)
         return _record(ctx, job, sid, size, manifest, dedup.index, writer)
 
 
-async def _dump_into(ctx: EngineContext, repo: Repository, index: Index, bin_dir: Path, dsn: str, estimate: int,
-                     job: Job) -> tuple[FileEntry, StreamWriter]:
-    """Stream pg_dump's archive through the chunker into packs on every target."""
+async def _dump_tables(ctx: EngineContext, repo: Repository, index: Index, bin_dir: Path, dsn: str,
+                       snap: ExportedSnapshot, estimate: int, job: Job) -> tuple[list[FileEntry], StreamWriter]:
+    """The schema archive and every table's COPY stream, ``jobs`` at once, all inside ``snap``."""
     loop = asyncio.get_running_loop()
     job.phase("dump")
-    def progress(done: int) -> None:  # called from the writer's thread
+
+    def progress(done: int) -> None:  # called from the writers' threads
         loop.call_soon_threadsafe(job.progress, done, max(estimate, done))
 
     writer = StreamWriter(repo, index, loop, ctx.pool, ctx.config.workers, on_progress=progress)
-    dump = await logical.start_dump(bin_dir, dsn)
+    # Everything but table data: definitions, sequence values, large objects, materialized views.
+    excludes = [f"--exclude-table-data={logical.exact_pattern(t.schema, t.name)}" for t in snap.tables]
+    dump = await logical.start_dump(bin_dir, dsn, [f"--snapshot={snap.snapshot_id}", *excludes])
+    queue = _TableQueue(snap.tables)
+    workers: list[SnapshotWorker] = []
+    entries: list[FileEntry] = []
+
+    def copy_tables() -> None:
+        worker = SnapshotWorker(dsn, snap.snapshot_id, snap.encoding)
+        workers.append(worker)
+        try:
+            while (table := queue.next()) is not None:
+                entries.append(_copy_table(writer, worker, table))
+        finally:
+            worker.close()
+
     try:
-        entry = await asyncio.to_thread(writer.write, dump.reader, DUMP_FILE, logical.DUMP_FORMAT)
+        # The archive's header (its creation time) is cut off as a chunk of its own: the rest of an
+        # unchanged database's schema archive then deduplicates completely.
+        schema_task = asyncio.to_thread(writer.write, dump.reader, SCHEMA_FILE, logical.DUMP_FORMAT,
+                                        logical.archive_head_length)
+        copies = [asyncio.to_thread(copy_tables) for _ in range(min(ctx.config.jobs, max(1, len(snap.tables))))]
+        results = await asyncio.gather(schema_task, *copies, return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
         await dump.wait()
         job.phase("upload")
         await asyncio.to_thread(writer.finish)
     except BaseException:
         writer.abort()
         dump.kill()
+        for w in workers:
+            w.cancel()
         raise
     finally:
         dump.reader.close()
-    return entry, writer
+    schema = results[0]
+    assert isinstance(schema, FileEntry)
+    return [schema, *sorted(entries, key=lambda e: e.name)], writer
+
+
+def _copy_table(writer: StreamWriter, worker: SnapshotWorker, table: TableSource) -> FileEntry:
+    """One table's rows as one stream (the worker's thread)."""
+    reader = worker.open(table)
+    try:
+        entry = writer.write(reader, f"table/{table.schema}/{table.name}", COPY_FORMAT)
+    except psycopg.Error as exc:
+        raise PostgresError(f"COPY of {table.qualified} failed: {first_line(exc)}") from None
+    finally:
+        reader.close()
+    entry.relation = [table.schema, table.name]
+    entry.columns = list(table.columns)
+    return entry
+
+
+class _TableQueue:
+    """Tables handed to the copy workers, largest first (the longest streams start earliest)."""
+
+    def __init__(self, tables: list[TableSource]) -> None:
+        self._items = sorted(tables, key=lambda t: -t.bytes)
+        self._lock = threading.Lock()
+
+    def next(self) -> TableSource | None:
+        with self._lock:
+            return self._items.pop(0) if self._items else None
 
 
 async def _commit_index(repo: Repository, writer: StreamWriter) -> None:

@@ -9,20 +9,26 @@ it read from, which the planner uses to rotate drills across targets.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 from core.context import EngineContext
-from core.errors import RestoreRefused, UsageError
+from core.errors import PostgresError, RestoreRefused, UsageError
 from core.jobs import Job, run_job
 from core.postgres import logical
-from core.postgres.parallel_restore import parallel_restore
+from core.postgres.copy_restore import copy_in
+from core.postgres.database_entries import apply_database_entries
+from core.postgres.names import Pattern, Relation, parse_pattern, parse_relation, show_relation
+from core.postgres.parallel_restore import parallel_restore, restore_sections
+from core.postgres.schema_archive import SchemaArchive, read_schema
+from core.postgres.selection import Selection, select, tables_in
 from core.postgres.swap import swap_in
 from core.postgres.tools import find_bin_dir, server_major
 from core.records import RESTORE_KINDS, SnapshotRecord
 from core.repository import quarantine
-from core.repository.manifest import FileEntry, Manifest
+from core.repository.manifest import SCHEMA_FILE, FileEntry
 from core.repository.reader import StreamReader, check_complete
 from core.repository.repo import Repository
 from core.security.gate import Action, Identity, default_identity
@@ -38,6 +44,8 @@ class RestoreResult:
     bytes: int
     duration_s: float
     warnings: list[str] = field(default_factory=list)
+    # Foreign keys of restored tables to tables that were not restored (left out).
+    left_out: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -49,13 +57,51 @@ class OverwriteResult:
     aside: str | None  # where the previous database now is
 
 
-def _check_request(ctx: EngineContext, into: str, tables: list[str], target: str | None, kind: str) -> None:
+@dataclass(frozen=True)
+class Scope:
+    """What a restore brings back: everything, or tables named exactly, by pattern, or by schema."""
+
+    tables: tuple[Relation, ...] = ()
+    patterns: tuple[Pattern, ...] = ()
+    schemas: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, tables: list[str] | None = None, patterns: list[str] | None = None,
+              schemas: list[str] | None = None) -> Scope:
+        """From the command line: `--table` (PostgreSQL quoting), `--pattern`, `--schema`."""
+        return cls(tuple(parse_relation(t) for t in tables or ()), tuple(parse_pattern(p) for p in patterns or ()),
+                   tuple(schemas or ()))
+
+    @property
+    def whole(self) -> bool:
+        return not (self.tables or self.patterns or self.schemas)
+
+    def resolve(self, known: list[Relation], snapshot: str) -> list[Relation]:
+        """The snapshot's tables this scope names; refuses a name, pattern or schema that matches none."""
+        out: list[Relation] = []
+        missing = [show_relation(t) for t in self.tables if t not in known]
+        out += [t for t in self.tables if t in known]
+        for pat in self.patterns:
+            hits = [r for r in known if pat.matches(r)]
+            if not hits:
+                missing.append(f"pattern {pat.text!r}")
+            out += hits
+        for schema in self.schemas:
+            hits = [r for r in known if r[0] == schema]
+            if not hits:
+                missing.append(f"schema {schema!r}")
+            out += hits
+        if missing:
+            shown = ", ".join(show_relation(r) for r in known[:10]) + (" …" if len(known) > 10 else "")
+            raise RestoreRefused(f"{', '.join(missing)}: no such table in snapshot {snapshot}; it has: {shown} "
+                                 "(quote names as PostgreSQL does: 'public.\"My Table\"')")
+        return list(dict.fromkeys(out))
+
+
+def _check_request(ctx: EngineContext, into: str, target: str | None, kind: str) -> None:
     """Refuse bad arguments before anything is opened or created."""
     if kind not in RESTORE_KINDS:
         raise UsageError(f"restore kind {kind!r}: expected one of {', '.join(RESTORE_KINDS)}")
-    for t in tables:
-        if t.count(".") != 1 or not all(t.split(".")):
-            raise UsageError(f"--table {t!r}: expected SCHEMA.TABLE, e.g. public.claims")
     logical.ensure_new_database(into)
     if target is not None:
         ctx.config.target(target)  # a ConfigError naming the configured targets
@@ -63,7 +109,8 @@ def _check_request(ctx: EngineContext, into: str, tables: list[str], target: str
 
 async def restore(ctx: EngineContext, db_name: str, into: str, snapshot: str = "latest",
                   tables: list[str] | None = None, target: str | None = None,
-                  only_target: bool = False, kind: str = "restore") -> RestoreResult:
+                  only_target: bool = False, kind: str = "restore", patterns: list[str] | None = None,
+                  schemas: list[str] | None = None) -> RestoreResult:
     """Restore a snapshot into a new database on the same server (whole, or some tables).
 
     ``target`` (from a restore plan) is read first and the others remain
@@ -72,119 +119,213 @@ async def restore(ctx: EngineContext, db_name: str, into: str, snapshot: str = "
     test restore.
     """
     dbc = ctx.config.database(db_name)
-    tables = list(tables or [])
-    _check_request(ctx, into, tables, target, kind)
+    scope = Scope.parse(tables, patterns, schemas)
+    _check_request(ctx, into, target, kind)
     snap = await ctx.find_snapshot(snapshot, db_name)
-    what = f"restore of {db_name} snapshot {snap.short_id} into {into}" + (f" ({', '.join(tables)})" if tables else "")
-    t0, started = time.monotonic(), time.time()
-    fed = 0
-    created = False
-    repo: Repository | None = None
-    reader: StreamReader | None = None
+    asked = [*(tables or ()), *(patterns or ()), *(f"schema {s}" for s in schemas or ())]
+    what = f"restore of {db_name} snapshot {snap.short_id} into {into}" + (f" ({', '.join(asked)})" if asked else "")
+    run = _Run(ctx, dbc.dsn, dbc.bin_dir, into, snap, scope)
     async with run_job(ctx.bus, "restore", db_name, what) as job:
+        run.job = job
         try:
             if await logical.database_exists(dbc.dsn, into):
                 raise RestoreRefused(
                     f"database {into!r} already exists; restore into a new name with --into, or replace it "
                     "with --force (needs an enrolled operator and a one-time code; the old one is kept aside)")
-            repo = await _open_for_restore(ctx, job, target, only_target)
-            job.phase("prepare")
-            manifest = await repo.read_manifest(snap.id)
-            _check_tables(manifest, snap, tables)
-            index = await repo.load_index(common=False, avoid=await quarantine.load(repo))
-            entry = manifest.files[0]
-            check_complete(entry, index)  # names a damaged index object when it is the cause
-            for name in index.damaged:
-                job.warn(f"{name[:22]}… cannot be read from any target (this snapshot does not need it); "
-                         "run `backstop repair index`")
-            bin_dir = find_bin_dir(await server_major(dbc.dsn), dbc.bin_dir)
-            reader = StreamReader(repo, index, ctx.pool, on_damage=job.warn)
-            list_text = None
-            if tables:
-                list_text, missing = await logical.table_list_file(bin_dir, reader.stream(entry), tables)
-                if missing:
-                    raise RestoreRefused(f"table(s) {', '.join(missing)} are not in snapshot {snap.short_id}")
-            await logical.create_database(dbc.dsn, into)
-            created = True
-            job.phase("restore")
-            into_dsn = logical.with_dbname(dbc.dsn, into)
-            streams = _ProgressStreams(reader, entry, job)
-            if list_text is None and ctx.config.restore_jobs > 1:
-                await parallel_restore(bin_dir, into_dsn, streams, ctx.config.restore_jobs, manifest.table_bytes,
-                                       on_phase=job.phase)
-                fed = entry.size
-            else:
-                fed = await logical.restore_stream(bin_dir, into_dsn, streams(), list_text)
+            await run.prepare(target, only_target)
+            await run.execute()
         except BaseException as exc:
-            if created:
-                # Only ever drop what this restore created itself.
-                await logical.drop_database(dbc.dsn, into)
-            await _quarantine_findings(repo, reader, job)
-            ctx.catalog.add_restore(job_id=job.id, snapshot_id=snap.id, db=db_name, into=into, tables=tables,
-                                    started_at=started, duration_s=time.monotonic() - t0, nbytes=fed, ok=False,
-                                    error=str(exc), kind=kind, target=_first_target(repo, reader))
+            await run.abandon()
+            ctx.catalog.add_restore(job_id=job.id, snapshot_id=snap.id, db=db_name, into=into, tables=run.shown,
+                                    started_at=run.started, duration_s=time.monotonic() - run.t0, nbytes=run.fed,
+                                    ok=False, error=str(exc), kind=kind, target=run.first_target)
             raise
-        duration = time.monotonic() - t0
-        await _quarantine_findings(repo, reader, job)
-        ctx.catalog.add_restore(job_id=job.id, snapshot_id=snap.id, db=db_name, into=into, tables=tables,
-                                started_at=started, duration_s=duration, nbytes=fed, ok=True, error=None,
-                                kind=kind, target=_first_target(repo, reader))
-        job.result = {"snapshot": snap.id, "into": into, "duration_s": round(duration, 3), "bytes": fed}
-        return RestoreResult(snap.id, db_name, into, tables, fed, duration, list(job.warnings))
+        duration = time.monotonic() - run.t0
+        await run.quarantine_findings()
+        ctx.catalog.add_restore(job_id=job.id, snapshot_id=snap.id, db=db_name, into=into, tables=run.shown,
+                                started_at=run.started, duration_s=duration, nbytes=run.fed, ok=True, error=None,
+                                kind=kind, target=run.first_target)
+        job.result = {"snapshot": snap.id, "into": into, "duration_s": round(duration, 3), "bytes": run.fed}
+        return RestoreResult(snap.id, db_name, into, run.shown, run.fed, duration, list(job.warnings), run.left_out)
 
 
-async def _open_for_restore(ctx: EngineContext, job: Job, target: str | None, only_target: bool) -> Repository:
-    repo = await ctx.open_repository(require_all=False, target=target if only_target else None)
-    for name, msg in {**repo.unreachable, **repo.damaged}.items():
-        job.warn(f"target '{name}' skipped: {msg}")
-    if target:
-        repo.storages.sort(key=lambda st: st.name != target)
-    return repo
+class _Run:
+    """One restore's steps: open and plan (nothing created yet), then create and load, or clean up."""
 
+    def __init__(self, ctx: EngineContext, dsn: str, bin_dir: Path | None, into: str, snap: SnapshotRecord,
+                 scope: Scope) -> None:
+        self.ctx, self.dsn, self.configured_bin_dir, self.into, self.snap, self.scope = (
+            ctx, dsn, bin_dir, into, snap, scope)
+        self.t0, self.started = time.monotonic(), time.time()
+        self.job: Job | None = None
+        self.repo: Repository | None = None
+        self.reader: StreamReader | None = None
+        self.created = False
+        self.fed = 0
+        self.shown: list[str] = []  # the tables restored, as typed (empty: the whole database)
+        self.left_out: list[str] = []
+        self.files: list[FileEntry] = []
+        self.schema: SchemaArchive | None = None
+        self.selection: Selection | None = None
+        self.list_text: str | None = None  # format 1 table restores: pg_restore's -L list
 
-def _first_target(repo: Repository | None, reader: StreamReader | None) -> str | None:
-    """The first target the restore read its data from: the first in read order (the plan's target, then
-    config order, unreachable and damaged targets left out). None when the restore never started reading."""
-    if repo is None or reader is None or not repo.storages:
-        return None
-    return repo.storages[0].name
+    @property
+    def first_target(self) -> str | None:
+        """The first target the restore read from (the plan's target, then config order, bad targets left out)."""
+        if self.repo is None or self.reader is None or not self.repo.storages:
+            return None
+        return self.repo.storages[0].name
 
+    async def prepare(self, target: str | None, only_target: bool) -> None:
+        """Open the repository, read the manifest and the schema's TOC, choose what to restore."""
+        job = self.job
+        assert job is not None
+        repo = self.repo = await self.ctx.open_repository(require_all=False, target=target if only_target else None)
+        for name, msg in {**repo.unreachable, **repo.damaged}.items():
+            job.warn(f"target '{name}' skipped: {msg}")
+        if target:
+            repo.storages.sort(key=lambda st: st.name != target)
+        job.phase("prepare")
+        self.manifest = manifest = await repo.read_manifest(self.snap.id)
+        self.index = index = await repo.load_index(common=False, avoid=await quarantine.load(repo))
+        first = manifest.file(SCHEMA_FILE) if manifest.per_table else manifest.files[0]
+        check_complete(first, index)  # names a damaged index object when it is the cause
+        self.bin_dir = find_bin_dir(await server_major(self.dsn), self.configured_bin_dir)
+        self.reader = reader = StreamReader(repo, index, self.ctx.pool, on_damage=job.warn)
+        if manifest.per_table:
+            await self._plan_per_table(first)
+        else:
+            await self._plan_single_stream(first)
+        for f in self.files:
+            check_complete(f, index)
+        for name in index.damaged:
+            job.warn(f"{name[:22]}… cannot be read from any target (this snapshot does not need it); "
+                     "run `backstop repair index`")
+        self.progress = _ProgressStreams(reader, sum(f.size for f in self.files), job)
 
-def _check_tables(manifest: Manifest, snap: SnapshotRecord, tables: list[str]) -> None:
-    absent = [t for t in tables if manifest.tables and t not in manifest.tables]
-    if absent:
-        raise RestoreRefused(
-            f"table(s) {', '.join(absent)} did not exist in snapshot {snap.short_id}; "
-            f"it has: {', '.join(manifest.tables[:10])}{' …' if len(manifest.tables) > 10 else ''}")
+    async def _plan_per_table(self, schema_file: FileEntry) -> None:
+        assert self.reader is not None
+        self.schema = schema = await read_schema(self.reader.stream(schema_file))
+        tables: list[FileEntry] = self.manifest.table_files()
+        self.files = [schema_file]
+        if self.scope.whole:
+            self.files += tables
+            return
+        wanted = self.scope.resolve(tables_in(schema.toc), self.snap.short_id)
+        self.selection = sel = select(schema.toc, wanted)
+        loaded = set(sel.tables)
+        self.files += [f for f in tables if f.relation is not None and (f.relation[0], f.relation[1]) in loaded]
+        self.shown = [show_relation(r) for r in sel.tables]
+        self.left_out = sel.left_out
+        for fk in sel.left_out:
+            assert self.job is not None
+            self.job.warn(f"foreign key {fk} is left out: the table it refers to is not restored")
 
+    async def _plan_single_stream(self, dump: FileEntry) -> None:
+        """Format 1 (one pg_dump stream): tables are chosen from pg_restore's list, as before."""
+        assert self.reader is not None
+        self.files = [dump]
+        if self.scope.whole:
+            return
+        known = [(t.split(".", 1)[0], t.split(".", 1)[1]) for t in self.manifest.tables if "." in t]
+        if known:
+            wanted = self.scope.resolve(known, self.snap.short_id)
+        elif self.scope.patterns or self.scope.schemas:
+            raise RestoreRefused(f"snapshot {self.snap.short_id} records no table list: name tables exactly "
+                                 "with --table")
+        else:
+            wanted = list(self.scope.tables)  # pg_restore's list below says which exist
+        self.shown = [f"{s}.{t}" for s, t in wanted]
+        self.list_text, missing = await logical.table_list_file(self.bin_dir, self.reader.stream(dump), self.shown)
+        if missing:
+            raise RestoreRefused(f"table(s) {', '.join(missing)} are not in snapshot {self.snap.short_id}")
 
-async def _quarantine_findings(repo: Repository | None, reader: StreamReader | None, job: Job) -> None:
-    """Copies found damaged while reading go into quarantine: the next backup stores fresh ones."""
-    if repo is None or reader is None or not reader.findings:
-        return
-    held = await quarantine.add(repo, reader.findings, "restore")
-    job.warn(f"{len(held)} damaged pack(s) quarantined: the next backup stores fresh copies of their chunks")
+    async def execute(self) -> None:
+        """Create the database and load it."""
+        job = self.job
+        assert job is not None
+        await logical.create_database(self.dsn, self.into)
+        self.created = True
+        job.phase("restore")
+        into_dsn = logical.with_dbname(self.dsn, self.into)
+        if self.schema is not None:
+            await self._load_per_table(into_dsn)
+            if self.scope.whole:
+                await self._database_settings()
+        elif self.list_text is None and self.ctx.config.restore_jobs > 1:
+            dump = self.files[0]
+            await parallel_restore(self.bin_dir, into_dsn, lambda: self.progress.stream(dump),
+                                   self.ctx.config.restore_jobs, self.manifest.table_bytes, on_phase=job.phase)
+        else:
+            await logical.restore_stream(self.bin_dir, into_dsn, self.progress.stream(self.files[0]), self.list_text)
+        self.fed = sum(f.size for f in self.files)
+
+    async def _load_per_table(self, into_dsn: str) -> None:
+        """Format 2: the schema archive's sections around the tables' own COPY streams, each read once."""
+        schema = self.schema
+        assert schema is not None and self.job is not None
+        schema_file = self.files[0]
+
+        def copy_job(f: FileEntry) -> Callable[[], Awaitable[None]]:
+            async def run() -> None:
+                assert f.relation is not None and f.columns is not None
+                await copy_in(into_dsn, f.relation, f.columns, self.manifest.encoding, self.progress.stream(f))
+            return run
+
+        try:
+            await restore_sections(self.bin_dir, into_dsn, schema, lambda: self.progress.stream(schema_file),
+                                   self.ctx.config.restore_jobs, [copy_job(f) for f in self.files[1:]],
+                                   entries=self.selection.entries if self.selection else None,
+                                   on_phase=self.job.phase)
+        except PostgresError as exc:
+            if self.selection is None or exc.toc_entry is None:
+                raise
+            raise PostgresError(f"cannot create {self.selection.why(exc.toc_entry)}: {exc}; the new database "
+                                "was dropped", toc_entry=exc.toc_entry) from None
+
+    async def _database_settings(self) -> None:
+        """The source database's own settings, comment and grants, re-applied to the new one."""
+        assert self.schema is not None and self.job is not None
+        for warning in await apply_database_entries(self.dsn, self.schema, self.into):
+            self.job.warn(warning)
+
+    async def abandon(self) -> None:
+        """After a failure: drop what this restore created (only that), quarantine damage it met."""
+        if self.created:
+            await logical.drop_database(self.dsn, self.into)
+        await self.quarantine_findings()
+
+    async def quarantine_findings(self) -> None:
+        """Copies found damaged while reading go into quarantine: the next backup stores fresh ones."""
+        if self.repo is None or self.reader is None or not self.reader.findings:
+            return
+        held = await quarantine.add(self.repo, self.reader.findings, "restore")
+        assert self.job is not None
+        self.job.warn(f"{len(held)} damaged pack(s) quarantined: the next backup stores fresh copies of their chunks")
 
 
 class _ProgressStreams:
-    """Opens archive streams for restore jobs; reports the furthest one's progress."""
+    """Opens stored streams for restore jobs; reports progress over all of them (the furthest read of each)."""
 
-    def __init__(self, reader: StreamReader, entry: FileEntry, job: Job) -> None:
-        self.reader, self.entry, self.job = reader, entry, job
-        self._best = 0
+    def __init__(self, reader: StreamReader, total: int, job: Job) -> None:
+        self.reader, self.total, self.job = reader, total, job
+        self._best: dict[str, int] = {}
         self._last = 0.0
 
-    def __call__(self) -> AsyncIterator[bytes]:
-        return self._stream()
+    def stream(self, entry: FileEntry) -> AsyncIterator[bytes]:
+        return self._stream(entry)
 
-    async def _stream(self) -> AsyncIterator[bytes]:
+    async def _stream(self, entry: FileEntry) -> AsyncIterator[bytes]:
         done = 0
-        async for piece in self.reader.stream(self.entry):
+        async for piece in self.reader.stream(entry):
             done += len(piece)
-            now = time.monotonic()
-            if done > self._best and (now - self._last > 0.2 or done == self.entry.size):
-                self._best, self._last = done, now
-                self.job.progress(done, self.entry.size)
+            # Parallel jobs may read a stream several times: count each stream's furthest point once.
+            if done > self._best.get(entry.name, 0):
+                self._best[entry.name] = done
+                now = time.monotonic()
+                if now - self._last > 0.2:
+                    self._last = now
+                    self.job.progress(sum(self._best.values()), self.total)
             yield piece
 
 

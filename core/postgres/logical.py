@@ -15,7 +15,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -222,15 +222,52 @@ class DumpProcess:
         self._resources.close()
 
 
-async def start_dump(bin_dir: Path, dsn: str) -> DumpProcess:
-    """Start `pg_dump -Fc -Z0` writing into a pipe we read from a thread."""
+def archive_head_length(data: bytes) -> int:
+    """Bytes of a custom-format archive's header (magic to pg_dump version): it holds the archive's creation time.
+
+    The header changes with every dump; what follows does not unless the
+    database did. 0 when ``data`` does not start like an archive (then nothing is split off).
+    """
+    if data[:5] != b"PGDMP" or len(data) < 11:
+        return 0
+    vmaj, vmin, _rev, int_size, _off_size, _fmt = data[5:11]
+    pos = 11
+
+    def read_int() -> int:
+        nonlocal pos
+        value = int.from_bytes(data[pos + 1: pos + 1 + int_size], "little")
+        negative = data[pos] if pos < len(data) else 0
+        pos += 1 + int_size
+        return -value if negative else value
+
+    if (vmaj, vmin) >= (1, 15):
+        pos += 1  # compression algorithm (one byte since archive 1.15)
+    else:
+        read_int()  # compression level
+    for _ in range(7):  # creation time: sec, min, hour, mday, mon, year, isdst
+        read_int()
+    for _ in range(3):  # database name, server version, pg_dump version
+        length = read_int()
+        pos += max(0, length)
+    return pos if pos <= len(data) else 0
+
+
+def exact_pattern(schema: str, name: str) -> str:
+    """A pg_dump table pattern matching exactly ``schema.name`` (quoted: no wildcard, no case folding)."""
+    def quote(part: str) -> str:
+        return '"' + part.replace('"', '""') + '"'
+    return f"{quote(schema)}.{quote(name)}"
+
+
+async def start_dump(bin_dir: Path, dsn: str, extra: Sequence[str] = ()) -> DumpProcess:
+    """Start `pg_dump -Fc -Z0` (plus ``extra`` options) writing into a pipe we read from a thread."""
     resources = contextlib.ExitStack()
     tool_dsn, env = resources.enter_context(tool_connection(dsn))
     r, w = os.pipe()
     try:
         # --no-password: a wrong password fails rather than prompting on the terminal.
         proc = await asyncio.create_subprocess_exec(
-            str(bin_dir / "pg_dump"), "--format=custom", "--compress=0", "--no-sync", "--no-password",
+            str(bin_dir / "pg_dump"), "--format=custom", "--compress=0", "--no-sync", "--no-password", *extra,
             f"--dbname={tool_dsn}",
             stdout=w, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL, env=env,
         )
@@ -385,8 +422,13 @@ async def _run_restore(args: list[str], env: dict[str, str], stream: AsyncIterat
     err = (await err_task).decode(errors="replace")
     if rc != 0:
         cause = tool_failure("pg_restore", err, rc)
-        raise PostgresError(f"pg_restore failed: {cause}; {_restore_advice(cause)}")
+        entry = _TOC_ENTRY.search(err)
+        raise PostgresError(f"pg_restore failed: {cause}; {_restore_advice(cause)}",
+                            toc_entry=int(entry.group(1)) if entry else None)
     return fed
+
+
+_TOC_ENTRY = re.compile(r"from TOC entry (\d+);")
 
 
 def ensure_new_database(name: str) -> None:

@@ -19,11 +19,13 @@ Lists keep the archive's order: a pg_restore reading a pipe cannot go back.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from core.errors import PostgresError
+from core.postgres.archive import Section, TocEntry
 from core.postgres.logical import read_toc, restore_stream, toc_desc
+from core.postgres.schema_archive import SchemaArchive, restore_list
 
 StreamFactory = Callable[[], AsyncIterator[bytes]]
 
@@ -59,21 +61,16 @@ def split_balanced(lines: list[str], jobs: int, weight: Callable[[str], int]) ->
 
 
 async def _run_all(bin_dir: Path, dsn: str, open_stream: StreamFactory, lists: list[list[str]]) -> None:
-    tasks = [asyncio.ensure_future(restore_stream(bin_dir, dsn, open_stream(), "\n".join(lst) + "\n"))
-             for lst in lists]
-    try:
-        await asyncio.gather(*tasks)
-    except BaseException:
-        # One job failed: stop the others before the caller drops the database.
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
+    """pg_restore one list per process, all at once."""
+    def pg_restore(lst: list[str]) -> Callable[[], Awaitable[int]]:
+        return lambda: restore_stream(bin_dir, dsn, open_stream(), "\n".join(lst) + "\n")
+
+    await _bounded([pg_restore(lst) for lst in lists], len(lists))
 
 
 async def parallel_restore(bin_dir: Path, dsn: str, open_stream: StreamFactory, jobs: int,
                            table_bytes: dict[str, int], on_phase: Callable[[str], None] | None = None) -> None:
-    """Restore a whole archive into ``dsn`` with up to ``jobs`` pg_restore processes at once."""
+    """Restore a whole single-stream archive (format 1) into ``dsn`` with up to ``jobs`` pg_restore processes."""
     full = await read_toc(bin_dir, open_stream())
     pre = set(await read_toc(bin_dir, open_stream(), "--section=pre-data"))
     data = set(await read_toc(bin_dir, open_stream(), "--section=data"))
@@ -96,3 +93,68 @@ async def parallel_restore(bin_dir: Path, dsn: str, open_stream: StreamFactory, 
             await _run_all(bin_dir, dsn, open_stream, lists)
         except PostgresError as exc:
             raise PostgresError(f"{phase}: {exc}") from None
+
+
+async def restore_sections(bin_dir: Path, dsn: str, schema: SchemaArchive, open_full: StreamFactory, jobs: int,
+                           table_copies: list[Callable[[], Awaitable[None]]],
+                           entries: list[TocEntry] | None = None,
+                           on_phase: Callable[[str], None] | None = None) -> None:
+    """A format 2 restore: the schema archive's sections (from its TOC) around the tables' own COPY streams.
+
+    ``entries`` (a table restore's selection) default to the whole archive.
+    Every step but large objects reads only the archive's header and TOC.
+    """
+    chosen = list(schema.toc) if entries is None else entries
+    pre = [e for e in chosen if e.section is Section.PRE_DATA]
+    data = [e for e in chosen if e.section is Section.DATA]
+    post_idx = [e for e in chosen if e.section is Section.POST_DATA and e.desc in ("INDEX", "CONSTRAINT")]
+    taken = {e.dump_id for e in (*pre, *data, *post_idx)}
+    rest = [e for e in chosen if e.dump_id not in taken]
+    toc_only: StreamFactory = schema.toc_only
+    needs_blocks = any(e.had_dumper for e in data)
+    steps: list[tuple[str, list[tuple[list[TocEntry], StreamFactory]], list[Callable[[], Awaitable[None]]]]] = [
+        ("restore schema", [(pre, toc_only)], []),
+        ("restore data", [(data, open_full if needs_blocks else toc_only)], table_copies),
+        ("build indexes", [(part, toc_only) for part in _split(post_idx, jobs)], []),
+        ("finish", [(rest, toc_only)], []),
+    ]
+    for phase, runs, extra in steps:
+        runs = [(lst, opener) for lst, opener in runs if lst]
+        if not runs and not extra:
+            continue
+        if on_phase:
+            on_phase(phase)
+        jobs_here: list[Callable[[], Awaitable[object]]] = [
+            _pg_restore(bin_dir, dsn, opener, lst) for lst, opener in runs]
+        try:
+            await _bounded([*jobs_here, *extra], jobs)
+        except PostgresError as exc:
+            raise PostgresError(f"{phase}: {exc}", toc_entry=exc.toc_entry) from None
+
+
+def _split(entries: list[TocEntry], jobs: int) -> list[list[TocEntry]]:
+    """Round robin into ``jobs`` lists, each in archive order."""
+    return [entries[i::jobs] for i in range(jobs)]
+
+
+def _pg_restore(bin_dir: Path, dsn: str, opener: StreamFactory,
+                entries: list[TocEntry]) -> Callable[[], Awaitable[int]]:
+    return lambda: restore_stream(bin_dir, dsn, opener(), restore_list(entries))
+
+
+async def _bounded(jobs: list[Callable[[], Awaitable[object]]], width: int) -> None:
+    """Run ``jobs``, at most ``width`` at once; on the first failure stop the others, then raise it."""
+    gate = asyncio.Semaphore(max(1, width))
+
+    async def one(job: Callable[[], Awaitable[object]]) -> None:
+        async with gate:
+            await job()
+
+    tasks = [asyncio.ensure_future(one(j)) for j in jobs]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

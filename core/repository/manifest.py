@@ -11,6 +11,9 @@ from core.repository.crypto import open_object, seal_object
 from core.repository.keys import DataKey
 
 SNAPSHOT_PREFIX = "snapshots/"
+# 1: one `pg_dump -Fc -Z0` stream. 2: a schema archive and one COPY stream per table.
+MANIFEST_FORMAT = 2
+SCHEMA_FILE = "schema.pgdump"  # format 2: every definition, sequence value and large object; no table data
 _KIND = b"snapshot"
 
 
@@ -23,6 +26,10 @@ class FileEntry:
     size: int
     sha256: str
     chunks: list[str]  # chunk ids, hex
+    # A table's data stream (format "copy-text"): [schema, name] as PostgreSQL spells them, and the
+    # columns in COPY order. Written only when set, so single-stream manifests keep their shape.
+    relation: list[str] | None = None
+    columns: list[str] | None = None
 
 
 @dataclass
@@ -44,6 +51,8 @@ class Manifest:
     table_bytes: dict[str, int] = field(default_factory=dict)  # source size per table (restore weights)
     host: str = ""
     format: int = 1
+    # Format 2: the source database's encoding; COPY streams are in it (client_encoding).
+    encoding: str = ""
     # Id of the manifest this one replaces (re-sealed under a newer data key);
     # written only when set, so ordinary manifests stay as before (FORMAT.md 10).
     supersedes: str | None = None
@@ -53,6 +62,12 @@ class Manifest:
         doc = asdict(self)
         if doc["supersedes"] is None:
             del doc["supersedes"]
+        if not doc["encoding"]:
+            del doc["encoding"]
+        for f in doc["files"]:
+            for optional in ("relation", "columns"):
+                if f[optional] is None:
+                    del f[optional]
         data = seal_object(json.dumps(doc, separators=(",", ":")).encode(), _KIND, key)
         sid = hashlib.sha256(data).hexdigest()
         return sid, f"{SNAPSHOT_PREFIX}{sid}", data
@@ -62,12 +77,28 @@ class Manifest:
         """Decrypt and parse a stored manifest."""
         try:
             doc = json.loads(open_object(data, _KIND, keys))
-            if doc.get("format", 1) > 1:
+            if doc.get("format", 1) > MANIFEST_FORMAT:
                 raise RepositoryError("snapshot manifest format is newer than this backstop; upgrade it")
             doc["files"] = [FileEntry(**f) for f in doc["files"]]
             return cls(**doc)
         except (ValueError, KeyError, TypeError, AttributeError):
             raise IntegrityError("snapshot manifest is malformed") from None
+
+    @property
+    def per_table(self) -> bool:
+        """Format 2: a schema archive plus one COPY stream per table (else one pg_dump archive)."""
+        return any(f.relation is not None for f in self.files) or self.format >= 2
+
+    def file(self, name: str) -> FileEntry:
+        """The stored stream called ``name``."""
+        for f in self.files:
+            if f.name == name:
+                return f
+        raise IntegrityError(f"snapshot manifest has no stream {name!r}")
+
+    def table_files(self) -> list[FileEntry]:
+        """The per-table data streams, largest first."""
+        return sorted((f for f in self.files if f.relation is not None), key=lambda f: -f.size)
 
     def chunk_ids(self) -> set[bytes]:
         """Every chunk this snapshot needs."""

@@ -16,9 +16,13 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING
 
 from pyfastcdc import FastCDC
+
+if TYPE_CHECKING:
+    # What the chunker reads: a pipe, a file, a COPY stream (anything with read() or readinto()).
+    from pyfastcdc import BinaryStreamReader
 
 from core.errors import BackstopError
 from core.repository.crypto import chunk_id, seal_chunk
@@ -28,6 +32,7 @@ from core.repository.packs import Pack, PackBuilder
 from core.repository.repo import Repository
 
 ProgressFn = Callable[[int], None]
+
 
 
 class WriteAborted(BackstopError):
@@ -43,6 +48,96 @@ class WriteStats:
     new_chunks: int = 0
     stored_bytes: int = 0  # bytes of packs uploaded (per target)
     packs: int = 0
+
+
+_HEAD_PEEK = 64 * 1024  # enough for any pg_dump archive header
+
+
+def _read_up_to(reader: BinaryStreamReader, n: int) -> bytes:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    readinto = getattr(reader, "readinto", None)
+    while got < n:
+        k = readinto(view[got:]) if readinto else _read_into(reader, view[got:])
+        if not k:
+            break
+        got += k
+    return bytes(buf[:got])
+
+
+def _read_into(reader: BinaryStreamReader, view: memoryview) -> int:
+    data = reader.read(len(view))  # type: ignore[union-attr]
+    view[:len(data)] = data
+    return len(data)
+
+
+class _Prefixed:
+    """``prefix``, then the rest of ``reader``: what was peeked at goes back in front."""
+
+    def __init__(self, prefix: bytes, reader: BinaryStreamReader) -> None:
+        self._prefix = memoryview(prefix)
+        self._reader = reader
+
+    def readinto(self, dest: memoryview) -> int:
+        if self._prefix:
+            n = min(len(dest), len(self._prefix))
+            dest[:n] = self._prefix[:n]
+            self._prefix = self._prefix[n:]
+            return n
+        readinto = getattr(self._reader, "readinto", None)
+        return (readinto(dest) if readinto else _read_into(self._reader, dest)) or 0
+
+
+class _Stream:
+    """One stream being written: its hash, chunk list, and the chunks still being sealed."""
+
+    def __init__(self, writer: StreamWriter, name: str, fmt: str) -> None:
+        self.w, self.name, self.fmt = writer, name, fmt
+        self.sha = hashlib.sha256()
+        self.refs: list[str] = []
+        self.size = 0
+        self.inflight: deque[tuple[bytes, int, Future[bytes]]] = deque()
+        self.last_report = 0.0
+
+    def take(self, view: memoryview) -> None:
+        """Hash, reference and (when new) seal one chunk."""
+        w = self.w
+        if w._abort.is_set():
+            raise WriteAborted("backup aborted")
+        if not len(view):
+            return
+        self.sha.update(view)
+        cid = chunk_id(view, w.key.id_key)
+        self.refs.append(cid.hex())
+        self.size += len(view)
+        with w._lock:
+            w.stats.bytes_read += len(view)
+            w.stats.chunks += 1
+            new = cid not in w.index and cid not in w._pending
+            if new:
+                w._pending.add(cid)
+        if new:
+            data = bytes(view)
+            self.inflight.append((cid, len(data), w.pool.submit(seal_chunk, data, cid, w.key, w.level)))
+            while len(self.inflight) > w._max_inflight:
+                w._add_sealed(*self.inflight.popleft())
+        now = time.monotonic()
+        if w.on_progress and now - self.last_report > 0.2:
+            self.last_report = now
+            w.on_progress(w.stats.bytes_read)
+
+    def drain(self) -> None:
+        while self.inflight:
+            self.w._add_sealed(*self.inflight.popleft())
+
+    def cancel(self) -> None:
+        for _, _, fut in self.inflight:
+            fut.cancel()
+
+    def entry(self) -> FileEntry:
+        return FileEntry(name=self.name, format=self.fmt, size=self.size, sha256=self.sha.hexdigest(),
+                         chunks=self.refs)
 
 
 class StreamWriter:
@@ -65,66 +160,59 @@ class StreamWriter:
         self._max_inflight = workers * 2 + 2
         self._max_uploads = 2
         self._abort = threading.Event()
+        # Several streams (a backup's tables) may be written at once from their own threads:
+        # the pack being built, the set of new chunks and the counters are shared.
+        self._lock = threading.Lock()
 
     def abort(self) -> None:
         """Ask a running :meth:`write` to stop at the next chunk."""
         self._abort.set()
 
     # Runs in a worker thread.
-    def write(self, reader: BinaryIO, name: str, fmt: str) -> FileEntry:
-        """Consume ``reader`` to EOF and return the file's manifest entry."""
+    def write(self, reader: BinaryStreamReader, name: str, fmt: str,
+              head: Callable[[bytes], int] | None = None) -> FileEntry:
+        """Consume ``reader`` to EOF and return the file's manifest entry.
+
+        ``head`` sees the stream's first bytes and says how many of them form
+        a volatile header (a pg_dump archive's creation time): those become a
+        chunk of their own, so the content-defined chunks after it are the
+        same in every backup of unchanged data.
+        """
         p = self.repo.params
         cdc = FastCDC(p.chunk_avg, min_size=p.chunk_min, max_size=p.chunk_max)
-        sha = hashlib.sha256()
-        refs: list[str] = []
-        inflight: deque[tuple[bytes, int, Future[bytes]]] = deque()
-        id_key = self.key.id_key
-        size = 0
-        last_report = 0.0
+        stream = _Stream(self, name, fmt)
         try:
+            if head is not None:
+                first = _read_up_to(reader, _HEAD_PEEK)
+                n = head(first)
+                stream.take(memoryview(first)[:n])
+                reader = _Prefixed(first[n:], reader)
             for ch in cdc.cut_stream(reader):
-                if self._abort.is_set():
-                    raise WriteAborted("backup aborted")
-                # The view is only valid until the next chunk is cut: hash it in
-                # place, and copy only the chunks that are new and must be sealed.
-                view = ch.data
-                sha.update(view)
-                cid = chunk_id(view, id_key)
-                refs.append(cid.hex())
-                size += ch.length
-                self.stats.bytes_read += ch.length
-                self.stats.chunks += 1
-                if cid not in self.index and cid not in self._pending:
-                    self._pending.add(cid)
-                    data = bytes(view)
-                    inflight.append((cid, len(data), self.pool.submit(seal_chunk, data, cid, self.key, self.level)))
-                    while len(inflight) > self._max_inflight:
-                        self._add_sealed(*inflight.popleft())
-                now = time.monotonic()
-                if self.on_progress and now - last_report > 0.2:
-                    last_report = now
-                    self.on_progress(self.stats.bytes_read)
-            while inflight:
-                self._add_sealed(*inflight.popleft())
+                # The view is only valid until the next chunk is cut: take() hashes it
+                # in place and copies only chunks that are new and must be sealed.
+                stream.take(ch.data)
+            stream.drain()
         finally:
-            for _, _, fut in inflight:
-                fut.cancel()
+            stream.cancel()
         if self.on_progress:
             self.on_progress(self.stats.bytes_read)
-        return FileEntry(name=name, format=fmt, size=size, sha256=sha.hexdigest(), chunks=refs)
+        return stream.entry()
 
     def finish(self) -> None:
-        """Ship the last partial pack and wait for every upload (worker thread)."""
-        if len(self._builder):
-            self._ship(self._builder.finish(self.key))
+        """Ship the last partial pack and wait for every upload (worker thread, after every stream ended)."""
+        with self._lock:
+            if len(self._builder):
+                self._ship(self._builder.finish(self.key))
         while self._uploads:
             self._uploads.popleft().result()
 
     def _add_sealed(self, cid: bytes, raw_len: int, fut: Future[bytes]) -> None:
-        self._builder.add(cid, self.key.version, fut.result(), raw_len)
-        self.stats.new_chunks += 1
-        if self._builder.full:
-            self._ship(self._builder.finish(self.key))
+        blob = fut.result()
+        with self._lock:
+            self._builder.add(cid, self.key.version, blob, raw_len)
+            self.stats.new_chunks += 1
+            if self._builder.full:
+                self._ship(self._builder.finish(self.key))
 
     def _ship(self, pack: Pack) -> None:
         self._uploads.append(asyncio.run_coroutine_threadsafe(self._upload(pack), self.loop))

@@ -41,10 +41,11 @@ async def cmd_restore(engine: Engine, args: argparse.Namespace) -> int:
     if args.force:
         return await restore_force(engine, args)
     res = await engine.restore(args.db, args.into, args.snapshot, args.table, target=args.target,
-                               only_target=args.target is not None)
+                               only_target=args.target is not None, patterns=args.pattern, schemas=args.schema)
     if args.json:
         print_json({"snapshot": res.snapshot_id, "db": res.db, "into": res.into, "tables": res.tables,
-                    "bytes": res.bytes, "duration_s": round(res.duration_s, 3), "warnings": res.warnings})
+                    "bytes": res.bytes, "duration_s": round(res.duration_s, 3), "warnings": res.warnings,
+                    "left_out": res.left_out})
     else:
         what = ", ".join(res.tables) if res.tables else "whole database"
         print(f"restored snapshot {res.snapshot_id[:8]} of {res.db} ({what}) into {res.into} "
@@ -54,7 +55,7 @@ async def cmd_restore(engine: Engine, args: argparse.Namespace) -> int:
 
 async def restore_force(engine: Engine, args: argparse.Namespace) -> int:
     """`restore --force`: replace an existing database, keeping the old one aside."""
-    if args.table:
+    if args.table or args.pattern or args.schema:
         raise UsageError("--force replaces a whole database; to bring back tables, restore them into a new "
                          "database (without --force) and copy the rows over")
     res = await engine.restore_over(args.db, args.into, args.snapshot, identity(args))
@@ -85,7 +86,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                              help="snapshot id or prefix, or 'latest' (default)"), "snapshot-ref")
     p.add_argument("--into", required=True, metavar="NEW_DB", help="name of the new database to create")
     p.add_argument("--table", action="append", default=[], metavar="SCHEMA.TABLE",
-                   help="restore only this table with its data (repeatable)")
+                   help="restore this table (exactly: quote as PostgreSQL does, 'public.\"My Table\"'), with its "
+                        "indexes, constraints, triggers, policies, grants and partitions (repeatable)")
+    p.add_argument("--pattern", action="append", default=[], metavar="[SCHEMA.]TABLE",
+                   help="restore the tables matching a psql-style pattern, e.g. 'ledger.claim*' (repeatable)")
+    p.add_argument("--schema", action="append", default=[], metavar="NAME",
+                   help="restore every table of this schema (repeatable)")
     p.add_argument("--force", action="store_true",
                    help="if --into exists, replace it (operator with a one-time code; the old one is kept aside)")
     completes(p.add_argument("--target", metavar="NAME",

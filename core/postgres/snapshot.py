@@ -1,0 +1,178 @@
+"""One consistent snapshot of a database, shared by pg_dump and parallel COPY streams.
+
+What `pg_dump -j` does inside, without its directory format's staging on
+disk: a leader connection opens a repeatable-read, read-only transaction,
+exports its snapshot (``pg_export_snapshot()``) and takes ACCESS SHARE locks
+on every table it will copy (the locks pg_dump takes: DDL waits, reads and
+writes do not). Then `pg_dump --snapshot` writes the schema archive and
+worker connections that ``SET TRANSACTION SNAPSHOT`` to the same snapshot
+stream each table's rows with ``COPY ... TO STDOUT``. Every stream sees the
+database as of one instant; the leader keeps the snapshot and the locks
+alive until the last stream has ended.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import TracebackType
+
+import psycopg
+from psycopg import sql
+
+from core.errors import PostgresError
+from core.postgres.logical import connect, redact
+from core.postgres.tools import first_line
+
+# Tables whose data is copied: ordinary tables and partitions, permanent or
+# unlogged, outside the system schemas and not owned by an extension (pg_dump's
+# default set). Columns in COPY order: not dropped, not generated (COPY skips those).
+_TABLES = """
+SELECT n.nspname, c.relname, pg_table_size(c.oid),
+       coalesce(array_agg(a.attname ORDER BY a.attnum) FILTER (WHERE a.attnum IS NOT NULL), '{}')
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+WHERE c.relkind = 'r' AND c.relpersistence IN ('p', 'u')
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                  AND d.deptype = 'e')
+GROUP BY n.nspname, c.relname, c.oid
+ORDER BY pg_table_size(c.oid) DESC, n.nspname, c.relname
+"""
+
+
+def copy_settings(encoding: str) -> list[sql.Composed]:
+    """Session settings both ends of a COPY stream use, as pg_dump and pg_restore set them.
+
+    Rows travel as text: dates, intervals and floats must be written and read
+    in the same, lossless styles, in the source database's encoding, and
+    row-level security must neither hide rows from the backup nor block the
+    restore (a role that cannot bypass it gets an error instead, as with pg_dump).
+    """
+    out = [sql.SQL("SET {} = {}").format(sql.Identifier(k), sql.Literal(v)) for k, v in (
+        ("DateStyle", "ISO"), ("IntervalStyle", "postgres"), ("extra_float_digits", "3"), ("row_security", "off"),
+        ("statement_timeout", "0"), ("lock_timeout", "0"), ("idle_in_transaction_session_timeout", "0"))]
+    if encoding:
+        out.append(sql.SQL("SET client_encoding = {}").format(sql.Literal(encoding)))
+    return out
+
+
+@dataclass(frozen=True)
+class TableSource:
+    """A table whose rows a backup copies."""
+
+    schema: str
+    name: str
+    bytes: int  # on-disk size at the snapshot: weights for balancing streams
+    columns: tuple[str, ...]
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    def copy_to(self) -> sql.Composed:
+        """``COPY schema.table (columns) TO STDOUT``, identifiers quoted."""
+        return sql.SQL("COPY {} ({}) TO STDOUT").format(
+            sql.Identifier(self.schema, self.name), sql.SQL(", ").join(map(sql.Identifier, self.columns)))
+
+
+class ExportedSnapshot:
+    """The leader: an open transaction whose snapshot the schema dump and the COPY workers share."""
+
+    def __init__(self, dsn: str, db_name: str) -> None:
+        self.dsn = dsn
+        self.db_name = db_name
+        self.snapshot_id = ""
+        self.encoding = ""
+        self.tables: list[TableSource] = []
+        self._conn: psycopg.AsyncConnection | None = None
+
+    async def __aenter__(self) -> ExportedSnapshot:
+        conn = await connect(self.dsn, f"database {self.db_name!r}")
+        self._conn = conn
+        try:
+            await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            row = await (await conn.execute("SELECT pg_export_snapshot()")).fetchone()
+            assert row is not None
+            self.snapshot_id = str(row[0])
+            enc = await (await conn.execute("SELECT current_setting('server_encoding')")).fetchone()
+            self.encoding = str(enc[0]) if enc else ""
+            rows = await (await conn.execute(_TABLES)).fetchall()
+            self.tables = [TableSource(r[0], r[1], int(r[2]), tuple(r[3])) for r in rows]
+            for t in self.tables:
+                # What pg_dump's leader holds: DDL on a table being copied waits for the backup.
+                await conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(
+                    sql.Identifier(t.schema, t.name)))
+        except psycopg.Error as exc:
+            await conn.close()
+            raise PostgresError(f"cannot take a consistent snapshot of {self.db_name} ({redact(self.dsn)}): "
+                                f"{first_line(exc)}; check the role's privileges (it needs SELECT on every "
+                                "table, as pg_dump does)") from None
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if self._conn is not None:
+            await self._conn.close()  # ends the read-only transaction: nothing to commit
+
+
+class CopyReader:
+    """A file-like reader over one table's ``COPY ... TO STDOUT``, for the chunker's thread.
+
+    Runs a synchronous psycopg connection in the calling thread (libpq
+    releases the GIL while it waits), joined to the exported snapshot.
+    """
+
+    def __init__(self, conn: psycopg.Connection, table: TableSource) -> None:
+        self._copy_cm = conn.cursor().copy(table.copy_to())
+        self._copy = self._copy_cm.__enter__()
+        self._rows = iter(self._copy)
+        self._buf = memoryview(b"")
+
+    def readinto(self, dest: memoryview) -> int:
+        """Fill ``dest`` from the COPY stream; 0 at its end."""
+        while not self._buf:
+            try:
+                self._buf = memoryview(next(self._rows))
+            except StopIteration:
+                return 0
+        n = min(len(dest), len(self._buf))
+        dest[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+    def close(self) -> None:
+        self._copy_cm.__exit__(None, None, None)
+
+
+class SnapshotWorker:
+    """One worker connection inside the exported snapshot; copies tables one after another."""
+
+    def __init__(self, dsn: str, snapshot_id: str, encoding: str) -> None:
+        try:
+            self.conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10,
+                                        application_name="backstop")
+            for setting in copy_settings(encoding):
+                self.conn.execute(setting)
+            # SET TRANSACTION SNAPSHOT must be the transaction's first statement.
+            self.conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            self.conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_id)))
+        except psycopg.Error as exc:
+            raise PostgresError(f"a backup worker cannot join the snapshot ({redact(dsn)}): {first_line(exc)}; "
+                                "check max_connections (the backup opens `jobs` + 2 connections)") from None
+
+    def open(self, table: TableSource) -> CopyReader:
+        try:
+            return CopyReader(self.conn, table)
+        except psycopg.Error as exc:
+            raise PostgresError(f"COPY of {table.qualified} failed: {first_line(exc)}") from None
+
+    def cancel(self) -> None:
+        """Stop a COPY in progress (another stream failed, or the backup was interrupted)."""
+        try:
+            self.conn.cancel_safe()
+        except psycopg.Error:
+            pass  # already gone: nothing to stop
+
+    def close(self) -> None:
+        self.conn.close()
