@@ -65,6 +65,9 @@ class Run:
 
     wall_s: float
     rss_kib: list[int]
+    # With run_pipeline(tree=True): the largest sum of the RSS of every process under the command
+    # (sampled every 10 ms), in KiB; None otherwise.
+    tree_peak_kib: int | None = None
 
 
 def child_env() -> dict[str, str]:
@@ -111,6 +114,74 @@ class RssPoller:
         return self.peak_kib
 
 
+class TreeRssSampler:
+    """Peak of the summed RSS of whole process trees, sampled every ``interval`` seconds from /proc.
+
+    Each sample walks /proc for parent links (about 1 ms with ~100 processes), so children that
+    come and go (pg_dump, pg_restore) are counted while they live. Pages shared between processes
+    (libraries, copy-on-write) count once per process: the sum overstates rather than understates.
+    A peak shorter than the interval can be missed; GNU time's per-process figure covers those.
+    """
+
+    PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+    def __init__(self, roots: Sequence[int], skip_roots: bool, interval: float = 0.01) -> None:
+        self._roots = set(roots)
+        self._skip_roots = skip_roots  # the roots are /usr/bin/time wrappers, not part of the command
+        self._interval = interval
+        self.peak_kib = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _parents() -> dict[int, int]:
+        parents: dict[int, int] = {}
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    stat = f.read()
+                parents[int(name)] = int(stat[stat.rindex(b")") + 2:].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue  # exited meanwhile
+        return parents
+
+    def _tree(self) -> set[int]:
+        children: dict[int, list[int]] = {}
+        for pid, ppid in self._parents().items():
+            children.setdefault(ppid, []).append(pid)
+        found: set[int] = set()
+        todo = list(self._roots)
+        while todo:
+            pid = todo.pop()
+            if pid in found:
+                continue
+            found.add(pid)
+            todo.extend(children.get(pid, ()))
+        return found - self._roots if self._skip_roots else found
+
+    def _rss_kib(self, pid: int) -> int:
+        try:
+            with open(f"/proc/{pid}/statm", "rb") as f:
+                return int(f.read().split()[1]) * self.PAGE_KIB
+        except (OSError, ValueError, IndexError):
+            return 0
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            total = sum(self._rss_kib(pid) for pid in self._tree())
+            self.peak_kib = max(self.peak_kib, total)
+            self.samples += 1
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak_kib
+
+
 def _read_gnu_time(path: Path) -> int:
     # GNU time writes "Command exited with non-zero status N" before the
     # figure when the command fails; the figure is always the last line.
@@ -118,8 +189,13 @@ def _read_gnu_time(path: Path) -> int:
     return int(lines[-1]) if lines and lines[-1].isdigit() else 0
 
 
-def run_pipeline(stages: Sequence[Sequence[str]], log: Path, stdout_path: Path | None = None) -> Run:
+def run_pipeline(stages: Sequence[Sequence[str]], log: Path, stdout_path: Path | None = None, *,
+                 env: dict[str, str] | None = None, cwd: Path | None = None, tree: bool = False) -> Run:
     """Run ``stages`` as a shell-like pipeline; wall time and each process's peak RSS.
+
+    ``env`` replaces :func:`child_env` and ``cwd`` sets the working directory (another checkout's CLI).
+    With ``tree`` the peak summed RSS of all the pipeline's processes is sampled too (Run.tree_peak_kib);
+    the sampling thread costs some CPU, so timed comparisons leave it off.
 
     RSS comes from `/usr/bin/time -f %M` around each stage. os.wait4 on our
     own children would be wrong: Linux carries the parent's RSS high-water
@@ -134,6 +210,7 @@ def run_pipeline(stages: Sequence[Sequence[str]], log: Path, stdout_path: Path |
         err.flush()
         procs: list[subprocess.Popen[bytes]] = []
         poller: RssPoller | None = None
+        sampler: TreeRssSampler | None = None
         t0 = time.perf_counter()
         try:
             prev = None
@@ -141,13 +218,16 @@ def run_pipeline(stages: Sequence[Sequence[str]], log: Path, stdout_path: Path |
                 last = i == len(stages) - 1
                 cmd = [GNU_TIME, "-f", "%M", "-o", str(rss_files[i]), *argv] if use_time else list(argv)
                 p = subprocess.Popen(cmd, stdin=prev if prev is not None else subprocess.DEVNULL,
-                                     stdout=out if last else subprocess.PIPE, stderr=err, env=child_env())
+                                     stdout=out if last else subprocess.PIPE, stderr=err,
+                                     env=child_env() if env is None else env, cwd=cwd)
                 if prev is not None:
                     prev.close()  # the consumer alone holds the read end, so its death stops the producer
                 prev = p.stdout
                 procs.append(p)
             if not use_time:
                 poller = RssPoller([p.pid for p in procs])
+            if tree:
+                sampler = TreeRssSampler([p.pid for p in procs], skip_roots=use_time)
             for p in procs:
                 p.wait()
             wall = time.perf_counter() - t0
@@ -159,13 +239,15 @@ def run_pipeline(stages: Sequence[Sequence[str]], log: Path, stdout_path: Path |
             raise
         finally:
             rss = poller.stop() if poller else [_read_gnu_time(f) if f.exists() else 0 for f in rss_files]
+            tree_kib = sampler.stop() if sampler else None
             for f in rss_files:
                 f.unlink(missing_ok=True)
     failed = [(s[0], p.returncode) for s, p in zip(stages, procs) if p.returncode != 0]
     if failed:
         name, rc = failed[0]
         raise CommandFailed(f"{Path(name).name} exited with {rc}; log {log}:\n{log_tail(log)}")
-    return Run(wall, rss)
+    # A peak between two samples still shows in the per-process figure: the tree held at least that.
+    return Run(wall, rss, max(tree_kib, *rss) if tree_kib is not None else None)
 
 
 def tree_bytes(path: Path) -> int:
@@ -275,8 +357,11 @@ def write_passphrase(workdir: Path) -> Path:
 
 
 def write_config(rdir: Path, cluster: LocalCluster, dbs: Sequence[str], passphrase: Path,
-                 workers: int | None) -> Path:
-    """A config with one local target ``rdir/repo`` and its own catalog (so rounds stay independent)."""
+                 workers: int | None, settings: dict[str, Any] | None = None) -> Path:
+    """A config with one local target ``rdir/repo`` and its own catalog (so rounds stay independent).
+
+    ``settings``: further top-level keys (e.g. ``jobs``); older Backstop versions refuse keys they do not know.
+    """
     rdir.mkdir(parents=True, exist_ok=True)
     cfg: dict[str, Any] = {
         "catalog": {"url": f"sqlite:///{rdir / 'catalog.db'}"},
@@ -287,14 +372,22 @@ def write_config(rdir: Path, cluster: LocalCluster, dbs: Sequence[str], passphra
     }
     if workers is not None:
         cfg["workers"] = workers
+    cfg.update(settings or {})
     path = rdir / "backstop.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
 
 
-def backstop(config: Path, args: Sequence[str], log: Path, out: Path) -> tuple[Run, dict[str, Any]]:
-    """Run `backstop --config CFG --json ARGS`; returns the run and its JSON output."""
-    run = run_pipeline([[backstop_bin(), "--config", str(config), "--json", *args]], log, out)
+def backstop(config: Path, args: Sequence[str], log: Path, out: Path, *, cli: Sequence[str] | None = None,
+             env: dict[str, str] | None = None, cwd: Path | None = None,
+             tree: bool = False) -> tuple[Run, dict[str, Any]]:
+    """Run `backstop --config CFG --json ARGS`; returns the run and its JSON output.
+
+    ``cli`` replaces the `backstop` script (e.g. `python -m core.cli` of another checkout, with ``env``
+    and ``cwd`` pointing there); ``tree`` as in :func:`run_pipeline`.
+    """
+    run = run_pipeline([[*(cli or [backstop_bin()]), "--config", str(config), "--json", *args]], log, out,
+                       env=env, cwd=cwd, tree=tree)
     text = out.read_text()
     try:
         doc = json.loads(text)
@@ -303,8 +396,8 @@ def backstop(config: Path, args: Sequence[str], log: Path, out: Path) -> tuple[R
     return run, doc
 
 
-def backstop_init(config: Path, log: Path, out: Path) -> float:
-    return backstop(config, ["init"], log, out)[0].wall_s
+def backstop_init(config: Path, log: Path, out: Path, **kw: Any) -> float:
+    return backstop(config, ["init"], log, out, **kw)[0].wall_s
 
 
 # -- measurements and alternation -----------------------------------------------------

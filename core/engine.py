@@ -25,6 +25,7 @@ from core.ops import (
     audit,
     backup,
     check,
+    export,
     forget,
     init,
     keys,
@@ -40,6 +41,7 @@ from core.ops import (
 )
 from core.ops.audit import AuditVerification
 from core.ops.check import CheckResult
+from core.ops.export import ExportResult
 from core.ops.init import InitResult
 from core.ops.keys import KeyRow, RotationResult
 from core.ops.operators import Enrolment
@@ -59,8 +61,8 @@ from core.security.operators import Operator
 from core.storage.base import Storage
 
 # Results the front ends import from here (the console's restore screen among them).
-__all__ = ["AuditVerification", "CheckResult", "Engine", "Enrolment", "InitResult", "KeyRow", "OverwriteResult",
-           "RebuildResult", "RestoreResult", "RotationResult"]
+__all__ = ["AuditVerification", "CheckResult", "Engine", "Enrolment", "ExportResult", "InitResult", "KeyRow",
+           "OverwriteResult", "RebuildResult", "RestoreResult", "RotationResult"]
 
 
 class Engine:
@@ -149,6 +151,10 @@ class Engine:
                            target: str | None = None) -> OverwriteResult:
         """Restore a snapshot in place of database ``into`` (gated), keeping the old one aside."""
         return await restore.restore_over(self.ctx, db_name, into, snapshot, who, target)
+
+    async def export(self, db_name: str, path: str, fmt: str, snapshot: str = "latest") -> ExportResult:
+        """Write a snapshot as a pg_dump archive (custom, directory) or SQL script (plain) to a new path."""
+        return await export.export(self.ctx, db_name, path, fmt, snapshot)
 
     async def check(self, read_data: bool = False, target: str | None = None) -> CheckResult:
         """Verify the repository on every target (or one), and the catalog against it."""

@@ -22,10 +22,38 @@ _APPLIED = ("DATABASE PROPERTIES", "COMMENT", "ACL", "SECURITY LABEL")
 
 
 def rewritten(defn: str, source: str, target: str) -> list[str]:
-    """The statements of ``defn`` with every ``DATABASE <source>`` turned into ``DATABASE <target>``."""
+    """The statements of ``defn`` with the ``DATABASE <source>`` each names turned into ``DATABASE <target>``.
+
+    Only the first occurrence per statement is the object's name; a comment's
+    text may mention the database too and is kept as written.
+    """
     pattern = re.compile(r"\bDATABASE " + re.escape(fmt_id(source)) + r"(?=[\s;])")
-    text = pattern.sub(lambda _: "DATABASE " + fmt_id(target), defn)
-    return [s.strip() + ";" for s in text.split(";\n") if s.strip().rstrip(";")]
+    return [pattern.sub(lambda _: "DATABASE " + fmt_id(target), s, count=1) for s in split_statements(defn)]
+
+
+# A string literal ('', E'' with backslash escapes), a quoted identifier, a dollar-quoted string,
+# a line comment: the places where a semicolon ends nothing.
+_QUOTED = re.compile(
+    r"""[Ee]'(?:[^'\\]|\\.|'')*'|'(?:[^']|'')*'"""  # string literals
+    r'''|"(?:[^"]|"")*"'''  # a quoted identifier
+    r"""|(\$[A-Za-z_0-9]*\$)[\s\S]*?\1|--[^\n]*""")  # a dollar quote, a line comment
+
+
+def split_statements(text: str) -> list[str]:
+    """``text``'s SQL statements, each ending in ``;``, split where a semicolon ends one."""
+    out: list[str] = []
+    start = pos = 0
+    while pos < len(text):
+        quoted = _QUOTED.match(text, pos)
+        if quoted is not None and quoted.end() > pos:
+            pos = quoted.end()
+        elif text[pos] == ";":
+            out.append(text[start:pos])
+            start = pos = pos + 1
+        else:
+            pos += 1
+    out.append(text[start:])
+    return [s.strip() + ";" for s in out if re.sub(r"--[^\n]*", "", s).strip()]
 
 
 async def apply_database_entries(dsn: str, schema: SchemaArchive, into: str) -> list[str]:

@@ -55,9 +55,20 @@ def _name(segments: list[Segment]) -> str:
     return "".join(t if quoted else t.lower() for t, quoted in segments)
 
 
+def split_name(text: str) -> list[str]:
+    """A dotted name's parts as PostgreSQL reads them (``ref_seq``, ``ledger."Seq"``): quoted parts exact,
+    unquoted ones folded to lower case."""
+    return [_name(p) for p in _parts(text.strip(), "name")]
+
+
 def parse_relation(text: str) -> Relation:
     """``schema.table`` (quoting as PostgreSQL's) as the exact (schema, table) it names."""
     parts = _parts(text.strip(), "--table")
+    if any(not quoted and any(c.isspace() for c in t) for part in parts for t, quoted in part):
+        # PostgreSQL reads no unquoted name with a space in it: `public.My Table` is a mistake for
+        # 'public."My Table"', never the table "my table" it would fold to.
+        raise UsageError(f"--table {text!r}: a name holding spaces must be quoted as PostgreSQL quotes it, "
+                         "e.g. 'public.\"My Table\"'")
     if len(parts) != 2 or not all(_name(p) for p in parts):
         raise UsageError(f"--table {text!r}: expected SCHEMA.TABLE, e.g. public.claims or 'public.\"My Table\"' "
                          "(quote a name holding dots, capitals or spaces)")

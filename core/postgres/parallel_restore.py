@@ -108,7 +108,16 @@ async def restore_sections(bin_dir: Path, dsn: str, schema: SchemaArchive, open_
     pre = [e for e in chosen if e.section is Section.PRE_DATA]
     data = [e for e in chosen if e.section is Section.DATA]
     post_idx = [e for e in chosen if e.section is Section.POST_DATA and e.desc in ("INDEX", "CONSTRAINT")]
-    taken = {e.dump_id for e in (*pre, *data, *post_idx)}
+    # Partitioned indexes are attached before foreign keys: a key referencing a partitioned table
+    # needs its attached index (pg_dump records that dependency).
+    attach = [e for e in chosen if e.section is Section.POST_DATA and e.desc == "INDEX ATTACH"]
+    early = {e.dump_id for e in (*pre, *data, *post_idx, *attach)}
+    # Foreign keys each scan their table (as slow as an index build on a big one), so they run in
+    # parallel too, unless one needs an entry of the last step.
+    later = {e.dump_id for e in chosen if e.dump_id not in early and e.desc != "FK CONSTRAINT"}
+    fks = [e for e in chosen if e.desc == "FK CONSTRAINT" and e.section is Section.POST_DATA
+           and not later & set(e.deps)]
+    taken = early | {e.dump_id for e in fks}
     rest = [e for e in chosen if e.dump_id not in taken]
     toc_only: StreamFactory = schema.toc_only
     needs_blocks = any(e.had_dumper for e in data)
@@ -116,6 +125,8 @@ async def restore_sections(bin_dir: Path, dsn: str, schema: SchemaArchive, open_
         ("restore schema", [(pre, toc_only)], []),
         ("restore data", [(data, open_full if needs_blocks else toc_only)], table_copies),
         ("build indexes", [(part, toc_only) for part in _split(post_idx, jobs)], []),
+        ("attach indexes", [(attach, toc_only)], []),
+        ("foreign keys", [(part, toc_only) for part in _split(fks, jobs)], []),
         ("finish", [(rest, toc_only)], []),
     ]
     for phase, runs, extra in steps:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from core.errors import RestoreRefused, UsageError
 from core.postgres.archive import Toc, TocEntry
-from core.postgres.names import Relation, parse_relation, show_relation
+from core.postgres.names import Relation, show_relation, split_name
 
 # Entries that belong to a table when they depend on it.
 _BELONG = frozenset({
@@ -74,80 +74,134 @@ def select(toc: Toc, wanted: list[Relation]) -> Selection:
     for e in toc:
         for d in e.deps:
             dependents.setdefault(d, []).append(e)
+    loaded: list[TocEntry] = []  # tables whose rows come back: those asked for and their partitions
+    for rel in wanted:
+        for table in (by_rel[rel], *_partitions(toc, by_rel[rel], dependents)):
+            if table not in loaded:
+                loaded.append(table)
+    reasons = {t.dump_id: (t.namespace or "", t.tag) for t in loaded}
+    for rel in wanted:  # a partition is there for the table asked for
+        for child in _partitions(toc, by_rel[rel], dependents):
+            reasons[child.dump_id] = rel
+    # A partition comes back attached to its parents (without their other partitions): what it
+    # inherits from them (triggers, indexes, identity, foreign keys) is defined on them.
+    ancestors = [p for t in loaded for p in _parents(toc, t, dependents) if p not in loaded]
+    for t in loaded:
+        for p in _parents(toc, t, dependents):
+            reasons.setdefault(p.dump_id, reasons[t.dump_id])
+    homes = {t.dump_id for t in (*loaded, *ancestors)}  # tables whose own objects come back
     chosen: dict[int, Relation] = {}  # dump id -> the table asked for that brought it
     # The tables and what belongs to them: only their dependents are followed (not those of a
     # schema or a type they need, or every sequence of the schema would come along).
     owned: set[int] = set()
 
     def take(entry: TocEntry, reason: Relation, own: bool) -> bool:
-        new = entry.dump_id not in chosen
+        """Choose ``entry`` and what it needs; True if that added anything."""
+        if entry.dump_id in chosen and (entry.dump_id in owned or not own):
+            return False
         chosen.setdefault(entry.dump_id, reason)
-        grew = own and entry.dump_id not in owned
         if own:
             owned.add(entry.dump_id)
-        for dep in toc.dependencies(entry.dump_id):
-            chosen.setdefault(dep.dump_id, reason)
+        for dep in _needs(toc, entry):
+            # A sequence comes with its value (and its grants): nextval continues where it was.
+            take(dep, reason, own=dep.desc == "SEQUENCE")
         for seq in _sequences_used(toc, entry):
-            grew |= take(seq, reason, own=True)
-        return new or grew
+            take(seq, reason, own=True)
+        return True
 
-    loaded: list[TocEntry] = []  # tables whose rows come back: those asked for and their partitions
-    for rel in wanted:
-        take(by_rel[rel], rel, own=True)
-        loaded.append(by_rel[rel])
-    for parent in list(loaded):
-        for child in _partitions(toc, parent, dependents):
-            take(child, chosen[parent.dump_id], own=True)
-            loaded.append(child)
-    loaded_ids = {t.dump_id for t in loaded}
+    for table in (*loaded, *ancestors):
+        take(table, reasons[table.dump_id], own=True)
     left_out: dict[int, str] = {}
     changed = True
     while changed:
         changed = False
         for dump_id, reason in list(chosen.items()):
             for e in dependents.get(dump_id, ()):
-                if e.dump_id in chosen:
+                if e.dump_id in owned:
                     continue
                 if e.desc in _DESCRIBES:  # a comment or grant of anything restored
                     changed |= take(e, reason, own=False)
                     continue
                 if dump_id not in owned or e.desc not in _BELONG:
                     continue
-                if e.desc == "FK CONSTRAINT":
-                    joined = [d for d in e.deps if (x := toc.get(d)) is not None and x.desc in _TABLES]
-                    if not all(d in chosen for d in joined):
-                        if _own_table(toc, e) in loaded_ids:
-                            left_out[e.dump_id] = f"{e.namespace}.{e.tag}" if e.namespace else e.tag
-                        continue
-                left_out.pop(e.dump_id, None)
+                if any(t not in homes for t in _tables_touched(toc, e)):
+                    # It joins a table that does not come back (or comes back empty, as a dependency):
+                    # a foreign key to it, another partition's attachment, the owner of a shared sequence.
+                    if e.desc == "FK CONSTRAINT" and _own_table(toc, e) in homes:
+                        left_out[e.dump_id] = f"{e.namespace}.{e.tag}" if e.namespace else e.tag
+                    continue
                 changed |= take(e, reason, own=True)
     sel = Selection()
     sel.entries = [e for e in toc if e.dump_id in chosen]
     sel.reason = chosen
-    sel.tables = list(dict.fromkeys((e.namespace or "", e.tag) for e in loaded))
+    sel.tables = [(e.namespace or "", e.tag) for e in loaded]
     sel.left_out = sorted(left_out.values())
     return sel
 
 
+def _needs(toc: Toc, entry: TocEntry) -> list[TocEntry]:
+    """What creating ``entry`` needs first: its dependencies, but the owner table of a plain sequence.
+
+    pg_dump records a serial column's sequence as depending on its table, yet
+    CREATE SEQUENCE needs no table (ownership is a SEQUENCE OWNED BY entry of
+    its own); another table drawing from that sequence must not bring the owner
+    along. An identity sequence is made by ALTER TABLE: it does need its table.
+    """
+    deps = [d for d in (toc.get(i) for i in entry.deps) if d is not None]
+    if entry.desc == "SEQUENCE" and (entry.defn or "").lstrip().startswith("CREATE SEQUENCE"):
+        deps = [d for d in deps if d.desc not in _TABLES]
+    return deps
+
+
+def _tables_touched(toc: Toc, entry: TocEntry) -> list[int]:
+    """The tables an entry that belongs to a table acts on (each must come back for it to)."""
+    tables = [d for d in entry.deps if (t := toc.get(d)) is not None and t.desc in _TABLES]
+    if entry.desc == "SEQUENCE OWNED BY":  # its table is the one the sequence depends on
+        for d in entry.deps:
+            seq = toc.get(d)
+            if seq is not None and seq.desc == "SEQUENCE":
+                tables += [x for x in seq.deps if (t := toc.get(x)) is not None and t.desc in _TABLES]
+    return tables
+
+
+# nextval('ledger.claims_id_seq'::regclass) as pg_dump prints a default; in a function's body also
+# without the cast, and currval/setval, as people write them.
 _NEXTVAL = re.compile(r"nextval\('((?:[^']|'')+)'::regclass\)")
+_SEQUENCE_CALL = re.compile(r"\b(?:nextval|currval|setval)\(\s*'((?:[^']|'')+)'(?:\s*::\s*regclass)?\s*[,)]")
 
 
 def _sequences_used(toc: Toc, entry: TocEntry) -> list[TocEntry]:
-    """Sequences a table's or default's definition calls nextval() on.
+    """Sequences a table's, default's or function's definition calls nextval() on.
 
-    pg_dump prints a column default inside CREATE TABLE without recording
-    the table's dependency on the sequence, so it is read from the definition.
+    pg_dump prints a column default inside CREATE TABLE without always
+    recording the table's dependency on the sequence, and a function body
+    written as a string records none at all (a default calling it would fail
+    with "relation does not exist"), so they are read from the definition.
+    An unqualified name in a function body is looked up in the function's
+    schema, then in public (what a default search_path finds).
     """
-    if entry.desc not in ("TABLE", "DEFAULT") or not entry.defn:
+    if not entry.defn:
+        return []
+    if entry.desc in ("TABLE", "DEFAULT"):
+        texts = _NEXTVAL.findall(entry.defn)
+    elif entry.desc in ("FUNCTION", "PROCEDURE"):
+        texts = _SEQUENCE_CALL.findall(entry.defn)
+    else:
         return []
     out = []
-    for text in _NEXTVAL.findall(entry.defn):
+    for text in texts:
         try:
-            schema, name = parse_relation(text.replace("''", "'"))
+            parts = split_name(text.replace("''", "'"))
         except UsageError:
-            continue  # an unqualified name: the table's own schema
-        seq = toc.find("SEQUENCE", schema, name)
-        if seq is not None:
+            continue  # not a name (an unclosed quote): nothing to find
+        if len(parts) == 2:
+            candidates = [(parts[0], parts[1])]
+        elif len(parts) == 1:
+            candidates = [(entry.namespace or "public", parts[0]), ("public", parts[0])]
+        else:
+            continue  # database-qualified: not ours to guess
+        seq = next((s for s in (toc.find("SEQUENCE", *c) for c in candidates) if s is not None), None)
+        if seq is not None and seq not in out:
             out.append(seq)
     return out
 
@@ -175,4 +229,21 @@ def _partitions(toc: Toc, parent: TocEntry, dependents: dict[int, list[TocEntry]
             if child is not None and child is not table and child not in out:
                 out.append(child)
                 todo.append(child)
+    return out
+
+
+def _parents(toc: Toc, table: TocEntry, dependents: dict[int, list[TocEntry]]) -> list[TocEntry]:
+    """The tables ``table`` is a partition of, nearest first (through its TABLE ATTACH entries)."""
+    out: list[TocEntry] = []
+    todo = [table]
+    while todo:
+        child = todo.pop()
+        for attach in dependents.get(child.dump_id, ()):
+            if attach.desc != "TABLE ATTACH" or (attach.namespace, attach.tag) != (child.namespace, child.tag):
+                continue
+            for d in attach.deps:
+                parent = toc.get(d)
+                if parent is not None and parent.desc in _TABLES and parent is not child and parent not in out:
+                    out.append(parent)
+                    todo.append(parent)
     return out

@@ -1,4 +1,4 @@
-"""`backstop backup`, `snapshots` and `restore` (also `restore --force`, which replaces a database)."""
+"""`backstop backup`, `snapshots`, `restore` (also `restore --force`, which replaces a database) and `export`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import time
 from typing import TYPE_CHECKING, Any
 
-from core.cli.context import add_command, completes, engine_command, identity
+from core.cli.context import add_command, completes, completes_files, engine_command, identity
 from core.cli.output import EXIT_OK, SNAPSHOT_COLUMNS, err, print_json, print_table, size, snapshot_rows
 from core.errors import UsageError
 
@@ -72,6 +72,23 @@ async def restore_force(engine: Engine, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_export(engine: Engine, args: argparse.Namespace) -> int:
+    res = await engine.export(args.db, args.output, args.format, args.snapshot)
+    if args.json:
+        print_json({"snapshot": res.snapshot_id, "db": res.db, "format": res.format, "path": res.path,
+                    "bytes": res.bytes, "tables": res.tables, "pg_dump_version": res.pg_dump_version,
+                    "duration_s": round(res.duration_s, 3), "restore_with": res.restore_hint,
+                    "warnings": res.warnings})
+    else:
+        print(f"exported snapshot {res.snapshot_id[:8]} of {res.db} as a {res.format} "
+              f"{'SQL script' if res.format == 'plain' else 'pg_dump archive'} ({res.tables} tables, "
+              f"{size(res.bytes)}) to {res.path} in {res.duration_s:.1f} s")
+        major = res.pg_dump_version.split(".")[0].split()[0] if res.pg_dump_version else ""
+        made_by = f" (written by pg_dump {major}: use PostgreSQL {major} tools or newer)" if major else ""
+        print(f"restore it with: {res.restore_hint}{made_by}")
+    return EXIT_OK
+
+
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = add_command(sub, "backup", engine_command(cmd_backup),
                     "take a logical full snapshot of a database; prints the snapshot id", common)
@@ -97,3 +114,14 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     completes(p.add_argument("--target", metavar="NAME",
                              help="read only from this target (default: any intact copy, first target first)"),
               "targets")
+
+    p = add_command(sub, "export", engine_command(cmd_export),
+                    "write a snapshot as a standard pg_dump archive (pg_restore) or SQL script (psql)", common)
+    completes(p.add_argument("--db", required=True, metavar="NAME", help="database name from the config"), "databases")
+    completes(p.add_argument("--snapshot", default="latest", metavar="ID",
+                             help="snapshot id or prefix, or 'latest' (default)"), "snapshot-ref")
+    p.add_argument("--format", required=True, choices=("custom", "directory", "plain"),
+                   help="custom or directory: a pg_dump -Fc or -Fd archive, for pg_restore; plain: an SQL script, "
+                        "for psql")
+    completes_files(p.add_argument("-o", "--output", required=True, metavar="PATH",
+                                   help="where to write it: a new file (custom, plain) or a new or empty directory"))
