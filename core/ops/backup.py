@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -16,7 +17,7 @@ from core.errors import PostgresError
 from core.format import now_iso
 from core.jobs import Job, run_job
 from core.postgres import logical
-from core.postgres.snapshot import ExportedSnapshot, SnapshotWorker, TableSource
+from core.postgres.snapshot import ExportedSnapshot, PsqlCopyReader, SnapshotWorker, TableSource, find_psql
 from core.postgres.tools import find_bin_dir, first_line, tool_major
 from core.records import BackupRecord
 from core.repository.dedup import backup_index, snapshot_packs
@@ -75,11 +76,12 @@ async def _dump_tables(ctx: EngineContext, repo: Repository, index: Index, bin_d
     excludes = [f"--exclude-table-data={logical.exact_pattern(t.schema, t.name)}" for t in snap.tables]
     dump = await logical.start_dump(bin_dir, dsn, [f"--snapshot={snap.snapshot_id}", *excludes])
     queue = _TableQueue(snap.tables)
+    psql = find_psql(bin_dir)
     workers: list[SnapshotWorker] = []
     entries: list[FileEntry] = []
 
     def copy_tables() -> None:
-        worker = SnapshotWorker(dsn, snap.snapshot_id, snap.encoding)
+        worker = SnapshotWorker(dsn, snap.snapshot_id, snap.encoding, psql)
         workers.append(worker)
         try:
             while (table := queue.next()) is not None:
@@ -117,11 +119,17 @@ def _copy_table(writer: StreamWriter, worker: SnapshotWorker, table: TableSource
     """One table's rows as one stream (the worker's thread)."""
     reader = worker.open(table)
     try:
-        entry = writer.write(reader, f"table/{table.schema}/{table.name}", COPY_FORMAT)
+        try:
+            entry = writer.write(reader, f"table/{table.schema}/{table.name}", COPY_FORMAT)
+        except BaseException:
+            if isinstance(reader, PsqlCopyReader):
+                reader.kill()  # its exit status then does not hide what stopped the stream
+            with contextlib.suppress(PostgresError, psycopg.Error):
+                reader.close()
+            raise
+        reader.close()
     except psycopg.Error as exc:
         raise PostgresError(f"COPY of {table.qualified} failed: {first_line(exc)}") from None
-    finally:
-        reader.close()
     entry.relation = [table.schema, table.name]
     entry.columns = list(table.columns)
     return entry

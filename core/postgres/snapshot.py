@@ -9,19 +9,34 @@ worker connections that ``SET TRANSACTION SNAPSHOT`` to the same snapshot
 stream each table's rows with ``COPY ... TO STDOUT``. Every stream sees the
 database as of one instant; the leader keeps the snapshot and the locks
 alive until the last stream has ended.
+
+A table's rows arrive as one protocol message per row. Read in Python, a
+large table costs microseconds of interpreter time per row on one GIL (a
+3 GB database took 3x as long as pg_dump's single stream, by measurement:
+bench/logical_bench.py), so a table of ``PSQL_MIN_BYTES`` or more is read
+through `psql`, which writes the COPY rows to a pipe the chunker reads in
+large blocks; a small table is read on the worker's own connection, saving
+a process start.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 
 import psycopg
 from psycopg import sql
 
 from core.errors import PostgresError
-from core.postgres.logical import connect, redact
+from core.postgres.logical import connect, redact, tool_connection, tool_failure
 from core.postgres.tools import first_line
+
+# Tables at least this large on disk are copied through psql (see above).
+PSQL_MIN_BYTES = 8 << 20
 
 # Tables whose data is copied: ordinary tables and partitions, permanent or
 # unlogged, outside the system schemas and not owned by an extension (pg_dump's
@@ -145,10 +160,63 @@ class CopyReader:
         self._copy_cm.__exit__(None, None, None)
 
 
-class SnapshotWorker:
-    """One worker connection inside the exported snapshot; copies tables one after another."""
+class PsqlCopyReader:
+    """A file-like reader over one table's ``COPY ... TO STDOUT`` run by `psql` inside the snapshot."""
 
-    def __init__(self, dsn: str, snapshot_id: str, encoding: str) -> None:
+    def __init__(self, psql: Path, dsn: str, snapshot_id: str, encoding: str, table: TableSource,
+                 settings: list[str]) -> None:
+        self.table = table
+        self._resources = contextlib.ExitStack()
+        tool_dsn, env = self._resources.enter_context(tool_connection(dsn))
+        if encoding:
+            env["PGCLIENTENCODING"] = encoding
+        commands = [*settings, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+                    f"SET TRANSACTION SNAPSHOT '{snapshot_id}'", table.copy_to().as_string(None), "COMMIT"]
+        args = [str(psql), "--no-psqlrc", "--quiet", "--no-password", "--set=ON_ERROR_STOP=1",
+                f"--dbname={tool_dsn}"]
+        for c in commands:
+            args += ["--command", c]
+        try:
+            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, env=env, bufsize=0)
+        except OSError as exc:
+            self._resources.close()
+            raise PostgresError(f"cannot run {psql}: {exc.strerror}; check bin_dir") from None
+        assert self.proc.stdout is not None
+        self._out = self.proc.stdout
+
+    def readinto(self, dest: memoryview) -> int:
+        """Fill ``dest`` from psql's output (the COPY rows); 0 at its end."""
+        return self._out.readinto(dest) or 0  # type: ignore[attr-defined]  # a raw pipe
+
+    def close(self) -> None:
+        """Wait for psql; PostgresError if the COPY failed (a stream cut short must not count as whole)."""
+        try:
+            self._out.close()
+            err = self.proc.stderr.read() if self.proc.stderr is not None else b""
+            rc = self.proc.wait()
+        finally:
+            if self.proc.stderr is not None:
+                self.proc.stderr.close()
+            self._resources.close()
+        if rc != 0:
+            cause = tool_failure("psql", err.decode(errors="replace"), rc)
+            raise PostgresError(f"COPY of {self.table.qualified} failed: {cause}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+
+
+class SnapshotWorker:
+    """One worker connection inside the exported snapshot; copies tables one after another.
+
+    With ``psql`` given, tables of ``PSQL_MIN_BYTES`` or more go through it instead (module docstring).
+    """
+
+    def __init__(self, dsn: str, snapshot_id: str, encoding: str, psql: Path | None = None) -> None:
+        self.dsn, self.snapshot_id, self.encoding, self.psql = dsn, snapshot_id, encoding, psql
+        self._current: PsqlCopyReader | None = None
         try:
             self.conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10,
                                         application_name="backstop")
@@ -157,11 +225,16 @@ class SnapshotWorker:
             # SET TRANSACTION SNAPSHOT must be the transaction's first statement.
             self.conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             self.conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_id)))
+            self._settings = [s.as_string(self.conn) for s in copy_settings("")]
         except psycopg.Error as exc:
             raise PostgresError(f"a backup worker cannot join the snapshot ({redact(dsn)}): {first_line(exc)}; "
                                 "check max_connections (the backup opens `jobs` + 2 connections)") from None
 
-    def open(self, table: TableSource) -> CopyReader:
+    def open(self, table: TableSource) -> CopyReader | PsqlCopyReader:
+        if self.psql is not None and table.bytes >= PSQL_MIN_BYTES:
+            self._current = PsqlCopyReader(self.psql, self.dsn, self.snapshot_id, self.encoding, table,
+                                           self._settings)
+            return self._current
         try:
             return CopyReader(self.conn, table)
         except psycopg.Error as exc:
@@ -169,6 +242,8 @@ class SnapshotWorker:
 
     def cancel(self) -> None:
         """Stop a COPY in progress (another stream failed, or the backup was interrupted)."""
+        if self._current is not None:
+            self._current.kill()
         try:
             self.conn.cancel_safe()
         except psycopg.Error:
@@ -176,3 +251,9 @@ class SnapshotWorker:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def find_psql(bin_dir: Path) -> Path | None:
+    """The psql beside pg_dump, if installed (else every table is read in Python)."""
+    psql = bin_dir / "psql"
+    return psql if os.access(psql, os.X_OK) else None
