@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import re
-import socket
 import subprocess
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from core.storage.local import LocalStorage
 
 from tests.doubles.faulty_storage import Fault, FaultyStorage, PowerSwitch
 from tests.fixtures.backstop import Setup, local_target
+from tests.fixtures.format1 import write_format_1_snapshot
 
 
 def _run(args: list[str | Path]) -> str:
@@ -102,33 +101,6 @@ async def test_per_table_snapshot_exports_in_every_format(tmp_path: Path, pg_clu
     assert len(exports) == 3 and all(j["state"] == "succeeded" for j in exports), exports
 
 
-async def _write_format_1_snapshot(engine: Engine, dsn: str) -> str:
-    """A format 1 snapshot (one `pg_dump -Fc -Z0` stream), written as the previous version wrote it."""
-    from core import __version__
-    from core.format import now_iso
-    from core.postgres import logical
-    from core.postgres.tools import find_bin_dir, server_major
-    from core.repository.manifest import Manifest
-    from core.repository.writer import StreamWriter
-
-    repo = await engine.open_repository()
-    index = await repo.load_index()
-    writer = StreamWriter(repo, index, asyncio.get_running_loop(), engine.ctx.pool, 2)
-    dump = await logical.start_dump(find_bin_dir(await server_major(dsn)), dsn)
-    entry = await asyncio.to_thread(writer.write, dump.reader, "database.pgdump", logical.DUMP_FORMAT)
-    await dump.wait()
-    await asyncio.to_thread(writer.finish)
-    iname, idata = writer.new_index.seal(repo.key)
-    await repo.put_all(iname, idata)
-    manifest = Manifest(db="warranty", kind="logical", started_at=now_iso(), finished_at=now_iso(),
-                        files=[entry], size_bytes=entry.size, stored_bytes=writer.stats.stored_bytes,
-                        new_chunks=writer.stats.new_chunks, targets=["local1"],
-                        tool_versions={"backstop": __version__}, host=socket.gethostname(),
-                        tables=["warranty.claims", "warranty.products"])
-    sid, mname, mdata = manifest.seal(repo.key)
-    await repo.put_all(mname, mdata)
-    await engine.rebuild_catalog()
-    return sid
 
 
 async def test_single_stream_snapshot_exports(tmp_path: Path, pg_cluster: LocalCluster, make_warranty_db,
@@ -137,7 +109,7 @@ async def test_single_stream_snapshot_exports(tmp_path: Path, pg_cluster: LocalC
     setup = setup_factory([local_target(tmp_path / "repo")], [{"name": "warranty", "dsn": dsn}])
     async with Engine(setup.config) as engine:
         await engine.init()
-        sid = await _write_format_1_snapshot(engine, dsn)
+        sid = await write_format_1_snapshot(engine, dsn)
         stored = (await (await engine.open_repository()).read_manifest(sid)).files[0]
         custom = await engine.export("warranty", str(tmp_path / "old.dump"), "custom", sid)
         directory = await engine.export("warranty", str(tmp_path / "old.d"), "directory", sid)

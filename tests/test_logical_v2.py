@@ -16,6 +16,7 @@ from core.sandbox.warranty import append_claims
 from core.storage.local import LocalStorage
 from tests.doubles.faulty_storage import FaultyStorage, PowerSwitch
 from tests.fixtures.backstop import local_target
+from tests.fixtures.format1 import write_format_1_snapshot
 
 
 def _scalar(dsn: str, query: str) -> object:
@@ -161,37 +162,11 @@ def test_second_backup_after_appending_stores_little(tmp_path: Path, make_warran
 async def test_single_stream_snapshots_of_the_previous_format_still_restore(
         tmp_path: Path, pg_cluster: LocalCluster, make_warranty_db, setup_factory) -> None:  # type: ignore[no-untyped-def]
     """A format 1 snapshot (one `pg_dump -Fc -Z0` stream), written as the previous version wrote it."""
-    import socket
-
-    from core import __version__
-    from core.format import now_iso
-    from core.postgres import logical
-    from core.postgres.tools import find_bin_dir, server_major
-    from core.repository.manifest import Manifest
-    from core.repository.writer import StreamWriter
-
     name, dsn = make_warranty_db(claims=2000)
     setup = setup_factory([local_target(tmp_path / "repo")], [{"name": "warranty", "dsn": dsn}])
     async with Engine(setup.config) as engine:
         await engine.init()
-        repo = await engine.open_repository()
-        index = await repo.load_index()
-        writer = StreamWriter(repo, index, asyncio.get_running_loop(), engine.ctx.pool, 2)
-        bin_dir = find_bin_dir(await server_major(dsn))
-        dump = await logical.start_dump(bin_dir, dsn)
-        entry = await asyncio.to_thread(writer.write, dump.reader, "database.pgdump", logical.DUMP_FORMAT)
-        await dump.wait()
-        await asyncio.to_thread(writer.finish)
-        iname, idata = writer.new_index.seal(repo.key)
-        await repo.put_all(iname, idata)
-        manifest = Manifest(db="warranty", kind="logical", started_at=now_iso(), finished_at=now_iso(),
-                            files=[entry], size_bytes=entry.size, stored_bytes=writer.stats.stored_bytes,
-                            new_chunks=writer.stats.new_chunks, targets=["local1"],
-                            tool_versions={"backstop": __version__}, host=socket.gethostname(),
-                            tables=["warranty.claims", "warranty.products"])
-        sid, mname, mdata = manifest.seal(repo.key)
-        await repo.put_all(mname, mdata)
-        await engine.rebuild_catalog()
+        sid = await write_format_1_snapshot(engine, dsn)
         await engine.restore("warranty", f"{name}_old", snapshot=sid)
         await engine.restore("warranty", f"{name}_oldt", snapshot=sid, tables=["warranty.claims"])
     assert await fingerprint(pg_cluster.dsn(f"{name}_old")) == await fingerprint(dsn)
