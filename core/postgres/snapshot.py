@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -176,9 +177,11 @@ class PsqlCopyReader:
                 f"--dbname={tool_dsn}"]
         for c in commands:
             args += ["--command", c]
+        # stderr to a file, not a pipe: nobody reads it until the COPY ends, and a full pipe would stall psql.
+        self._err = self._resources.enter_context(tempfile.TemporaryFile())
         try:
             self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE, env=env, bufsize=0)
+                                         stderr=self._err, env=env, bufsize=0)
         except OSError as exc:
             self._resources.close()
             raise PostgresError(f"cannot run {psql}: {exc.strerror}; check bin_dir") from None
@@ -193,11 +196,10 @@ class PsqlCopyReader:
         """Wait for psql; PostgresError if the COPY failed (a stream cut short must not count as whole)."""
         try:
             self._out.close()
-            err = self.proc.stderr.read() if self.proc.stderr is not None else b""
             rc = self.proc.wait()
+            self._err.seek(0)
+            err = self._err.read()
         finally:
-            if self.proc.stderr is not None:
-                self.proc.stderr.close()
             self._resources.close()
         if rc != 0:
             cause = tool_failure("psql", err.decode(errors="replace"), rc)
