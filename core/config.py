@@ -193,6 +193,35 @@ class SecurityConfig(_Strict):
     issuer: str = Field(default="Backstop", min_length=1, max_length=64, pattern=r"^[^:]+$")
 
 
+class WalConfig(_Strict):
+    """WAL archiving (wal-push, wal-fetch): where their spool is and how far they work ahead."""
+
+    # The spool of the resident pusher and the read-ahead fetcher (relative: to the config file's
+    # directory). Default: wal-spool beside the config file when that directory is writable, else
+    # under Backstop's data directory. It must be writable by the PostgreSQL server's OS user.
+    spool_dir: Path | None = None
+    # WAL files the resident pusher archives at once ahead of PostgreSQL's archive_command calls.
+    push_ahead: int = Field(default=4, ge=1, le=32)
+    # Segments the read-ahead fetcher keeps ready for restore_command.
+    fetch_ahead: int = Field(default=8, ge=1, le=128)
+
+
+class RestoreConfig(_Strict):
+    """Restores: where a table restored as of a moment gets its private scratch cluster."""
+
+    # The physical snapshot is written here and recovered to the moment before the tables are copied
+    # out, then removed (it needs about the snapshot's size plus WAL). Default: the system temp directory.
+    scratch_dir: Path | None = None
+
+
+class AlertsConfig(_Strict):
+    """Limits past which the console's dashboard raises an alert."""
+
+    # The age of the newest recoverable moment (newest archived WAL segment, or newest snapshot
+    # when no WAL is archived): what a lost primary would take with it right now.
+    recovery_point_age: Duration = Field(default=timedelta(minutes=15))
+
+
 class BackstopConfig(_Strict):
     catalog: CatalogConfig = Field(default_factory=CatalogConfig)
     encryption: EncryptionConfig
@@ -200,6 +229,9 @@ class BackstopConfig(_Strict):
     databases: list[DatabaseConfig] = Field(default_factory=list)
     repository: RepositoryConfig = Field(default_factory=RepositoryConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
+    wal: WalConfig = Field(default_factory=WalConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    restore: RestoreConfig = Field(default_factory=RestoreConfig)
     # Threads for compression and encryption (they release the GIL).
     workers: int = Field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)), ge=1, le=64)
     # pg_restore processes run at once in a whole-database restore (like pg_restore -j).

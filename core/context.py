@@ -46,10 +46,10 @@ class EngineContext:
         """Open the repository with the configured passphrase."""
         return await Repository.open(self.storages(target), self.config.encryption.passphrase(), require_all)
 
-    async def find_snapshot(self, ref: str, db: str | None = None) -> SnapshotRecord:
-        """A snapshot by id, unique prefix or 'latest'; a lost catalog is named as such."""
+    async def find_snapshot(self, ref: str, db: str | None = None, kind: str | None = None) -> SnapshotRecord:
+        """A snapshot by id, unique prefix or 'latest' (of ``kind``, when given); a lost catalog is named as such."""
         try:
-            return self.catalog.snapshot(ref, db)
+            return self.catalog.snapshot(ref, db, kind)
         except NotFound as exc:
             # The catalog is only an index: if the repository holds snapshots it does
             # not list, the catalog was lost or is new, and a rebuild is the answer.

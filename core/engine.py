@@ -8,11 +8,13 @@ gated action's authorisation and audit.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
+from pathlib import Path
 
 from core.catalog.base import Catalog
 from core.catalog.sqlite import SqliteCatalog
@@ -25,29 +27,37 @@ from core.ops import (
     audit,
     backup,
     check,
+    coverage,
     export,
     forget,
     init,
     keys,
     locks,
     operators,
+    physical_restore,
     planning,
     prune,
     rebuild,
     repair,
     restore,
     settings,
+    table_at_moment,
     verify,
+    wal,
 )
 from core.ops.audit import AuditVerification
 from core.ops.check import CheckResult
+from core.ops.coverage import RecoveryPointAge, WalCoverage
 from core.ops.export import ExportResult
 from core.ops.init import InitResult
 from core.ops.keys import KeyRow, RotationResult
 from core.ops.operators import Enrolment
+from core.ops.physical_restore import PhysicalRestoreRequest, PhysicalRestoreResult
 from core.ops.rebuild import RebuildResult
 from core.ops.restore import OverwriteResult, RestoreResult
+from core.ops.wal import WalStatus
 from core.planner import RestorePlan, RestoreRequest, TargetState
+from core.postgres.recovery import RecoveryTarget, make_target
 from core.queries import Queries
 from core.records import BackupRecord, SnapshotRecord
 from core.repository.gc import PruneReport
@@ -59,18 +69,22 @@ from core.security.audit import AuditEntry
 from core.security.gate import Action, Identity
 from core.security.operators import Operator
 from core.storage.base import Storage
+from core.wal.spool import Spool
 
 # Results the front ends import from here (the console's restore screen among them).
 __all__ = ["AuditVerification", "CheckResult", "Engine", "Enrolment", "ExportResult", "InitResult", "KeyRow",
-           "OverwriteResult", "RebuildResult", "RestoreResult", "RotationResult"]
+           "OverwriteResult", "PhysicalRestoreRequest", "PhysicalRestoreResult", "RebuildResult",
+           "RecoveryPointAge", "RecoveryTarget", "RestoreResult", "RotationResult", "WalCoverage", "make_target"]
 
 
 class Engine:
     """Backup, restore, verification and administration for the databases in one config."""
 
     def __init__(self, config: BackstopConfig, catalog: Catalog | None = None, bus: EventBus | None = None,
-                 storages: list[Storage] | None = None) -> None:
-        """``storages`` replaces the targets built from the config (tests wrap them in fault doubles)."""
+                 storages: list[Storage] | None = None, config_path: Path | None = None) -> None:
+        """``storages`` replaces the targets built from the config (tests wrap them in fault doubles);
+        ``config_path`` is the file the config came from (a physical restore's restore_command reads it)."""
+        self.config_path = config_path
         catalog = catalog or SqliteCatalog(config.catalog.sqlite_path)
         # A job whose process died (SIGKILL, power loss) must not show as running forever.
         catalog.mark_abandoned_jobs()
@@ -123,15 +137,19 @@ class Engine:
         """Create the repository on every target (idempotent; repairs a target's identity objects)."""
         return await init.init(self.ctx)
 
-    async def backup(self, db_name: str) -> BackupRecord:
-        """Take a logical full snapshot of one database onto every target."""
-        return await backup.backup(self.ctx, db_name)
+    async def backup(self, db_name: str, kind: str = "logical") -> BackupRecord:
+        """Take a full snapshot of one database onto every target: logical, or physical (its whole cluster)."""
+        return await backup.backup(self.ctx, db_name, kind)
 
     def snapshots(self, db: str | None = None) -> list[SnapshotRecord]:
-        """Committed snapshots from the catalog, oldest first."""
+        """Committed snapshots from the catalog, oldest first (a database's include its cluster's physical ones)."""
         if db is not None:
             self.config.database(db)
         return self.catalog.snapshots(db)
+
+    async def refresh_snapshot_status(self, rows: list[SnapshotRecord]) -> tuple[list[SnapshotRecord], list[str]]:
+        """Physical snapshots listed as waiting whose WAL is archived by now become restorable; (rows, warnings)."""
+        return await backup.refresh_status(self.ctx, rows)
 
     async def find_snapshot(self, ref: str, db: str | None = None) -> SnapshotRecord:
         """A snapshot by id, unique prefix or 'latest'; a lost catalog is named as such."""
@@ -152,6 +170,15 @@ class Engine:
         """Restore a snapshot in place of database ``into`` (gated), keeping the old one aside."""
         return await restore.restore_over(self.ctx, db_name, into, snapshot, who, target)
 
+    async def restore_physical(self, request: PhysicalRestoreRequest) -> PhysicalRestoreResult:
+        """Write a physical snapshot into a new data directory set up to recover to a point in time (and start it)."""
+        return await physical_restore.restore_physical(self.ctx, request)
+
+    async def restore_table_at_moment(
+            self, request: table_at_moment.TableAtMomentRequest) -> table_at_moment.TableAtMomentResult:
+        """Tables as they were at a moment (physical snapshot + WAL in a scratch cluster) into a new database."""
+        return await table_at_moment.restore_table_at_moment(self.ctx, request)
+
     async def export(self, db_name: str, path: str, fmt: str, snapshot: str = "latest") -> ExportResult:
         """Write a snapshot as a pg_dump archive (custom, directory) or SQL script (plain) to a new path."""
         return await export.export(self.ctx, db_name, path, fmt, snapshot)
@@ -171,6 +198,10 @@ class Engine:
     async def repair_index(self, dry_run: bool = False) -> IndexRepairReport:
         """Rebuild what damaged or missing index objects listed from the pack headers."""
         return await repair.repair_index(self.ctx, dry_run)
+
+    async def wal_status(self, spool: Spool | None = None, pgdata: Path | None = None) -> WalStatus:
+        """The WAL archive per timeline, its gaps and freshness, the push backlog and push latencies."""
+        return await wal.status(self.ctx, spool, pgdata)
 
     # -- gated administration -------------------------------------------------------------
 
@@ -278,6 +309,16 @@ class Engine:
                            targets: list[TargetState] | None = None) -> RestorePlan:
         """Gather the facts and ask the planner for a recovery plan."""
         return await planning.plan_restore(self.ctx, self.queries, self._tables, request, now=now, targets=targets)
+
+    async def wal_coverage(self) -> WalCoverage:
+        """The archived WAL per timeline (range, archive times, gaps) for the console's catalog."""
+        return await coverage.coverage(self.ctx)
+
+    async def recovery_point(self, now: float | None = None) -> RecoveryPointAge:
+        """How old the newest recoverable moment is: the newest archived WAL segment, else the newest snapshot."""
+        latest = await asyncio.to_thread(self.queries.latest_snapshot_per_db)
+        newest = max(latest.values(), key=lambda iso: datetime.fromisoformat(iso).timestamp(), default=None)
+        return await coverage.recovery_point(self.ctx, newest, now)
 
     def destructive_restore_available(self) -> tuple[bool, str]:
         """Whether restoring over a live database may be offered, and if not, why."""

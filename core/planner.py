@@ -40,16 +40,26 @@ is required and an unverified one is only offered as a risky plan).
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Literal, Protocol
 
 from core.format import duration as _dur
+from core.format import size as _size
+from core.postgres.recovery import TimelineSpan, timeline_at, timeline_chain
+from core.postgres.wal import parse_lsn, segment_file
+from core.records import SnapshotRecord
 
 DEFAULT_RATE_BPS = 30 * 1024 * 1024  # assumed restore throughput with no history
 FIXED_OVERHEAD_S = 5.0  # create database, open repository, read manifest and index
+# WAL replay (wal-fetch from the repository, then redo) is not measured separately from a physical
+# restore's writing of the data directory, so its rate is assumed; the basis says so.
+DEFAULT_REPLAY_BPS = 64 * 1024 * 1024
+# finished_at has one-second resolution: like `restore --type physical`, a base backup counts as
+# finished before a moment only a whole second before it.
+_FINISHED_SLACK = timedelta(seconds=1)
 
 
 class Incident(str, Enum):
@@ -203,6 +213,147 @@ class LogicalSnapshot:
 
 
 @dataclass(frozen=True)
+class WalGap:
+    """Where the archived WAL after a base backup stops before the archive's end."""
+
+    first_missing: str  # the first segment file recovery would need and the archive lacks
+    after: datetime | None  # when the last segment before it was archived (the gap's start)
+
+
+@dataclass(frozen=True)
+class PhysicalSnapshot:
+    """A physical base backup plus the WAL archived after it: restores any moment in its range.
+
+    ``recoverable_from`` is when the base backup finished (recovery cannot
+    stop before its end); ``recoverable_until`` is when the newest WAL segment
+    recovery can reach from it without a hole was archived. ``gap`` is set when
+    later segments exist beyond a missing one: moments after the gap's start
+    cannot be reached. Built by :func:`physical_source`.
+    """
+
+    id: str
+    db: str
+    started_at: datetime
+    finished_at: datetime
+    size_bytes: int
+    targets: tuple[str, ...]
+    checks: tuple[CopyCheck, ...] = ()
+    timeline: int = 1
+    start_lsn: str = "0/0"
+    stop_lsn: str = "0/0"
+    wal_until: datetime | None = None  # the newest reachable archived segment's time
+    replay_times: tuple[datetime, ...] = ()  # archive times of the reachable segments after the backup's own
+    seg_size: int = 16 * 2**20
+    gap: WalGap | None = None
+    waiting_for: str | None = None  # a segment of its own start-to-stop range not archived yet
+    off_path: str | None = None  # why recovery's timeline does not pass through this backup
+    tables: tuple[str, ...] | None = None  # a whole cluster: every table it had
+    kind: str = "physical"
+
+    @property
+    def recoverable_from(self) -> datetime:
+        return self.finished_at + _FINISHED_SLACK
+
+    @property
+    def recoverable_until(self) -> datetime:
+        return max(self.wal_until or self.recoverable_from, self.recoverable_from)
+
+    def why_not(self, moment: datetime) -> str | None:
+        """Why this source cannot restore ``moment`` (None: it can, possibly only up to the end of the archive)."""
+        if self.waiting_for is not None:
+            return (f"physical snapshot still waiting for WAL segment {self.waiting_for} of its own range "
+                    "(not restorable yet)")
+        if self.off_path is not None:
+            return self.off_path
+        if moment < self.recoverable_from:
+            return f"physical snapshot finished {_fmt(self.finished_at)}, after the chosen moment {_fmt(moment)}"
+        if self.gap is not None and moment > self.recoverable_until:
+            return (f"the WAL archive has a gap before {_fmt(moment)}: segment {self.gap.first_missing} is missing "
+                    f"(archived WAL from this snapshot ends {_fmt(self.recoverable_until)})")
+        return None
+
+    def covers(self, moment: datetime) -> bool:
+        return self.why_not(moment) is None
+
+    def replay_bytes(self, moment: datetime) -> int:
+        """About how much WAL recovery replays to reach ``moment`` (whole segments archived up to it, plus one)."""
+        return (1 + sum(1 for t in self.replay_times if t <= moment)) * self.seg_size
+
+
+@dataclass(frozen=True)
+class WalArchiveFacts:
+    """The WAL archive as the planner sees it (gathered by core/ops/coverage.py)."""
+
+    seg_size: int
+    # timeline -> segment number -> when it was archived (held by every reachable target)
+    archived: Mapping[int, Mapping[int, datetime]]
+    # timeline -> its history file's (parent timeline, switch LSN) entries, for timelines above 1
+    histories: Mapping[int, Sequence[tuple[int, int]]] = field(default_factory=dict)
+
+    def newest_timeline_from(self, timeline: int) -> int:
+        """PostgreSQL's ``recovery_target_timeline = latest``: follow history files without a hole."""
+        while timeline + 1 in self.histories:
+            timeline += 1
+        return timeline
+
+
+def _chain(rec: SnapshotRecord, wal: WalArchiveFacts) -> tuple[list[TimelineSpan], str | None]:
+    """The timelines recovery from ``rec`` passes through, or why it would not pass through ``rec`` at all."""
+    own = rec.timeline or 1
+    newest = wal.newest_timeline_from(own)
+    if newest == own:
+        return [TimelineSpan(own, 0)], None
+    chain = timeline_chain(newest, list(wal.histories[newest]))
+    start = parse_lsn(rec.start_lsn or "0/0")
+    for i, span in enumerate(chain):
+        if span.timeline == own and (i + 1 == len(chain) or start < chain[i + 1].begin_lsn):
+            return chain, None
+    return chain, (f"physical snapshot on timeline {own} is not on the history of the newest timeline {newest} "
+                   "(restore it with --target-timeline current)")
+
+
+def physical_source(rec: SnapshotRecord, wal: WalArchiveFacts, *, db: str | None = None,
+                    checks: tuple[CopyCheck, ...] = ()) -> PhysicalSnapshot:
+    """A catalogued physical snapshot with the WAL range recovery can reach from it (pure).
+
+    Walks the segments from the backup's start LSN on the timeline recovery
+    would read each from (the newest timeline's history), as
+    ``restore --type physical`` checks them: a hole inside the backup's own
+    range leaves it waiting, a hole after it with later segments archived is
+    a gap, the last contiguous segment is how far it reaches.
+    """
+    seg = rec.wal_segment_size or wal.seg_size
+    chain, off_path = _chain(rec, wal)
+    start_seg = parse_lsn(rec.start_lsn or "0/0") // seg
+    stop_seg = parse_lsn(rec.stop_lsn or "0/0") // seg
+    on_chain = [segno for span in chain for segno in wal.archived.get(span.timeline, {})
+                if timeline_at(chain, segno, seg) == span.timeline]
+    last = max(on_chain, default=None)
+    newest: datetime | None = None
+    replay: list[datetime] = []
+    gap = waiting = None
+    segno = start_seg
+    while True:
+        tli = timeline_at(chain, segno, seg)
+        at = wal.archived.get(tli, {}).get(segno)
+        if at is None:
+            if segno <= stop_seg:
+                waiting = segment_file(tli, segno, seg)
+            elif last is not None and segno < last:
+                gap = WalGap(segment_file(tli, segno, seg), newest)
+            break
+        # Pushes run in parallel, so archive times are only nearly ordered: keep the running maximum.
+        newest = at if newest is None else max(newest, at)
+        if segno > stop_seg:
+            replay.append(at)
+        segno += 1
+    return PhysicalSnapshot(
+        rec.id, db or rec.db, datetime.fromisoformat(rec.started_at), datetime.fromisoformat(rec.finished_at),
+        rec.size_bytes, tuple(rec.targets), checks, rec.timeline or 1, rec.start_lsn or "0/0",
+        rec.stop_lsn or "0/0", newest, tuple(replay), seg, gap, waiting, off_path)
+
+
+@dataclass(frozen=True)
 class PastRestore:
     """A measured restore or drill, for the duration estimate (both) and drill rotation (drills)."""
 
@@ -213,6 +364,7 @@ class PastRestore:
     at: float
     target: str | None = None  # the first target it read from, when known
     kind: str = "restore"  # or 'drill'
+    physical: bool = False  # a data directory written from a physical snapshot (measured apart from logical ones)
 
     @property
     def is_drill(self) -> bool:
@@ -283,18 +435,33 @@ def default_destination(db: str, incident: Incident, now: datetime) -> str:
     return f"{db}_{tag}_{now.astimezone(UTC):%Y%m%d_%H%M}"
 
 
-def estimate(size_bytes: int, db: str, history: Sequence[PastRestore]) -> tuple[float, str]:
-    """Restore duration from measured throughput: this database's history, then any, then a default."""
-    own = [h for h in history if h.ok and h.db == db and h.duration_s > 0 and h.bytes > 0]
-    pool = own or [h for h in history if h.ok and h.duration_s > 0 and h.bytes > 0]
+def _measured_rate(db: str, history: Sequence[PastRestore], physical: bool, what: str) -> tuple[float, str]:
+    """Median bytes/s of past successful restores of one kind: this database's, then any, then a default."""
+    ok = [h for h in history if h.ok and h.duration_s > 0 and h.bytes > 0 and h.physical is physical]
+    own = [h for h in ok if h.db == db]
+    pool = own or ok
     if pool:
         rate = statistics.median(h.bytes / h.duration_s for h in pool)
-        where = f"{len(pool)} past restore(s) of {db}" if own else f"{len(pool)} past restore(s) of other databases"
-        basis = f"median {rate / 2**20:.1f} MiB/s over {where}"
-    else:
-        rate = DEFAULT_RATE_BPS
-        basis = f"no restore history: assumed {rate / 2**20:.0f} MiB/s; run a drill to measure it"
+        where = f"{len(pool)} past {what}(s) of {db}" if own else f"{len(pool)} past {what}(s) of other databases"
+        return rate, f"median {rate / 2**20:.1f} MiB/s over {where}"
+    return DEFAULT_RATE_BPS, (f"no {what} history: assumed {DEFAULT_RATE_BPS / 2**20:.0f} MiB/s; "
+                              "run a drill to measure it")
+
+
+def estimate(size_bytes: int, db: str, history: Sequence[PastRestore]) -> tuple[float, str]:
+    """Restore duration from measured throughput: this database's history, then any, then a default."""
+    rate, basis = _measured_rate(db, history, False, "restore")
     return FIXED_OVERHEAD_S + size_bytes / rate, basis
+
+
+def estimate_physical(size_bytes: int, replay_bytes: int, db: str,
+                      history: Sequence[PastRestore]) -> tuple[float, str]:
+    """A point-in-time restore: the data directory at past physical restores' rate, plus WAL replay."""
+    rate, basis = _measured_rate(db, history, True, "physical restore")
+    replay_s = replay_bytes / DEFAULT_REPLAY_BPS
+    basis += (f"; plus about {_size(replay_bytes)} of WAL to replay at an assumed "
+              f"{DEFAULT_REPLAY_BPS / 2**20:.0f} MiB/s")
+    return FIXED_OVERHEAD_S + size_bytes / rate + replay_s, basis
 
 
 @dataclass(frozen=True)
@@ -343,7 +510,7 @@ def plan(request: RestoreRequest, facts: PlanningFacts) -> RestorePlan:
     destination = default_destination(request.db, request.incident, facts.now)
     try:
         sources = sorted((s for s in facts.sources if s.db == request.db),
-                         key=lambda s: s.recoverable_until, reverse=True)
+                         key=lambda s: _point_of(s, request), reverse=True)
         if not sources:
             raise _Refused(f"no backups of {request.db} in the catalog; take one with "
                            f"`backstop backup --db {request.db}`")
@@ -358,10 +525,23 @@ def plan(request: RestoreRequest, facts: PlanningFacts) -> RestorePlan:
     point = _moment_restored(d, best)
     if scope == "database" and request.incident is Incident.ACCIDENTAL_DELETION and request.severity is Severity.LOW:
         d.reasons.append("low severity: consider restoring only the affected tables")
-    est, basis = _duration_against_rto(d, best)
+    est, basis = _duration_against_rto(d, best, point)
     rejected = [r for r in d.rejected if not (r.source_id == best.source.id and r.target is None)]
     return RestorePlan(request, best.source, best.target.name, point, scope, d.tables, destination, est, basis,
                        facts.rto_s, tuple(d.reasons), tuple(d.risks), tuple(rejected))
+
+
+def _point_of(s: RecoverySource, request: RestoreRequest) -> datetime:
+    """The moment ``s`` would restore for ``request``: a range source stops at the moment asked for."""
+    if isinstance(s, PhysicalSnapshot) and request.point.kind == "time" and request.point.at is not None:
+        return min(request.point.at, s.recoverable_until)
+    return s.recoverable_until
+
+
+def _why_not(s: RecoverySource, at: datetime) -> str:
+    """Why ``s`` does not cover ``at``, in the operator's words."""
+    why = s.why_not(at) if isinstance(s, PhysicalSnapshot) else None
+    return why or f"starts after the chosen moment {_fmt(at)}"
 
 
 def _acceptable_points(d: _Draft, sources: list[RecoverySource]) -> list[RecoverySource]:
@@ -376,18 +556,21 @@ def _acceptable_points(d: _Draft, sources: list[RecoverySource]) -> list[Recover
         d.reasons.append(f"snapshot {sources[0].id[:8]} was chosen by the operator")
     elif request.point.kind == "time" and request.point.at is not None:
         at = request.point.at
-        d.rejected += [Rejected(s.id, None, f"starts after the chosen moment {_fmt(at)}")
-                       for s in sources if not s.covers(at)]
+        d.rejected += [Rejected(s.id, None, _why_not(s, at)) for s in sources if not s.covers(at)]
         before = [s for s in sources if s.covers(at)]
         if not before:
+            # A gap in the WAL archive is the one thing the operator can fix: name it.
+            gaps = [r.why for r in d.rejected if "gap" in r.why]
             raise _Refused(f"no backup of {request.db} covers {_fmt(at)}: the oldest starts "
-                           f"{_fmt(sources[-1].recoverable_from)}")
+                           f"{_fmt(min(s.recoverable_from for s in sources))}" + (f"; {gaps[0]}" if gaps else ""))
         sources = before
     if request.incident_at is not None and request.incident in _CUT_AT_INCIDENT:
         cut = request.incident_at
-        d.rejected += [Rejected(s.id, None, f"taken {_fmt(s.recoverable_until)}, after the incident at {_fmt(cut)}: "
-                                            "it holds the damage") for s in sources if s.recoverable_until >= cut]
-        clean = [s for s in sources if s.recoverable_until < cut]
+        d.rejected += [Rejected(s.id, None, f"{'restores' if isinstance(s, PhysicalSnapshot) else 'taken'} "
+                                            f"{_fmt(_point_of(s, request))}, after the incident at {_fmt(cut)}: "
+                                            "it holds the damage")
+                       for s in sources if _point_of(s, request) >= cut]
+        clean = [s for s in sources if _point_of(s, request) < cut]
         if not clean:
             raise _Refused(f"every backup of {request.db} was taken after the incident at {_fmt(cut)}; "
                            "none holds the data as it was before")
@@ -513,10 +696,13 @@ def _explain_copy(d: _Draft, best: _Choice, choices: list[_Choice]) -> None:
 def _moment_restored(d: _Draft, best: _Choice) -> datetime:
     """6. The moment restored, and what it loses."""
     request = d.request
-    point = best.source.recoverable_until
+    source = best.source
+    point = _point_of(source, request)
     if request.point.kind == "time" and request.point.at is not None:
         at = request.point.at
-        if best.source.recoverable_until < at:
+        if isinstance(source, PhysicalSnapshot):
+            _explain_wal(d, source, at)
+        elif source.recoverable_until < at:
             d.reasons.append(f"restores {_fmt(point)}; changes up to {_fmt(at)} are not in any backup "
                              "(point-in-time recovery needs WAL archiving)")
         else:
@@ -524,16 +710,39 @@ def _moment_restored(d: _Draft, best: _Choice) -> datetime:
     if request.incident in (Incident.HOST_LOSS, Incident.REGION_OUTAGE):
         lost = (d.facts.now - point).total_seconds()
         d.reasons.append(f"restores {_fmt(point)}: about {_dur(max(0.0, lost))} of changes since then are lost")
-    if d.tables and best.source.tables is None:
+    if d.tables and source.tables is None and not isinstance(source, PhysicalSnapshot):
         d.risks.append("the snapshot's table list could not be read; the restore will fail if a table is missing")
     return point
 
 
-def _duration_against_rto(d: _Draft, best: _Choice) -> tuple[float, str]:
-    """7. How long it will take, against the RTO."""
-    est, basis = estimate(best.source.size_bytes, d.request.db, d.facts.history)
+def _explain_wal(d: _Draft, source: PhysicalSnapshot, at: datetime) -> None:
+    """A physical+WAL source: how it reaches the moment, what it cannot reach, and how the tables come back."""
+    until = source.recoverable_until
+    d.reasons.append(f"physical snapshot {source.id[:8]} (finished {_fmt(source.finished_at)}, timeline "
+                     f"{source.timeline}) plus WAL archived up to {_fmt(until)} recovers to the moment itself")
+    if until < at:
+        d.reasons.append(f"the WAL archive ends {_fmt(until)}: changes after it up to {_fmt(at)} are not archived "
+                         "and are lost")
+    if source.gap is not None:
+        # `restore --type physical` checks the whole archived range after the snapshot for a time target.
+        d.risks.append(f"the WAL archive has a gap after the moment (segment {source.gap.first_missing} is "
+                       "missing): the physical restore refuses until it is put back (`backstop wal status`)")
     if d.tables:
-        basis += "; tables only: the whole dump is still read, so this is an upper bound"
+        d.reasons.append("tables at a moment: the cluster is recovered in a scratch cluster and the tables are "
+                         "copied into a new database")
+
+
+def _duration_against_rto(d: _Draft, best: _Choice, point: datetime) -> tuple[float, str]:
+    """7. How long it will take, against the RTO."""
+    source = best.source
+    if isinstance(source, PhysicalSnapshot):
+        est, basis = estimate_physical(source.size_bytes, source.replay_bytes(point), d.request.db,
+                                       d.facts.history)
+    else:
+        est, basis = estimate(source.size_bytes, d.request.db, d.facts.history)
+    if d.tables:
+        basis += "; tables only: the whole " + ("cluster" if isinstance(source, PhysicalSnapshot) else "dump") \
+                 + " is still read, so this is an upper bound"
     rto = d.facts.rto_s
     if rto is not None and est > rto:
         d.risks.append(f"estimated {_dur(est)} exceeds the RTO of {_dur(rto)}")

@@ -29,10 +29,23 @@ class SnapshotRecord:
     stored_bytes: int
     targets: list[str] = field(default_factory=list)
     job_id: str | None = None
+    # "restorable", or for a physical snapshot "waiting" until the archive holds every WAL segment
+    # from its start to its stop LSN. The rest is None for logical snapshots (FORMAT.md 10.2).
+    status: str = "restorable"
+    start_lsn: str | None = None
+    stop_lsn: str | None = None
+    timeline: int | None = None
+    system_identifier: str | None = None
+    pg_version: str | None = None
+    wal_segment_size: int | None = None
 
     @property
     def short_id(self) -> str:
         return self.id[:8]
+
+    @property
+    def is_physical(self) -> bool:
+        return self.kind == "physical"
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -157,6 +170,11 @@ class SnapshotRow:
     targets: tuple[str, ...]
     job_id: str | None
     checks: tuple[TargetCheck, ...] = ()
+    # Physical snapshots only (as in SnapshotRecord): waiting/restorable, the LSN range and timeline.
+    status: str = "restorable"
+    start_lsn: str | None = None
+    stop_lsn: str | None = None
+    timeline: int | None = None
 
     def check(self, target: str) -> TargetCheck | None:
         """The latest verification of the copy on ``target``, if any."""

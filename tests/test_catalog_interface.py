@@ -8,6 +8,7 @@ method added to the interface without a test here fails.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import sqlite3
@@ -153,6 +154,18 @@ def test_catalog_contract(contract) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(NotFound):
         cat.snapshot("zz_%")
     assert cat.has_snapshot(_snap(0).id)
+    # A physical snapshot is shared by the entries of its cluster (system identifier as learnt); status in place.
+    phys = dataclasses.replace(_snap(3, "billing"), kind="physical", status="waiting", start_lsn="0/2000028",
+                               stop_lsn="0/2000100", timeline=1, system_identifier="7", pg_version="150010",
+                               wal_segment_size=16 << 20)
+    cat.add_snapshot(phys)
+    assert cat.system_of("warranty") is None and cat.snapshots("warranty", kind="physical") == []
+    cat.learn_system("warranty", "7")
+    assert cat.system_of("warranty") == "7" and cat.snapshot("latest", "warranty", kind="physical") == phys
+    assert cat.snapshot("latest", "warranty", kind="logical").id == _snap(2).id
+    cat.set_snapshot_status(phys.id, "restorable")
+    assert cat.snapshot(phys.id[:8], "warranty").status == "restorable"
+    cat.delete_snapshot(phys.id)
 
     # Verifications and restores, then a rename carries them.
     cat.add_verification(job_id="j1", target="local1", snapshot_id=_snap(0).id, started_at=now - 30, read_data=True,

@@ -14,9 +14,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from core.planner import (
-    CopyCheck, Incident, LogicalSnapshot, PastRestore, PlanningFacts, PointInTime, RestoreRequest, Severity,
-    TargetState, default_destination, estimate, plan,
+    CopyCheck, Incident, LogicalSnapshot, PastRestore, PhysicalSnapshot, PlanningFacts, PointInTime, RestoreRequest,
+    Severity, TargetState, WalArchiveFacts, default_destination, estimate, estimate_physical, physical_source, plan,
 )
+from core.records import SnapshotRecord
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 TABLES = ("warranty.claims", "warranty.products", "warranty.cost_entries")
@@ -252,3 +253,136 @@ def test_point_in_time_uses_newest_snapshot_before_it_and_says_what_is_missing()
 def test_default_destination_is_never_the_live_database() -> None:
     assert default_destination("warranty", Incident.HOST_LOSS, NOW) == "warranty_restore_20261120_1200"
     assert default_destination("warranty", Incident.DRILL, NOW) == "warranty_drill_20261120_1200"
+
+
+# -- point in time: a physical snapshot plus archived WAL ------------------------------------------------------
+
+
+SEG = 16 * 2**20
+
+
+def _iso(t: datetime) -> str:
+    return t.isoformat(timespec="seconds")
+
+
+def physical_record(hours_ago: float, *, sid: str = "p" * 64, start_seg: int = 2, stop_seg: int = 2,
+                    timeline: int = 1, size: int = 4 * 2**30) -> SnapshotRecord:
+    """A catalogued base backup taken ``hours_ago`` (two minutes long) whose WAL runs over the given segments."""
+    started = NOW - timedelta(hours=hours_ago)
+    return SnapshotRecord(sid, "warranty", "physical", _iso(started), _iso(started + timedelta(minutes=2)), size,
+                          size // 3, ["local1", "offsite"], status="restorable",
+                          start_lsn=f"0/{start_seg * SEG + 0x28:X}", stop_lsn=f"0/{stop_seg * SEG + 0x100:X}",
+                          timeline=timeline, system_identifier="7300000000000000001", pg_version="160004",
+                          wal_segment_size=SEG)
+
+
+def archive(first_seg: int, hours_from: float, hours_to: float, *, timeline: int = 1, missing: tuple[int, ...] = (),
+            count: int = 20, histories: dict[int, list[tuple[int, int]]] | None = None) -> WalArchiveFacts:
+    """``count`` segments archived evenly between ``hours_from`` and ``hours_to`` ago, minus ``missing``."""
+    step = (hours_from - hours_to) / max(1, count - 1)
+    segs = {first_seg + i: NOW - timedelta(hours=hours_from - i * step) for i in range(count)
+            if first_seg + i not in missing}
+    return WalArchiveFacts(SEG, {timeline: segs}, histories or {})
+
+
+def pitr(at: datetime, **kw: object) -> RestoreRequest:
+    return req(Incident.ACCIDENTAL_DELETION, point=PointInTime.moment(at), **kw)
+
+
+def physical_history(n: int = 3, rate_mib: float = 200.0) -> list[PastRestore]:
+    return [PastRestore("warranty", 4 * 2**30, 4 * 2**30 / (rate_mib * 2**20), True,
+                        (NOW - timedelta(days=3 + i)).timestamp(), "local1", physical=True) for i in range(n)]
+
+
+def test_a_moment_between_snapshots_is_reached_exactly_with_physical_and_wal() -> None:
+    # Base backup 30 h ago; WAL archived from then until 10 minutes ago, no holes.
+    source = physical_source(physical_record(30), archive(2, 30, 1 / 6))
+    at = NOW - timedelta(hours=5, minutes=13)
+    p = plan(pitr(at), facts([*base_sources(), source], hist=history() + physical_history()))
+    assert p.ok and p.source is source and p.point == at  # exactly the moment, not the 8 h snapshot before it
+    assert p.source.kind == "physical" and p.source.recoverable_from == source.finished_at + timedelta(seconds=1)
+    assert any("plus WAL archived up to" in r for r in p.reasons)
+    # The estimate: the data directory at the measured physical rate, plus the WAL replayed to the moment.
+    assert "3 past physical restore(s) of warranty" in p.estimate_basis and "WAL to replay" in p.estimate_basis
+    expected, _ = estimate_physical(source.size_bytes, source.replay_bytes(at), "warranty",
+                                    history() + physical_history())
+    assert p.estimated_s == pytest.approx(expected)
+    # 15 segments archived after the backup up to the moment, plus the one holding it.
+    assert expected == pytest.approx(5.0 + 4 * 2**30 / (200 * 2**20) + 16 * SEG / (64 * 2**20))
+
+
+def test_the_logical_estimate_ignores_physical_restores_and_the_physical_one_assumes_without_history() -> None:
+    logical_only, basis = estimate(2 * 2**30, "warranty", physical_history())
+    assert "no restore history" in basis  # physical restores measure another path
+    est, basis = estimate_physical(2**30, SEG, "billing", history())
+    assert "no physical restore history" in basis and est == pytest.approx(5.0 + 2**30 / (30 * 2**20) + 0.25)
+    assert logical_only == pytest.approx(5.0 + 2 * 2**30 / (30 * 2**20))
+
+
+def test_a_gap_in_the_wal_before_the_moment_leaves_the_physical_source_out_naming_the_segment() -> None:
+    # Segment 12 never reached the archive; later ones did.
+    source = physical_source(physical_record(30), archive(2, 30, 1 / 6, missing=(12,)))
+    assert source.gap is not None and source.gap.first_missing == "00000001000000000000000C"
+    at = NOW - timedelta(hours=3)
+    p = plan(pitr(at), facts([*base_sources(), source]))
+    assert p.ok and p.source is not source and p.source.kind == "logical"  # the snapshot before it, not exact
+    gap = [r.why for r in p.rejected if r.source_id == source.id]
+    assert gap and "gap before" in gap[0] and "00000001000000000000000C" in gap[0]
+    # With no logical snapshot either, the refusal names the gap.
+    p = plan(pitr(at), facts([source]))
+    assert not p.ok and "00000001000000000000000C" in (p.refusal or "")
+
+
+def test_a_gap_after_the_moment_is_a_risk_and_the_archive_end_bounds_the_point() -> None:
+    source = physical_source(physical_record(30), archive(2, 30, 1, missing=(20,)))
+    p = plan(pitr(NOW - timedelta(hours=25)), facts([source]))
+    assert p.ok and p.source is source and any("gap after the moment" in r for r in p.risks)
+    # Without a gap, a moment after the newest archived segment restores to the end of the archive.
+    source = physical_source(physical_record(30), archive(2, 30, 1))
+    p = plan(pitr(NOW - timedelta(minutes=5)), facts([source]))
+    assert p.ok and p.point == source.recoverable_until == NOW - timedelta(hours=1)
+    assert any("not archived and are lost" in r for r in p.reasons)
+
+
+def test_a_physical_snapshot_still_waiting_or_finished_after_the_moment_is_not_offered() -> None:
+    waiting = physical_source(physical_record(30, start_seg=2, stop_seg=4), archive(2, 30, 1, missing=(3,)))
+    assert waiting.waiting_for == "000000010000000000000003"
+    late = physical_source(physical_record(2, sid="q" * 64, start_seg=40, stop_seg=40), archive(40, 2, 1 / 6))
+    p = plan(pitr(NOW - timedelta(hours=4)), facts([waiting, late]))
+    assert not p.ok
+    whys = {r.source_id[:1]: r.why for r in p.rejected}
+    assert "still waiting for WAL segment 000000010000000000000003" in whys["p"]
+    assert "after the chosen moment" in whys["q"]
+
+
+def test_the_incident_time_cuts_a_physical_source_at_the_moment_not_at_its_archive_end() -> None:
+    source = physical_source(physical_record(30), archive(2, 30, 1 / 6))
+    inc = NOW - timedelta(hours=2)
+    p = plan(pitr(inc - timedelta(minutes=1), incident_at=inc), facts([*base_sources(), source]))
+    assert p.ok and p.source is source and p.point == inc - timedelta(minutes=1)
+    # Asking for a moment after the incident restores the damage: refused for this source.
+    p = plan(pitr(inc + timedelta(minutes=30), incident_at=inc), facts([source]))
+    assert not p.ok and any("holds the damage" in r.why and r.why.startswith("restores") for r in p.rejected)
+
+
+def test_recovery_follows_the_newest_timeline_whose_history_continues_from_the_snapshot() -> None:
+    # Timeline 2 branched at segment 10 (a restore was promoted); the archive continues on it.
+    tl1 = {n: NOW - timedelta(hours=30 - n) for n in range(2, 12)}
+    tl2 = {n: NOW - timedelta(hours=30 - n) for n in range(10, 25)}
+    facts_tl = WalArchiveFacts(SEG, {1: tl1, 2: tl2}, {2: [(1, 10 * SEG + 0x100)]})
+    source = physical_source(physical_record(30), facts_tl)
+    assert source.gap is None and source.off_path is None
+    assert source.recoverable_until == NOW - timedelta(hours=6)  # segment 24 on timeline 2
+    # A snapshot taken on timeline 1 after the branch is not on timeline 2's history.
+    late = physical_source(physical_record(19, sid="r" * 64, start_seg=11, stop_seg=11), facts_tl)
+    assert late.off_path is not None and not late.covers(NOW - timedelta(hours=10))
+    assert "timeline 2" in (late.why_not(NOW) or "")
+
+
+def test_tables_at_a_moment_from_a_physical_source_say_how_they_come_back() -> None:
+    source = physical_source(physical_record(30), archive(2, 30, 1 / 6))
+    assert isinstance(source, PhysicalSnapshot) and source.tables is None
+    p = plan(pitr(NOW - timedelta(hours=26), tables=("warranty.claims",)), facts([source]))
+    assert p.ok and p.scope == "tables" and any("scratch cluster" in r for r in p.reasons)
+    assert not any("table list could not be read" in r for r in p.risks)  # a cluster holds every table
+    assert "whole cluster is still read" in p.estimate_basis

@@ -294,13 +294,28 @@ class Catalog(Protocol):
         """Record a committed snapshot (replacing a row with the same id)."""
         ...
 
-    def snapshots(self, db: str | None = None, limit: int | None = None, offset: int = 0) -> list[SnapshotRecord]:
-        """Snapshots (of one database), oldest first, optionally paged."""
+    def snapshots(self, db: str | None = None, limit: int | None = None, offset: int = 0,
+                  kind: str | None = None) -> list[SnapshotRecord]:
+        """Snapshots (of one database, of one kind), oldest first, optionally paged. A database's snapshots
+        include the physical snapshots of its cluster taken for another entry (same system identifier)."""
         ...
 
-    def snapshot(self, ref: str, db: str | None = None) -> SnapshotRecord:
-        """A snapshot by id, unique id prefix (4+ hex digits) or 'latest' (of ``db``); NotFound names what
-        to do otherwise."""
+    def snapshot(self, ref: str, db: str | None = None, kind: str | None = None) -> SnapshotRecord:
+        """A snapshot by id, unique id prefix (4+ hex digits) or 'latest' (of ``db``, of ``kind``); NotFound
+        names what to do otherwise."""
+        ...
+
+    def set_snapshot_status(self, sid: str, status: str) -> None:
+        """A physical snapshot's status changed ("waiting" until its WAL is archived, then "restorable")."""
+        ...
+
+    def learn_system(self, db: str, system_identifier: str) -> None:
+        """Record the system identifier of the cluster a database entry points at (it shares that cluster's
+        physical snapshots)."""
+        ...
+
+    def system_of(self, db: str) -> str | None:
+        """The system identifier learnt for a database entry; None when none was learnt yet."""
         ...
 
     def has_snapshot(self, sid: str) -> bool:

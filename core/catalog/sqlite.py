@@ -49,6 +49,29 @@ _HEX_RE = re.compile(r"[0-9a-f]{4,64}")
 _JOB_COLS = ("id, kind, db, state, started_at, finished_at, phase, bytes_done, bytes_total, rate, error, description, "
              "host, pid")
 
+_SNAPSHOT_COLS = ("id, db, kind, started_at, finished_at, size_bytes, stored_bytes, targets, job_id, status, start_lsn,"
+                  " stop_lsn, timeline, system_identifier, pg_version, wal_segment_size")
+
+
+def _snapshot_filter(db: str | None, kind: str | None) -> tuple[str, list[object]]:
+    """WHERE clause for one database's snapshots (its own and its cluster's physical ones) of one kind."""
+    clauses: list[str] = []
+    args: list[object] = []
+    if db:
+        clauses.append("(db=? OR (kind='physical' AND system_identifier ="
+                       " (SELECT system_identifier FROM database_systems WHERE db=?)))")
+        args += [db, db]
+    if kind:
+        clauses.append("kind=?")
+        args.append(kind)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
+
+
+def _snapshot_record(r: tuple[object, ...]) -> SnapshotRecord:
+    return SnapshotRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8],  # type: ignore[arg-type]
+                          *r[9:])  # type: ignore[arg-type]
+
+
 # Progress rows are kept in job_events at most this often per job; the jobs
 # row itself always holds the newest figures.
 _PROGRESS_EVENT_INTERVAL = 1.0
@@ -178,43 +201,47 @@ class SqliteCatalog(SecurityTables):
     def add_snapshot(self, s: SnapshotRecord) -> None:
         """Record a committed snapshot (replacing a previous row with the same id)."""
         self._db.execute(
-            "INSERT OR REPLACE INTO snapshots (id, db, kind, started_at, finished_at, size_bytes, stored_bytes,"
-            " targets, job_id)"
-            " VALUES (?,?,?,?,?,?,?,?,?)",
+            f"INSERT OR REPLACE INTO snapshots ({_SNAPSHOT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (s.id, s.db, s.kind, s.started_at, s.finished_at, s.size_bytes, s.stored_bytes, json.dumps(s.targets),
-             s.job_id),
+             s.job_id, s.status, s.start_lsn, s.stop_lsn, s.timeline, s.system_identifier, s.pg_version,
+             s.wal_segment_size),
         )
 
-    def snapshots(self, db: str | None = None, limit: int | None = None, offset: int = 0) -> list[SnapshotRecord]:
-        """Snapshots, oldest first (optionally of one database, paged)."""
-        sql = "SELECT id, db, kind, started_at, finished_at, size_bytes, stored_bytes, targets, job_id FROM snapshots"
-        args: list[object] = []
-        if db:
-            sql += " WHERE db=?"
-            args.append(db)
+    def snapshots(self, db: str | None = None, limit: int | None = None, offset: int = 0,
+                  kind: str | None = None) -> list[SnapshotRecord]:
+        """Snapshots, oldest first (optionally of one database, of one kind, paged).
+
+        A database's snapshots include the physical snapshots of its cluster
+        taken for another database entry (same system identifier, as learnt).
+        """
+        sql = f"SELECT {_SNAPSHOT_COLS} FROM snapshots"
+        where, args = _snapshot_filter(db, kind)
+        sql += where
         # rowid breaks ties: finished_at has one-second resolution.
         sql += " ORDER BY finished_at, rowid"
         if limit is not None:
             sql += " LIMIT ? OFFSET ?"
             args += [limit, offset]
-        return [SnapshotRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8])
-                for r in self._db.execute(sql, args)]
+        return [_snapshot_record(r) for r in self._db.execute(sql, args)]
 
-    def snapshot(self, ref: str, db: str | None = None) -> SnapshotRecord:
-        """Find a snapshot by id, unique id prefix, or 'latest' (of ``db``)."""
+    def snapshot(self, ref: str, db: str | None = None, kind: str | None = None) -> SnapshotRecord:
+        """Find a snapshot by id, unique id prefix, or 'latest' (of ``db``, of ``kind``)."""
+        what = f"{kind} snapshots" if kind else "snapshots"
         if ref == "latest":
-            rows = self.snapshots(db)
+            rows = self.snapshots(db, kind=kind)
             if not rows:
-                raise NotFound(f"no snapshots of {db!r} in the catalog; run `backstop backup --db {db}` first")
+                flag = " --type physical" if kind == "physical" else ""
+                raise NotFound(f"no {what} of {db!r} in the catalog; run `backstop backup --db {db}{flag}` first")
             return rows[-1]
         ref = ref.strip().lower()
         if not _HEX_RE.fullmatch(ref):
             raise NotFound(f"snapshot id {ref!r} is not a snapshot id: give 'latest' or at least 4 hex digits "
                            "of an id from `backstop snapshots`")
+        where, args = _snapshot_filter(db, None)
         # A prefix compare, not LIKE: '_' and '%' must not match anything.
         cur = self._db.execute(
-            "SELECT id FROM snapshots WHERE substr(id, 1, ?) = ?" + (" AND db=?" if db else ""),
-            (len(ref), ref, db) if db else (len(ref), ref),
+            f"SELECT id FROM snapshots{where}{' AND' if where else ' WHERE'} substr(id, 1, ?) = ?",
+            (*args, len(ref), ref),
         ).fetchall()
         if not cur:
             raise NotFound(f"no snapshot {ref!r}" + (f" of {db!r}" if db else "")
@@ -222,6 +249,21 @@ class SqliteCatalog(SecurityTables):
         if len(cur) > 1:
             raise NotFound(f"snapshot id {ref!r} is ambiguous ({len(cur)} match); give more characters")
         return next(s for s in self.snapshots(db) if s.id == cur[0][0])
+
+    def set_snapshot_status(self, sid: str, status: str) -> None:
+        """A physical snapshot's status changed ("waiting" until its WAL is archived, then "restorable")."""
+        self._db.execute("UPDATE snapshots SET status=? WHERE id=?", (status, sid))
+
+    def learn_system(self, db: str, system_identifier: str) -> None:
+        """Record the system identifier of the cluster a database entry points at (it shares that cluster's
+        physical snapshots)."""
+        self._db.execute("INSERT OR REPLACE INTO database_systems (db, system_identifier, learnt_at) VALUES (?,?,?)",
+                         (db, system_identifier, time.time()))
+
+    def system_of(self, db: str) -> str | None:
+        """The system identifier learnt for a database entry; None before its first physical backup."""
+        row = self._db.execute("SELECT system_identifier FROM database_systems WHERE db=?", (db,)).fetchone()
+        return None if row is None else str(row[0])
 
     def rename_snapshot(self, old: str, new: str) -> None:
         """A snapshot got a new id (its manifest was re-sealed): move its row and history."""

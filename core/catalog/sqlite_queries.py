@@ -219,8 +219,8 @@ class SqliteQueries:
         found = {
             r[0]: r
             for r in db.execute(
-                "SELECT rowid, id, db, kind, started_at, finished_at, size_bytes, stored_bytes, targets, job_id"
-                f" FROM snapshots WHERE rowid IN ({marks})", ids)
+                "SELECT rowid, id, db, kind, started_at, finished_at, size_bytes, stored_bytes, targets, job_id,"
+                f" status, start_lsn, stop_lsn, timeline FROM snapshots WHERE rowid IN ({marks})", ids)
         }
         checks = self.latest_checks([found[i][1] for i in ids if i in found])
         out = []
@@ -229,7 +229,7 @@ class SqliteQueries:
             if r is None:
                 continue  # deleted since the listing was made
             out.append(SnapshotRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], tuple(json.loads(r[8])), r[9],
-                                   checks.get(r[1], ())))
+                                   checks.get(r[1], ()), r[10] or "restorable", r[11], r[12], r[13]))
         return out
 
     def latest_snapshots(self, db: str, limit: int = 200) -> list[SnapshotRow]:

@@ -140,10 +140,32 @@ def _restore_kinds(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS restores_kind ON restores (kind, started_at)")
 
 
+# Physical snapshots (FORMAT.md 10.2): their WAL range and status, in the order the migration adds them.
+_PHYSICAL_COLUMNS = (("status", "TEXT NOT NULL DEFAULT 'restorable'"), ("start_lsn", "TEXT"), ("stop_lsn", "TEXT"),
+                     ("timeline", "INTEGER"), ("system_identifier", "TEXT"), ("pg_version", "TEXT"),
+                     ("wal_segment_size", "INTEGER"))
+
+
+def _physical_snapshots(db: sqlite3.Connection) -> None:
+    """Physical snapshots' columns, and the system identifier learnt per database entry.
+
+    Database entries on one cluster share its physical snapshots: a listing
+    for an entry shows those whose system_identifier is the one learnt for it.
+    """
+    if has_table(db, "snapshots"):
+        columns = {r[1] for r in db.execute("PRAGMA table_info(snapshots)")}
+        for name, decl in _PHYSICAL_COLUMNS:
+            if name not in columns:
+                db.execute(f"ALTER TABLE snapshots ADD COLUMN {name} {decl}")
+        db.execute("CREATE INDEX IF NOT EXISTS snapshots_system ON snapshots (system_identifier, finished_at)")
+    db.execute("CREATE TABLE IF NOT EXISTS database_systems (db TEXT PRIMARY KEY, system_identifier TEXT NOT NULL,"
+               " learnt_at REAL NOT NULL)")
+
+
 Migration = str | Callable[[sqlite3.Connection], None]
 
 # Append only: position i is schema version i + 1.
-MIGRATIONS: list[Migration] = [_INITIAL, _SECURITY, _TIME_INDEXES, _restore_kinds]
+MIGRATIONS: list[Migration] = [_INITIAL, _SECURITY, _TIME_INDEXES, _restore_kinds, _physical_snapshots]
 
 # Each table as the migrations leave it today, with its indexes: what `catalog rebuild` recreates a dropped
 # table from.
@@ -151,9 +173,16 @@ TABLES: dict[str, str] = {
     "snapshots": """
         CREATE TABLE snapshots (id TEXT PRIMARY KEY, db TEXT NOT NULL, kind TEXT NOT NULL,
             started_at TEXT NOT NULL, finished_at TEXT NOT NULL, size_bytes INTEGER NOT NULL,
-            stored_bytes INTEGER NOT NULL, targets TEXT NOT NULL, job_id TEXT);
+            stored_bytes INTEGER NOT NULL, targets TEXT NOT NULL, job_id TEXT,
+            status TEXT NOT NULL DEFAULT 'restorable', start_lsn TEXT, stop_lsn TEXT, timeline INTEGER,
+            system_identifier TEXT, pg_version TEXT, wal_segment_size INTEGER);
         CREATE INDEX IF NOT EXISTS snapshots_db_time ON snapshots (db, finished_at);
         CREATE INDEX IF NOT EXISTS snapshots_finished ON snapshots (finished_at);
+        CREATE INDEX IF NOT EXISTS snapshots_system ON snapshots (system_identifier, finished_at);
+    """,
+    "database_systems": """
+        CREATE TABLE database_systems (db TEXT PRIMARY KEY, system_identifier TEXT NOT NULL,
+            learnt_at REAL NOT NULL);
     """,
     "jobs": """
         CREATE TABLE jobs (id TEXT PRIMARY KEY, kind TEXT NOT NULL, db TEXT, state TEXT NOT NULL,

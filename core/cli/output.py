@@ -220,14 +220,17 @@ def _new_progress() -> Any:
 # -- reports shared by commands and the demo ------------------------------------------------------
 
 
-SNAPSHOT_COLUMNS = (Column("ID", 10), Column("DATABASE", 16), Column("KIND", 9), Column("FINISHED (UTC)", 27),
-                    Column("SIZE", 11, ">"), Column("NEW", 11, ">"), Column("TARGETS", gap="  "))
+SNAPSHOT_COLUMNS = (Column("ID", 10), Column("DATABASE", 16), Column("KIND", 9), Column("STATUS", 11),
+                    Column("FINISHED (UTC)", 27), Column("SIZE", 11, ">"), Column("NEW", 11, ">"),
+                    Column("TARGETS", gap="  "), Column("WAL", gap="  "))
 
 
 def snapshot_rows(rows: Iterable[Any]) -> Iterator[list[object]]:
-    """Rows of the `backstop snapshots` table (SnapshotRecords)."""
+    """Rows of the `backstop snapshots` table (SnapshotRecords); a physical snapshot's WAL range last."""
     for r in rows:
-        yield [r.short_id, r.db, r.kind, r.finished_at, size(r.size_bytes), size(r.stored_bytes), ",".join(r.targets)]
+        wal = f"{r.start_lsn}-{r.stop_lsn} tli {r.timeline}" if getattr(r, "start_lsn", None) else ""
+        yield [r.short_id, r.db, r.kind, getattr(r, "status", "restorable"), r.finished_at, size(r.size_bytes),
+               size(r.stored_bytes), ",".join(r.targets), wal]
 
 
 def check_lines(res: Any) -> Iterator[str]:

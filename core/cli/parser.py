@@ -25,6 +25,7 @@ COMMANDS = (
     "core.cli.commands.audit",  # audit list|verify
     "core.cli.commands.keys",  # key list|rotate|reencrypt|retire
     "core.cli.commands.console",  # tui, demo
+    "core.cli.commands.wal",  # wal status
     "core.cli.wal",  # wal-push, wal-fetch (main() takes a fast path to them)
     "core.cli.commands.completion",  # completion bash|zsh (and the hidden __complete)
 )

@@ -4,37 +4,32 @@ PostgreSQL runs ``archive_command`` (``backstop wal-push %p``) once per
 16 MiB WAL segment and ``restore_command`` (``backstop wal-fetch %f %p``)
 once per segment it replays, so these two must start in a few tens of
 milliseconds. ``core.cli.main`` sends them here before anything else is
-imported; this module imports only the standard library's argparse and sys
-(tests/test_cli_wal_entry.py holds it to that). The real work, when it
-lands, imports what it needs inside the handlers.
-
-WAL archiving is not in this build yet: both commands say so in one line
-and exit 2, so PostgreSQL keeps the segment and retries instead of
-believing it archived.
+imported; this module imports only the standard library's argparse
+(tests/test_cli_wal_entry.py holds it to that), and its handlers
+``core.wal.client``, which stays on the standard library until a call has
+to open the repository itself.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 
 COMMANDS = ("wal-push", "wal-fetch")
 EXIT_USAGE = 2
 
 
-def _not_yet(command: str, what: str) -> int:
-    print(f"backstop: {command}: WAL archiving is not in this build yet; {what}", file=sys.stderr)
-    return EXIT_USAGE
-
-
 def cmd_wal_push(args: argparse.Namespace) -> int:
-    return _not_yet("wal-push", f"nothing was archived (PostgreSQL keeps {args.wal_path} and retries). Point "
-                    "archive_command elsewhere and take logical backups with `backstop backup --db NAME`")
+    """archive_command: 0 only once the file is stored and read back on every target."""
+    from core.wal.client import wal_push
+
+    return wal_push(args.config, args.wal_path)
 
 
 def cmd_wal_fetch(args: argparse.Namespace) -> int:
-    return _not_yet("wal-fetch", f"there is no archived WAL to fetch ({args.wal_name}). Restore a logical "
-                    "snapshot with `backstop restore --db NAME --into NEW_DB`")
+    """restore_command: the archived file at DEST_PATH, or 1 (quietly) when the archive does not hold it."""
+    from core.wal.client import wal_fetch
+
+    return wal_fetch(args.config, args.wal_name, args.dest_path)
 
 
 def _add(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:

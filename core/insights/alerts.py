@@ -80,9 +80,24 @@ def build_alerts(*, now: float, recent_jobs: Sequence[JobRecord],
             hours = (now - iso_to_epoch(last)) / 3600
             out.append(Alert("warning", "stale-backup", f"newest snapshot of {db} is {hours:.0f} h old",
                              iso_to_epoch(last)))
-    # WAL archiving arrives with physical backups; its lag plugs in here.
+    # The recovery-point age (the WAL archive's lag) plugs in here.
     for db, lag in (wal_lag_s or {}).items():
-        if lag > wal_lag_limit_s:
-            out.append(Alert("critical", "wal-lag", f"WAL archive of {db} is {lag / 60:.0f} min behind"))
+        alert = recovery_point_alert(lag, wal_lag_limit_s, f"WAL archive of {db}", now)
+        if alert is not None:
+            out.append(alert)
     out.sort(key=lambda a: (_ORDER[a.level], -(a.at or 0.0)))
     return out[:limit]
+
+
+def recovery_point_alert(age_s: float | None, limit_s: float, what: str, now: float) -> Alert | None:
+    """A critical alert when the newest recoverable moment is older than ``limit_s`` (None otherwise).
+
+    ``what`` names that moment (the newest archived WAL segment, or the newest
+    snapshot when no WAL is archived): it is what a lost primary takes with it.
+    """
+    if age_s is None or age_s <= limit_s:
+        return None
+    return Alert("critical", "wal-lag",
+                 f"recovery point is {age_s / 60:.0f} min old ({what}), past the {limit_s / 60:.0f} min limit: a lost "
+                 "primary would take that much with it; check `backstop wal status` and archive_command",
+                 now - age_s)

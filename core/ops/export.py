@@ -78,7 +78,10 @@ async def export(ctx: EngineContext, db_name: str, path: str | Path, fmt: str,
     dbc = ctx.config.database(db_name)
     out = _Output(Path(path).expanduser().absolute(), directory=fmt == "directory")
     out.refuse_existing()
-    snap = await ctx.find_snapshot(snapshot, db_name)
+    snap = await ctx.find_snapshot(snapshot, db_name, kind="logical")
+    if snap.kind == "physical":
+        raise UsageError(f"snapshot {snap.short_id} is a physical snapshot: export is for logical snapshots "
+                         "(a physical one restores with `backstop restore --type physical`)")
     t0 = time.monotonic()
     async with run_job(ctx.bus, "export", db_name, f"export of {db_name} snapshot {snap.short_id} to {out.path} "
                        f"({fmt})") as job:

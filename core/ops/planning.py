@@ -8,17 +8,21 @@ from datetime import UTC, datetime
 from core.catalog.base import CatalogQueries
 from core.context import EngineContext
 from core.errors import BackstopError
+from core.ops.coverage import wal_facts
 from core.planner import (
     CopyCheck,
     LogicalSnapshot,
     PastRestore,
     PlanningFacts,
+    RecoverySource,
     RestorePlan,
     RestoreRequest,
     TargetState,
+    physical_source,
     plan,
     with_tables,
 )
+from core.records import SnapshotRecord
 from core.repository.repo import CONFIG_NAME
 from core.storage.base import Storage
 
@@ -68,7 +72,7 @@ async def plan_restore(ctx: EngineContext, reader: CatalogQueries, tables: Table
     sources: list[LogicalSnapshot] = [
         LogicalSnapshot(r.id, r.db, datetime.fromisoformat(r.started_at), datetime.fromisoformat(r.finished_at),
                         r.size_bytes, r.targets, tuple(CopyCheck(c.target, c.ok, c.read_data, c.at) for c in r.checks))
-        for r in rows]
+        for r in rows if r.kind != "physical"]  # a base backup is no source for a restore into a database
     if request.tables:
         # Read table lists newest first until one has every table (a dropped table
         # sends the planner to an older snapshot); unreadable manifests stay unknown.
@@ -79,8 +83,34 @@ async def plan_restore(ctx: EngineContext, reader: CatalogQueries, tables: Table
                 continue
             if all(t in (sources[i].tables or ()) for t in request.tables):
                 break
-    history = [PastRestore(r.db, r.bytes, r.duration_s, r.ok, r.started_at, r.target, r.kind)
+    everything: list[RecoverySource] = list(sources)
+    # Catalog records of physical snapshots (every database's: a physical restore's history is recognised
+    # by its snapshot); the catalog object is used on this thread, as the physical restore does.
+    physical = ctx.catalog.snapshots(kind="physical")
+    if request.point.kind == "time" and physical:
+        everything += await physical_sources(ctx, reader, request.db, [r for r in ctx.catalog.snapshots(request.db)
+                                                                       if r.is_physical])
+    physical_ids = {r.id for r in physical}
+    history = [PastRestore(r.db, r.bytes, r.duration_s, r.ok, r.started_at, r.target, r.kind,
+                           physical=r.snapshot_id in physical_ids or r.into.startswith("/"))
                for r in await asyncio.to_thread(lambda: reader.restores(limit=200))]
     states = targets if targets is not None else await target_states(ctx)
-    facts = PlanningFacts(sources, states, history, dbc.rto_minutes * 60, now or datetime.now(UTC))
+    facts = PlanningFacts(everything, states, history, dbc.rto_minutes * 60, now or datetime.now(UTC))
     return plan(request, facts)
+
+
+async def physical_sources(ctx: EngineContext, reader: CatalogQueries, db: str,
+                           records: list[SnapshotRecord]) -> list[RecoverySource]:
+    """The database's physical snapshots with the WAL range each reaches (none when nothing is archived)."""
+    if not records:
+        return []
+    try:
+        facts, _ = await wal_facts(ctx)
+    except BackstopError:
+        return []  # no target answers: the logical snapshots are still planned, and the targets' state says why
+    if facts is None:
+        return []
+    checks = await asyncio.to_thread(reader.latest_checks, [r.id for r in records])
+    return [physical_source(r, facts, db=db, checks=tuple(CopyCheck(c.target, c.ok, c.read_data, c.at)
+                                                          for c in checks.get(r.id, ())))
+            for r in records]

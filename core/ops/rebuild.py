@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from core.context import EngineContext
 from core.errors import BackstopError
+from core.ops.backup import physical_fields, refresh_status
+from core.physical.status import WAITING
 from core.records import SnapshotRecord
 from core.repository.dedup import backup_index
 from core.repository.manifest import Manifest
@@ -43,10 +45,16 @@ async def rebuild_catalog(ctx: EngineContext, who: Identity | None = None) -> Re
         if sid in replaced:
             continue
         old = existing.get(sid)
-        ctx.catalog.add_snapshot(SnapshotRecord(sid, m.db, m.kind, m.started_at, m.finished_at, m.size_bytes,
-                                                m.stored_bytes, where[sid], old.job_id if old else None))
+        rec = SnapshotRecord(sid, m.db, m.kind, m.started_at, m.finished_at, m.size_bytes, m.stored_bytes,
+                             where[sid], old.job_id if old else None)
+        if m.physical is not None:
+            rec = replace(rec, **physical_fields(m.physical, old.status if old and old.is_physical else WAITING))
+            ctx.catalog.learn_system(m.db, m.physical.system_identifier)
+        ctx.catalog.add_snapshot(rec)
         result.snapshots += 1
     partial = {**repo.unreachable, **repo.damaged}
+    # Whether a physical snapshot's WAL is archived is the repository's to say, not the old catalog's.
+    result.warnings += (await refresh_status(ctx, ctx.catalog.snapshots(kind="physical")))[1]
     for sid, row in existing.items():
         if sid in where and sid not in replaced:
             continue

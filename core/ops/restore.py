@@ -121,7 +121,7 @@ async def restore(ctx: EngineContext, db_name: str, into: str, snapshot: str = "
     dbc = ctx.config.database(db_name)
     scope = Scope.parse(tables, patterns, schemas)
     _check_request(ctx, into, target, kind)
-    snap = await ctx.find_snapshot(snapshot, db_name)
+    snap = _logical(await ctx.find_snapshot(snapshot, db_name, kind="logical"), db_name)
     asked = [*(tables or ()), *(patterns or ()), *(f"schema {s}" for s in schemas or ())]
     what = f"restore of {db_name} snapshot {snap.short_id} into {into}" + (f" ({', '.join(asked)})" if asked else "")
     run = _Run(ctx, dbc.dsn, dbc.bin_dir, into, snap, scope)
@@ -147,6 +147,15 @@ async def restore(ctx: EngineContext, db_name: str, into: str, snapshot: str = "
                                 kind=kind, target=run.first_target)
         job.result = {"snapshot": snap.id, "into": into, "duration_s": round(duration, 3), "bytes": run.fed}
         return RestoreResult(snap.id, db_name, into, run.shown, run.fed, duration, list(job.warnings), run.left_out)
+
+
+def _logical(snap: SnapshotRecord, db_name: str) -> SnapshotRecord:
+    """Refuse a physical snapshot: it is a whole cluster, restored as a data directory."""
+    if snap.kind == "physical":
+        raise RestoreRefused(f"snapshot {snap.short_id} is a physical snapshot (a base backup of the whole cluster); "
+                             f"restore it with `backstop restore --db {db_name} --type physical --pgdata DIR "
+                             f"--snapshot {snap.short_id}`")
+    return snap
 
 
 class _Run:
@@ -351,7 +360,7 @@ async def restore_over(ctx: EngineContext, db_name: str, into: str, snapshot: st
     if not await logical.database_exists(dbc.dsn, into):
         return OverwriteResult(await restore(ctx, db_name, into, snapshot, target=target), False, None)
     who = who or default_identity()
-    snap = await ctx.find_snapshot(snapshot, db_name)
+    snap = _logical(await ctx.find_snapshot(snapshot, db_name, kind="logical"), db_name)
     subject = f"{db_name} snapshot {snap.short_id} over database {into}"
     async with Guard(ctx).action(who, Action.RESTORE_OVERWRITE, subject, require_all=False) as acting:
         acting.failure_detail["note"] = f"database {into} was left as it was"

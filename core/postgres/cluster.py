@@ -397,21 +397,51 @@ class LocalCluster:
         if self.pgpass is not None:
             self._require_password()
 
-    def _start(self, timeout: float) -> None:
-        if not (self.data_dir / "PG_VERSION").exists():
-            raise PostgresError(f"no cluster in {self.data_dir}; call init() first")
-        if self._acct is not None:
-            _open_path_for(self.data_dir, self._acct)
+    def _start_args(self, timeout: float) -> list[str]:
         opts = [
             "-p", str(self.port), "-k", self._socket_dir(), "-c", "listen_addresses=127.0.0.1",
         ]
         for name, value in self.settings.items():
             opts += ["-c", f"{name}={value}"]
-        args = [
+        return [
             self._tool("pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file),
             "-w", "-t", str(int(timeout)), "-o", shlex.join(opts), "start",
         ]
-        proc = self._run(args, timeout=timeout + 30)
+
+    @property
+    def owner(self) -> tuple[int, int] | None:
+        """(uid, gid) that must own the data directory's files when they are written by root, else None."""
+        return (self._acct.uid, self._acct.gid) if self._acct is not None else None
+
+    def can_read(self, path: Path) -> bool:
+        """Whether the server's account can reach and read ``path`` (what its archive/restore commands need)."""
+        if self._acct is None:
+            return os.access(path, os.R_OK)
+        acct = self._acct
+        try:
+            for parent in reversed(Path(path).absolute().parents):
+                if not _can_traverse(parent.stat(), acct):
+                    return False
+            st = Path(path).stat()
+        except OSError:
+            return False
+        if st.st_uid == acct.uid:
+            return bool(st.st_mode & stat.S_IRUSR)
+        if st.st_gid in acct.groups:
+            return bool(st.st_mode & stat.S_IRGRP)
+        return bool(st.st_mode & stat.S_IROTH)
+
+    def start_command(self, timeout: float = 60) -> str:
+        """The shell command that starts this cluster as :meth:`start` would (for an operator to run later)."""
+        cmd = shlex.join(self._start_args(timeout))
+        return f"runuser -u {shlex.quote(self._acct.name)} -- {cmd}" if self._acct is not None else cmd
+
+    def _start(self, timeout: float) -> None:
+        if not (self.data_dir / "PG_VERSION").exists():
+            raise PostgresError(f"no cluster in {self.data_dir}; call init() first")
+        if self._acct is not None:
+            _open_path_for(self.data_dir, self._acct)
+        proc = self._run(self._start_args(timeout), timeout=timeout + 30)
         if proc.returncode != 0:
             raise PostgresError(
                 f"PostgreSQL in {self.data_dir} failed to start on port {self.port}: "

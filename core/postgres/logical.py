@@ -15,9 +15,10 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -194,32 +195,45 @@ def _restore_advice(cause: str) -> str:
     return "see the PostgreSQL server log, fix the cause and run the restore again"
 
 
-class DumpProcess:
-    """A running `pg_dump` whose archive is read from ``reader`` (a raw pipe)."""
+ReaderT = TypeVar("ReaderT")
 
-    def __init__(self, proc: asyncio.subprocess.Process, reader: io.FileIO, stderr_task: asyncio.Task[bytes],
-                 resources: contextlib.ExitStack) -> None:
+
+class ToolProcess(Generic[ReaderT]):
+    """A running client tool (pg_dump, pg_basebackup) whose output is read from ``reader``."""
+
+    def __init__(self, tool: str, proc: asyncio.subprocess.Process, reader: ReaderT,
+                 stderr_task: asyncio.Task[str], resources: contextlib.ExitStack,
+                 advice: Callable[[str], str]) -> None:
+        self.tool = tool
         self.proc = proc
         self.reader = reader
         self._stderr = stderr_task
-        self._resources = resources  # what hands pg_dump its secrets; kept until it exits
+        self._resources = resources  # what hands the tool its secrets; kept until it exits
+        self._advice = advice
 
     async def wait(self) -> None:
-        """Wait for exit; PostgresError with pg_dump's own reason on failure."""
+        """Wait for exit; PostgresError with the tool's own reason on failure."""
         try:
             rc = await self.proc.wait()
         finally:
             self._resources.close()
-        err = (await self._stderr).decode(errors="replace")
+        err = await self._stderr
         if rc != 0:
-            cause = tool_failure("pg_dump", err, rc)
-            raise PostgresError(f"pg_dump failed: {cause}; {_dump_advice(cause)}")
+            cause = tool_failure(self.tool, err, rc)
+            raise PostgresError(f"{self.tool} failed: {cause}; {self._advice(cause)}")
 
     def kill(self) -> None:
-        """Stop pg_dump (the backup is being abandoned)."""
+        """Stop the tool (the backup is being abandoned); the server ends its side."""
         if self.proc.returncode is None:
             self.proc.kill()
         self._resources.close()
+
+
+DumpProcess = ToolProcess[io.FileIO]
+
+
+async def _read_all(stream: asyncio.StreamReader) -> str:
+    return (await stream.read()).decode(errors="replace")
 
 
 def archive_head_length(data: bytes) -> int:
@@ -280,8 +294,8 @@ async def start_dump(bin_dir: Path, dsn: str, extra: Sequence[str] = ()) -> Dump
     finally:
         os.close(w)
     assert proc.stderr is not None
-    return DumpProcess(proc, os.fdopen(r, "rb", buffering=0), asyncio.ensure_future(proc.stderr.read()),
-                       resources)
+    return ToolProcess("pg_dump", proc, os.fdopen(r, "rb", buffering=0), asyncio.ensure_future(_read_all(proc.stderr)),
+                       resources, _dump_advice)
 
 
 _TOC_LINE = re.compile(r"^(\d+); (\d+) (\d+) (.+)$")

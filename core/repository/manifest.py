@@ -15,6 +15,9 @@ SNAPSHOT_PREFIX = "snapshots/"
 MANIFEST_FORMAT = 2
 SCHEMA_FILE = "schema.pgdump"  # format 2: every definition, sequence value and large object; no table data
 _KIND = b"snapshot"
+LOGICAL, PHYSICAL = "logical", "physical"
+# Physical snapshots (FORMAT.md 10.2): one entry per member of pg_basebackup's tar stream.
+PG_FILE, PG_DIR, PG_SYMLINK = "pg-file", "pg-dir", "pg-symlink"
 
 
 @dataclass
@@ -30,6 +33,27 @@ class FileEntry:
     # columns in COPY order. Written only when set, so single-stream manifests keep their shape.
     relation: list[str] | None = None
     columns: list[str] | None = None
+    # A physical snapshot's member (format "pg-file", "pg-dir", "pg-symlink"): its permission bits
+    # and, for a symlink, its target. Written only when set, like the two above.
+    mode: int | None = None
+    link: str | None = None
+
+
+@dataclass
+class PhysicalInfo:
+    """What a physical snapshot (a base backup) needs besides its files: the WAL range that makes it consistent."""
+
+    start_lsn: str  # "X/Y", from backup_label's START WAL LOCATION
+    stop_lsn: str  # "X/Y", the end of the backup_manifest's WAL range
+    timeline: int
+    system_identifier: str  # decimal: a u64 does not survive every JSON reader as a number
+    pg_version: str  # server_version_num, e.g. "150010"
+    wal_segment_size: int
+    start_wal: str  # the 24-hex name of the segment holding start_lsn
+    tablespaces: list[str] = field(default_factory=list)  # always empty: extra tablespaces are refused for now
+
+
+_FILE_OPTIONAL = ("relation", "columns", "mode", "link")
 
 
 @dataclass
@@ -37,7 +61,7 @@ class Manifest:
     """Everything needed to restore one snapshot."""
 
     db: str
-    kind: str  # "logical" (physical base backups come later)
+    kind: str  # "logical" or "physical"
     started_at: str
     finished_at: str
     files: list[FileEntry]
@@ -56,6 +80,8 @@ class Manifest:
     # Id of the manifest this one replaces (re-sealed under a newer data key);
     # written only when set, so ordinary manifests stay as before (FORMAT.md 10).
     supersedes: str | None = None
+    # Physical snapshots only; written only when set, so logical manifests keep their shape.
+    physical: PhysicalInfo | None = None
 
     def seal(self, key: DataKey) -> tuple[str, str, bytes]:
         """Encrypt; returns (snapshot id, object name, bytes)."""
@@ -64,8 +90,10 @@ class Manifest:
             del doc["supersedes"]
         if not doc["encoding"]:
             del doc["encoding"]
+        if doc["physical"] is None:
+            del doc["physical"]
         for f in doc["files"]:
-            for optional in ("relation", "columns"):
+            for optional in _FILE_OPTIONAL:
                 if f[optional] is None:
                     del f[optional]
         data = seal_object(json.dumps(doc, separators=(",", ":")).encode(), _KIND, key)
@@ -80,6 +108,8 @@ class Manifest:
             if doc.get("format", 1) > MANIFEST_FORMAT:
                 raise RepositoryError("snapshot manifest format is newer than this backstop; upgrade it")
             doc["files"] = [FileEntry(**f) for f in doc["files"]]
+            if doc.get("physical") is not None:
+                doc["physical"] = PhysicalInfo(**doc["physical"])
             return cls(**doc)
         except (ValueError, KeyError, TypeError, AttributeError):
             raise IntegrityError("snapshot manifest is malformed") from None
@@ -87,7 +117,14 @@ class Manifest:
     @property
     def per_table(self) -> bool:
         """Format 2: a schema archive plus one COPY stream per table (else one pg_dump archive)."""
+        if self.kind != LOGICAL:
+            return False
         return any(f.relation is not None for f in self.files) or self.format >= 2
+
+    @property
+    def is_physical(self) -> bool:
+        """A base backup of a whole cluster (FORMAT.md 10.2), not a dump of one database."""
+        return self.kind == PHYSICAL
 
     def file(self, name: str) -> FileEntry:
         """The stored stream called ``name``."""

@@ -140,6 +140,24 @@ class _Stream:
                          chunks=self.refs)
 
 
+def _cut_fixed(reader: BinaryStreamReader, block_size: int, stream: _Stream) -> None:
+    """Feed ``reader`` to ``stream`` in blocks of ``block_size`` bytes (the last one shorter)."""
+    buf = bytearray(block_size)
+    view = memoryview(buf)
+    readinto = getattr(reader, "readinto", None)
+    while True:
+        got = 0
+        while got < block_size:
+            k = readinto(view[got:]) if readinto else _read_into(reader, view[got:])
+            if not k:
+                break
+            got += k
+        # take() hashes the view in place and copies only a block it must seal, so the buffer is reused.
+        stream.take(view[:got])
+        if got < block_size:
+            return
+
+
 class StreamWriter:
     """Writes streams into a repository; one instance per backup."""
 
@@ -170,17 +188,29 @@ class StreamWriter:
 
     # Runs in a worker thread.
     def write(self, reader: BinaryStreamReader, name: str, fmt: str,
-              head: Callable[[bytes], int] | None = None) -> FileEntry:
+              head: Callable[[bytes], int] | None = None, block_size: int | None = None) -> FileEntry:
         """Consume ``reader`` to EOF and return the file's manifest entry.
 
         ``head`` sees the stream's first bytes and says how many of them form
         a volatile header (a pg_dump archive's creation time): those become a
         chunk of their own, so the content-defined chunks after it are the
         same in every backup of unchanged data.
+
+        ``block_size`` cuts fixed blocks from the stream's first byte instead
+        of content-defined chunks (physical snapshots, FORMAT.md 10.2): a
+        relation file's pages stay where they are, so a block whose pages did
+        not change gets the same chunk id in every backup.
         """
+        stream = _Stream(self, name, fmt)
+        if block_size is not None:
+            try:
+                _cut_fixed(reader, block_size, stream)
+                stream.drain()
+            finally:
+                stream.cancel()
+            return stream.entry()
         p = self.repo.params
         cdc = FastCDC(p.chunk_avg, min_size=p.chunk_min, max_size=p.chunk_max)
-        stream = _Stream(self, name, fmt)
         try:
             if head is not None:
                 first = _read_up_to(reader, _HEAD_PEEK)

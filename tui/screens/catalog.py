@@ -7,6 +7,8 @@ from array import array
 from collections.abc import Sequence
 from typing import ClassVar
 
+from core.engine import WalCoverage
+from core.errors import BackstopError
 from core.queries import Queries
 from core.records import DatabaseSummary, SnapshotRow
 from textual import on, work
@@ -27,7 +29,7 @@ from tui.widgets.virtual_table import Cell, Column, VirtualTable
 COLUMNS = [
     Column("ID", 8), Column("FINISHED (UTC)", 16), Column("DATABASE", 10), Column("TARGETS (VERIFIED?)", 24),
     Column("SIZE", 9, "right"), Column("NEW", 9, "right"), Column("DEDUP", 6, "right"), Column("TOOK", 7, "right"),
-    Column("KIND", 7), Column("POINT / WAL RANGE", 19),
+    Column("KIND", 7), Column("POINT / WAL RANGE", 25),
 ]
 
 
@@ -48,14 +50,42 @@ def target_cell(row: SnapshotRow) -> Cell:
     return (" ".join(parts), worst)
 
 
+def kind_cell(r: SnapshotRow) -> Cell:
+    """Logical, or physical with its status: "waiting" (its own WAL not archived yet) reads as a warning."""
+    if r.kind != "physical":
+        return r.kind
+    return ("phys", "good") if r.status == "restorable" else ("waiting", "warn")
+
+
+def point_cell(r: SnapshotRow) -> str:
+    """Logical snapshots restore one moment; physical ones their LSN range (then any moment the WAL reaches)."""
+    if r.kind == "physical":
+        return f"tl{r.timeline or '?'} {r.start_lsn or '?'}-{r.stop_lsn or '?'}"
+    return "@ " + fmt.iso_short(r.started_at)[5:] if r.kind == "logical" else "-"
+
+
 def snapshot_cells(r: SnapshotRow) -> list[Cell]:
     """A snapshot as table cells."""
     took = fmt.iso_epoch(r.finished_at) - fmt.iso_epoch(r.started_at)
     dedup = f"{r.size_bytes / r.stored_bytes:.1f}x" if r.stored_bytes else "all"
-    # Logical snapshots restore one moment; physical ones will show their WAL range here.
-    point = "@ " + fmt.iso_short(r.started_at)[5:] if r.kind == "logical" else "-"
     return [r.id[:8], fmt.iso_short(r.finished_at), r.db, target_cell(r), fmt.size(r.size_bytes),
-            fmt.size(r.stored_bytes), dedup, fmt.duration(took), r.kind, point]
+            fmt.size(r.stored_bytes), dedup, fmt.duration(took), kind_cell(r), point_cell(r)]
+
+
+def coverage_text(cov: WalCoverage) -> str:
+    """The WAL archive per timeline, one line each: range, when archived, gaps (words, no colour needed)."""
+    if not cov.timelines:
+        lines = ["WAL archive: nothing archived (physical snapshots stay waiting; see `backstop wal status`)"]
+    else:
+        lines = []
+        for t in cov.timelines:
+            holes = (f" · {len(t.gaps)} GAP(S): " + ", ".join(f"{a}..{b[-8:]}" for a, b in t.gaps[:2])
+                     + (" …" if len(t.gaps) > 2 else "")) if t.gaps else " · no gaps"
+            lines.append(f"WAL tl{t.timeline}: {t.first} → {t.last[-8:]} ({t.segments} seg, "
+                         f"{fmt.when(t.first_at.timestamp())} → {fmt.when(t.last_at.timestamp())}){holes}")
+    if cov.unreachable:
+        lines.append(f"WAL not listed on: {', '.join(cov.unreachable)}")
+    return "\n".join(lines)
 
 
 class SnapshotSource:
@@ -160,12 +190,28 @@ class CatalogScreen(ConsoleScreen):
             yield OptionList(id="databases")
             yield VirtualTable(COLUMNS, empty_text="No snapshots match.", id="snapshots")
         yield Static("", id="snapshot-detail")
+        yield Static("WAL archive: reading …", id="wal-coverage")
 
     def on_mount(self) -> None:
         self.query_one("#snapshots", VirtualTable).focus()
 
     def reload(self) -> None:
         self.load_catalog()
+        self.load_coverage()
+
+    @work(group="catalog-wal", exclusive=True, exit_on_error=False,
+          description="catalog: list the WAL archive per timeline on the targets")
+    async def load_coverage(self) -> None:
+        """The WAL archive's coverage (a listing of every target: async, off the catalog)."""
+        label = self.query_one("#wal-coverage", Static)
+        try:
+            cov = await self.engine.wal_coverage()
+        except BackstopError as exc:
+            # The first clause only (the rest names paths and credentials): `backstop wal status` says all.
+            label.update(f"WAL archive: cannot list it ({str(exc).split(':')[0]}); see `backstop wal status`")
+            return
+        if not get_current_worker().is_cancelled:
+            label.update(coverage_text(cov))
 
     @work(thread=True, group="catalog", exclusive=True, exit_on_error=False,
           description="catalog: count the snapshots and list the databases")
@@ -229,7 +275,9 @@ class CatalogScreen(ConsoleScreen):
         checks = "; ".join(
             f"{c.target} {'ok' if c.ok else 'FAILED'} {'read-back' if c.read_data else 'structural'} "
             f"{fmt.when(c.at)}" for c in row.checks) or "never verified"
-        detail.update(f"{row.id}\n{row.db} {row.kind} {fmt.iso_short(row.started_at)} → "
+        physical = (f" {row.status} · timeline {row.timeline} · LSN {row.start_lsn} → {row.stop_lsn}"
+                    if row.kind == "physical" else "")
+        detail.update(f"{row.id}\n{row.db} {row.kind}{physical} {fmt.iso_short(row.started_at)} → "
                       f"{fmt.iso_short(row.finished_at)} UTC · checks: {checks}")
 
     def current_row(self) -> SnapshotRow | None:

@@ -5,6 +5,11 @@ the planner's proposal → destination → review → (MFA confirmation when
 destructive) → live progress → result. `enter` chooses, `escape` goes back a
 step, `ctrl+n` continues where a step has a form. Nothing is restored before
 the review step's explicit "Start".
+
+A point in time (a moment, not a snapshot) lets the planner offer a physical
+snapshot plus archived WAL; the whole cluster is then recovered into a new
+data directory (absent or empty: nothing is overwritten, so no MFA code is
+asked, as for a restore into a new database).
 """
 
 from __future__ import annotations
@@ -13,9 +18,10 @@ import asyncio
 import re
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import ClassVar
 
-from core.engine import RestoreResult
+from core.engine import PhysicalRestoreRequest, PhysicalRestoreResult, RestoreResult, make_target
 from core.errors import AuthError, BackstopError
 from core.planner import Incident, PointInTime, RestorePlan, RestoreRequest, Severity
 from core.records import SnapshotRow
@@ -62,6 +68,13 @@ class WizardState:
     job_id: str | None = None
     result: RestoreResult | None = None
     error: str | None = None
+    pgdata: str = ""  # a point-in-time recovery's new data directory
+    physical_result: PhysicalRestoreResult | None = None
+
+    @property
+    def physical(self) -> bool:
+        """Whether the accepted plan recovers the cluster from a physical snapshot and WAL."""
+        return self.plan is not None and self.plan.source is not None and self.plan.source.kind == "physical"
 
     def request(self) -> RestoreRequest:
         """The planner request these choices make."""
@@ -83,6 +96,16 @@ def parse_when(text: str) -> datetime | None:
     raise ValueError(f"cannot read {text!r}: use YYYY-MM-DD HH:MM (UTC)")
 
 
+def pgdata_problem(text: str) -> str | None:
+    """Why ``text`` cannot be a new data directory (None: it is absent, or an empty directory)."""
+    if not text.strip():
+        return "Type the data directory to write the recovered cluster into."
+    path = Path(text.strip()).expanduser()
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        return f"{path} exists and is not an empty directory: choose a new one (nothing is overwritten)."
+    return None
+
+
 def plan_text(p: RestorePlan) -> str:
     """The planner's proposal for operators."""
     if not p.ok:
@@ -91,8 +114,13 @@ def plan_text(p: RestorePlan) -> str:
         assert p.source is not None and p.point is not None
         head = "PLAN (RISKY)" if p.risky else "PLAN"
         what = ", ".join(p.tables) if p.tables else "whole database"
+        action = (f"point-in-time recovery of the cluster of {p.request.db} from physical snapshot "
+                  f"{p.source.id[:8]} + archived WAL, target {p.target}" if p.source.kind == "physical" else
+                  f"restore snapshot {p.source.id[:8]} ({p.source.kind}) of {p.request.db} from target {p.target}")
+        if p.source.kind == "physical" and not p.tables:
+            what = "whole cluster"
         lines = [
-            f"{head}: restore snapshot {p.source.id[:8]} ({p.source.kind}) of {p.request.db} from target {p.target}",
+            f"{head}: {action}",
             f"  point      {p.point.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC   scope {what}",
             f"  estimate   {fmt.duration(p.estimated_s)} ({p.estimate_basis})"
             + (f"   RTO {fmt.duration(p.rto_s)}" if p.rto_s else ""),
@@ -161,6 +189,9 @@ class RestoreScreen(ConsoleScreen):
             with Vertical(id="step-point", classes="step"):
                 yield Static("To which point in time?", classes="step-title")
                 yield OptionList(id="point-options")
+                yield Static("Recover to (UTC, YYYY-MM-DD HH:MM[:SS]; enter plans it):", id="moment-label")
+                yield self._input("moment-input", "e.g. 2026-11-20 14:31:07")
+                yield Static("", id="moment-error", classes="error-text")
             with Vertical(id="step-plan", classes="step"):
                 yield Static("The planner proposes (tab scrolls the plan)", classes="step-title")
                 with VerticalScroll(id="plan-scroll", classes="plan-scroll"):
@@ -168,8 +199,9 @@ class RestoreScreen(ConsoleScreen):
                 yield OptionList(id="plan-options")
             with Vertical(id="step-destination", classes="step"):
                 yield Static("Where to restore?", classes="step-title")
-                yield Static("New database name:")
+                yield Static("New database name:", id="dest-label")
                 yield self._input("dest-input", "new database name")
+                yield self._input("pgdata-input", "new (absent or empty) data directory, e.g. /srv/pitr/warranty")
                 yield Static("", id="dest-error", classes="error-text")
                 yield OptionList(id="dest-options")
                 yield Static("", id="dest-note", classes="chart-note")
@@ -234,8 +266,10 @@ class RestoreScreen(ConsoleScreen):
             self._tables_done()
         elif self.step == "severity":
             self._when_done()
+        elif self.step == "point" and self.query_one("#moment-input", Input).display:
+            self._moment_done()
         elif self.step == "destination":
-            self._choose_destination("new")
+            self._choose_destination("pgdata" if self.state.physical else "new")
 
     def reset(self, db: str | None = None, snapshot: str | None = None, incident: Incident | None = None) -> None:
         """Start over (optionally with a database and snapshot chosen in the catalog, or a drill)."""
@@ -357,6 +391,9 @@ class RestoreScreen(ConsoleScreen):
         opts = self.query_one("#point-options", OptionList)
         opts.clear_options()
         opts.add_option(Option("Latest: let the planner choose the best snapshot (recommended)", id="latest"))
+        opts.add_option(Option("A moment in time: point-in-time recovery (physical backup + WAL)", id="moment"))
+        for wid in ("#moment-label", "#moment-input", "#moment-error"):
+            self.query_one(wid).display = self.state.point.kind == "time"
         opts.highlighted = 0
         opts.focus()
         self.load_points(self.state.db)
@@ -371,19 +408,49 @@ class RestoreScreen(ConsoleScreen):
 
     def _show_points(self, rows: list[SnapshotRow]) -> None:
         """The snapshots to choose from, below 'Latest'; the cursor goes to the one chosen before, if any."""
+        # Physical snapshots restore a data directory, reached through "A moment in time", not into a database.
+        rows = [r for r in rows if r.kind != "physical"]
         opts = self.query_one("#point-options", OptionList)
         opts.add_options([Option(f"{fmt.iso_short(r.finished_at)} UTC  {r.id[:8]}  {fmt.size(r.size_bytes):>9}  "
                                  f"{'verified' if any(c.ok for c in r.checks) else 'unverified'}", id=r.id)
                           for r in rows])
-        ids = ["latest"] + [r.id for r in rows]
-        want = self.state.point.snapshot_id if self.state.point.kind == "snapshot" else "latest"
+        ids = ["latest", "moment"] + [r.id for r in rows]
+        want = {"snapshot": self.state.point.snapshot_id, "time": "moment"}.get(self.state.point.kind, "latest")
         if opts.highlighted in (None, 0):
             opts.highlighted = ids.index(want) if want in ids else 0
 
     @on(OptionList.OptionSelected, "#point-options")
     def _point(self, event: OptionList.OptionSelected) -> None:
         sid = event.option.id or "latest"
+        if sid == "moment":
+            for wid in ("#moment-label", "#moment-input", "#moment-error"):
+                self.query_one(wid).display = True
+            inp = self.query_one("#moment-input", Input)
+            if not inp.value and self.state.incident_at is not None:
+                # Just before the damage is the usual answer; the operator can type the second.
+                inp.value = f"{self.state.incident_at:%Y-%m-%d %H:%M:%S}"
+            inp.focus()
+            return
         self.state.point = PointInTime.latest() if sid == "latest" else PointInTime.snapshot(sid)
+        self.show_step("plan")
+
+    @on(Input.Submitted, "#moment-input")
+    def _moment_submitted(self) -> None:
+        self._moment_done()
+
+    def _moment_done(self) -> None:
+        """The typed moment becomes a point-in-time request (the planner looks for physical+WAL sources)."""
+        err = self.query_one("#moment-error", Static)
+        try:
+            at = parse_when(self.query_one("#moment-input", Input).value)
+        except ValueError as exc:
+            err.update(str(exc))
+            return
+        if at is None:
+            err.update("Type the moment to recover to, or choose another option above.")
+            return
+        err.update("")
+        self.state.point = PointInTime.moment(at)
         self.show_step("plan")
 
     def _enter_plan(self) -> None:
@@ -417,7 +484,11 @@ class RestoreScreen(ConsoleScreen):
 
     @on(OptionList.OptionSelected, "#plan-options")
     def _plan_choice(self, event: OptionList.OptionSelected) -> None:
-        if event.option.id == "accept":
+        if event.option.id == "accept" and self.state.physical and self.state.tables:
+            # Tables as of a moment go through a scratch cluster, which the CLI runs.
+            self.notify(f"Tables at a moment: run `backstop restore --db {self.state.db} --table ... --target-time "
+                        "...`; the wizard recovers whole clusters only.", severity="warning")
+        elif event.option.id == "accept":
             self.show_step("destination")
         else:
             self.action_step_back()
@@ -425,6 +496,14 @@ class RestoreScreen(ConsoleScreen):
     def _enter_destination(self) -> None:
         p = self.state.plan
         assert p is not None and self.state.db is not None
+        physical = self.state.physical
+        self.query_one("#dest-input").display = not physical
+        self.query_one("#pgdata-input").display = physical
+        self.query_one("#dest-label", Static).update(
+            "New data directory for the recovered cluster (absent or empty):" if physical else "New database name:")
+        if physical:
+            self._enter_pgdata()
+            return
         inp = self.query_one("#dest-input", Input)
         if not inp.value or inp.value.startswith(f"{self.state.db}_"):
             inp.value = self.state.destination or p.destination
@@ -441,9 +520,24 @@ class RestoreScreen(ConsoleScreen):
         opts.highlighted = 0
         opts.focus()
 
+    def _enter_pgdata(self) -> None:
+        """A point-in-time recovery writes a data directory: offer only a new one (nothing is overwritten)."""
+        opts = self.query_one("#dest-options", OptionList)
+        opts.clear_options()
+        opts.add_option(Option("Recover the cluster into the NEW data directory typed above", id="pgdata"))
+        self.query_one("#dest-note", Static).update(
+            "The directory must be absent or empty; the cluster is written and set up to recover to the moment, "
+            "then its start command is shown.")
+        opts.highlighted = 0
+        self.query_one("#pgdata-input", Input).focus()
+
     @on(Input.Submitted, "#dest-input")
     def _dest_submitted(self) -> None:
         self._choose_destination("new")
+
+    @on(Input.Submitted, "#pgdata-input")
+    def _pgdata_submitted(self) -> None:
+        self._choose_destination("pgdata")
 
     @on(OptionList.OptionSelected, "#dest-options")
     def _dest_choice(self, event: OptionList.OptionSelected) -> None:
@@ -452,6 +546,17 @@ class RestoreScreen(ConsoleScreen):
     def _choose_destination(self, kind: str) -> None:
         assert self.state.db is not None
         err = self.query_one("#dest-error", Static)
+        if kind == "pgdata":
+            problem = pgdata_problem(self.query_one("#pgdata-input", Input).value)
+            if problem:
+                err.update(problem)
+                self.query_one("#pgdata-input", Input).focus()
+                return
+            self.state.over_live = False
+            self.state.pgdata = str(Path(self.query_one("#pgdata-input", Input).value.strip()).expanduser().absolute())
+            err.update("")
+            self.show_step("review")
+            return
         if kind == "live":
             self.state.over_live = True
             self.state.destination = self.state.db
@@ -474,12 +579,15 @@ class RestoreScreen(ConsoleScreen):
         assert s.plan is not None and s.plan.source is not None and s.incident is not None and s.db is not None
         dest = (f"OVER THE LIVE DATABASE {self.engine.live_database(s.db)} (destructive: MFA confirmation follows)"
                 if s.over_live
+                else f"new data directory {s.pgdata} (recovers to {s.plan.point:%Y-%m-%d %H:%M:%S} UTC)"
+                if s.physical and s.plan.point is not None
                 else f"new database {s.destination}")
         when = f" at {s.incident_at:%Y-%m-%d %H:%M} UTC" if s.incident_at else ""
+        whole = "whole cluster" if s.physical else "whole database"
         self.query_one("#review-text", Static).update(
             f"incident     {s.incident.label}{when}, severity {s.severity.value}\n"
-            f"database     {s.db}  ({', '.join(s.plan.tables) or 'whole database'})\n"
-            f"snapshot     {s.plan.source.id[:12]} from target {s.plan.target}\n"
+            f"database     {s.db}  ({', '.join(s.plan.tables) or whole})\n"
+            f"snapshot     {s.plan.source.id[:12]} ({s.plan.source.kind}) from target {s.plan.target}\n"
             f"destination  {dest}\n"
             f"estimate     {fmt.duration(s.plan.estimated_s)}"
             + (f"  (RTO {fmt.duration(s.plan.rto_s)})" if s.plan.rto_s else "")
@@ -524,6 +632,9 @@ class RestoreScreen(ConsoleScreen):
         s = self.state
         assert s.plan is not None and s.plan.source is not None and s.db is not None
         try:
+            if s.physical:
+                await self._run_physical()
+                return
             if s.over_live:
                 assert s.approval is not None
                 who = Identity(self.host.operator, s.approval.code)
@@ -544,11 +655,42 @@ class RestoreScreen(ConsoleScreen):
             s.result = None
         self.show_result()
 
+    async def _run_physical(self) -> None:
+        """Write the physical snapshot into the new data directory, set up to recover to the planned moment."""
+        s = self.state
+        assert s.plan is not None and s.plan.source is not None and s.plan.point is not None and s.db is not None
+        s.physical_result, s.error = None, None
+        config_path = self.engine.config_path
+        if config_path is None:
+            s.error = ("the console does not know its config file, which the recovered cluster's restore_command "
+                       "reads: open it with `backstop --config PATH tui`")
+        else:
+            try:
+                target = make_target(time=s.plan.point.astimezone(UTC).isoformat())
+                s.physical_result = await self.engine.restore_physical(PhysicalRestoreRequest(
+                    db=s.db, pgdata=Path(s.pgdata), config_path=config_path, snapshot=s.plan.source.id,
+                    target=target))
+            except BackstopError as exc:
+                s.error = str(exc)
+        self.show_result()
+
+    def _physical_result_text(self, r: PhysicalRestoreResult) -> str:
+        p = self.state.plan
+        assert p is not None
+        vs = f" (estimated {fmt.duration(p.estimated_s)})" if p.estimated_s else ""
+        warn = "".join(f"\nWARNING {w}" for w in r.warnings)
+        return (f"RECOVERY PREPARED: physical snapshot {r.snapshot_id[:8]} of {r.db} written into {r.pgdata}\n"
+                f"{r.files} files, {fmt.size(r.bytes)} in {fmt.duration(r.duration_s)}{vs}; pg_verifybackup: "
+                f"{r.verified}\nrecovery reads WAL from {r.wal_from} to {r.target.describe()}; start it with:\n"
+                f"  {r.start_command}{warn}")
+
     def show_result(self) -> None:
         """The outcome, with the measured time against the estimate and the RTO."""
         s = self.state
         text = self.query_one("#result-text", Static)
-        if s.result is not None:
+        if s.physical_result is not None:
+            text.update(self._physical_result_text(s.physical_result))
+        elif s.result is not None:
             r = s.result
             p = s.plan
             assert p is not None
@@ -568,8 +710,9 @@ class RestoreScreen(ConsoleScreen):
             if s.error and s.error.startswith("REFUSED"):
                 text.update(f"{s.error}\nNothing was changed; the refusal is in the audit log (screen 8).")
             else:
-                text.update(f"RESTORE FAILED: {s.error}\nNothing was left half-done: a database the restore "
-                            "created is dropped again, and the live database was not touched.")
+                text.update(f"RESTORE FAILED: {s.error}\nNothing was left half-done: " + (
+                    "what the restore wrote into the data directory is removed again." if s.physical else
+                    "a database the restore created is dropped again, and the live database was not touched."))
         self.show_step("result")
 
     def _enter_result(self) -> None:

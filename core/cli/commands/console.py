@@ -11,12 +11,17 @@ from core.cli.context import add_command
 
 def open_console(config: str | None, operator: str | None = None) -> int:
     """Open the Textual operator console on a config (used by `tui` and `demo`)."""
-    from core.config import load_config
+    import os
+    from pathlib import Path
+
+    from core.config import CONFIG_ENV, load_config
     from core.engine import Engine
     from core.security.gate import acting_operator
 
     operator = acting_operator(operator)  # a name that could forge audit lines is refused before anything opens
-    engine = Engine(load_config(config))
+    path = config or os.environ.get(CONFIG_ENV)
+    # The path goes along: the wizard's point-in-time restore writes a restore_command that reads it.
+    engine = Engine(load_config(config), config_path=Path(path).absolute() if path else None)
     # The dashboard's catalog reads start now and overlap Textual's import and start-up.
     first = engine.prefetch_dashboard()
     # Imported here: Textual costs ~200 ms that no other command should pay.

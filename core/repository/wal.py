@@ -1,0 +1,326 @@
+"""The WAL archive in the repository (FORMAT.md 21): one sealed object per WAL file, and the cluster it belongs to.
+
+``wal/<TLI>/<file name>`` holds one WAL segment, ``.partial`` segment,
+timeline history or backup history file, sealed in an envelope of kind
+``wal`` whose payload starts with a header naming the file, the source
+cluster's system identifier, the file's size and its SHA-256. ``wal/cluster``
+(kind ``wal-cluster``) records the system identifier of the first WAL file
+archived: WAL of any other cluster is refused.
+
+A push is acknowledged only once the object is on every target and read
+back; the same file pushed twice is success, other content under a stored
+name is an error naming it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from core.errors import IntegrityError, NotFound, ObjectNotFound, RepositoryError, StorageError
+from core.format import now_iso
+from core.postgres.wal import (
+    DEFAULT_SEG_SIZE,
+    WalNameError,
+    check_segment,
+    parse_segment_name,
+    segment_file,
+    segments_between,
+    wal_file_kind,
+)
+from core.repository.crypto import open_object, seal_object
+from core.repository.keys import DataKey
+from core.repository.repo import Repository, sha256_hex
+from core.storage.base import ObjectInfo, Storage
+
+WAL_PREFIX = "wal/"
+CLUSTER_NAME = "wal/cluster"
+WAL_KIND = b"wal"
+CLUSTER_KIND = b"wal-cluster"
+# WAL is mostly compressible (zero-filled tails of switched segments, repeated page images); level 1 is
+# several times faster than 3 at nearly the same ratio, and wal-push latency is what PostgreSQL waits on.
+WAL_COMPRESSION_LEVEL = 1
+_HEADER = struct.Struct(">4sQQ32sH")  # magic, system identifier, size, sha256, name length; then name, then data
+_MAGIC = b"BKW1"
+
+
+class WalNotArchived(NotFound):
+    """The archive holds no such WAL file (what PostgreSQL expects at the end of the archive)."""
+
+    exit_code = 1
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"{name} is not in the WAL archive")
+        self.name = name
+
+
+class WalRefused(RepositoryError):
+    """A WAL file the archive must not take: another cluster's, or other content under a stored name."""
+
+
+@dataclass(frozen=True)
+class WalFile:
+    """An archived WAL file, opened and checked."""
+
+    name: str
+    system_identifier: int  # 0 for history and backup history files archived before any segment
+    sha256: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ClusterIdentity:
+    """``wal/cluster``: whose WAL this repository archives."""
+
+    system_identifier: int
+    wal_segment_size: int
+    first_file: str
+    created: str
+
+    def to_json(self) -> dict[str, object]:
+        return {"system_identifier": str(self.system_identifier), "wal_segment_size": self.wal_segment_size,
+                "first_file": self.first_file, "created": self.created}
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What one push did: ``stored`` False when the same file was already archived."""
+
+    name: str
+    size: int
+    sha256: str
+    stored: bool
+    sealed_size: int
+
+
+def wal_object_name(name: str) -> str:
+    """``wal/00000001/000000010000000000000003``: the object holding WAL file ``name``."""
+    wal_file_kind(name)
+    return f"{WAL_PREFIX}{name[:8]}/{name}"
+
+
+def seal_wal(name: str, data: bytes, system_identifier: int, key: DataKey) -> bytes:
+    """The sealed object for one WAL file."""
+    raw = name.encode("ascii")
+    head = _HEADER.pack(_MAGIC, system_identifier, len(data), hashlib.sha256(data).digest(), len(raw))
+    return seal_object(head + raw + data, WAL_KIND, key, WAL_COMPRESSION_LEVEL)
+
+
+def open_wal(blob: bytes, name: str, keys: dict[int, DataKey]) -> WalFile:
+    """Open a sealed WAL object and check it: the name it was sealed for, its size and its SHA-256."""
+    payload = open_object(blob, WAL_KIND, keys)
+    try:
+        magic, sysid, size, digest, n = _HEADER.unpack_from(payload)
+    except struct.error:
+        raise IntegrityError(f"WAL object {name} is damaged (short header)") from None
+    stored_name = payload[_HEADER.size:_HEADER.size + n].decode("ascii", "replace")
+    data = payload[_HEADER.size + n:]
+    if magic != _MAGIC:
+        raise IntegrityError(f"WAL object {name} is damaged (bad magic)")
+    if stored_name != name:
+        raise IntegrityError(f"WAL object {name} holds {stored_name} (renamed or misplaced)")
+    if len(data) != size or hashlib.sha256(data).digest() != digest:
+        raise IntegrityError(f"WAL object {name} is damaged (size or SHA-256 mismatch)")
+    return WalFile(name, sysid, digest.hex(), data)
+
+
+def _parse_wal_name(object_name: str) -> str | None:
+    """The WAL file name of a ``wal/`` object (None for ``wal/cluster`` and anything unknown)."""
+    parts = object_name.split("/")
+    if len(parts) != 3 or parts[0] != "wal":
+        return None
+    try:
+        wal_file_kind(parts[2])
+    except WalNameError:
+        return None
+    return parts[2] if parts[2][:8] == parts[1] else None
+
+
+class WalArchive:
+    """The WAL archive of one opened repository (caches the cluster identity)."""
+
+    def __init__(self, repo: Repository) -> None:
+        self.repo = repo
+        self._identity: ClusterIdentity | None = None
+        self._claiming = asyncio.Lock()
+
+    # -- the cluster ---------------------------------------------------------------------------------------
+
+    async def identity(self) -> ClusterIdentity | None:
+        """``wal/cluster`` from the first target holding an intact copy; None when nothing was archived yet."""
+        if self._identity is not None:
+            return self._identity
+        errors: list[str] = []
+        absent = 0
+        for st in self.repo.storages:
+            try:
+                doc = json.loads(open_object(await st.get(CLUSTER_NAME), CLUSTER_KIND, self.repo.keys))
+                self._identity = ClusterIdentity(int(doc["system_identifier"]), int(doc["wal_segment_size"]),
+                                                 str(doc["first_file"]), str(doc["created"]))
+                return self._identity
+            except ObjectNotFound:
+                absent += 1
+            except (StorageError, IntegrityError, ValueError, KeyError, TypeError) as exc:
+                errors.append(f"target '{st.name}': {CLUSTER_NAME}: {exc}" if "target" not in str(exc) else str(exc))
+        if absent == len(self.repo.storages):
+            return None
+        raise RepositoryError("the WAL archive's cluster record could not be read: " + "; ".join(errors)
+                              + "; run `backstop check`")
+
+    async def _claim(self, sysid: int, seg_size: int, first: str) -> ClusterIdentity:
+        """Record the cluster on every target (first push into this repository)."""
+        async with self._claiming:
+            known = await self.identity()  # another push of this process may have claimed meanwhile
+            if known is not None:
+                return known
+            ident = ClusterIdentity(sysid, seg_size, first, now_iso())
+            sealed = seal_object(json.dumps(ident.to_json()).encode(), CLUSTER_KIND, self.repo.key)
+            await self.repo.put_all(CLUSTER_NAME, sealed)
+            try:
+                await self.repo.verify_all(CLUSTER_NAME, sha256_hex(sealed))
+            except IntegrityError:
+                # Another process claimed at the same moment (other nonce, other bytes): what counts is
+                # whose system identifier is recorded now.
+                self._identity = None
+                known = await self.identity()
+                if known is None:
+                    raise
+                return known
+            self._identity = ident
+            return ident
+
+    # -- pushing -------------------------------------------------------------------------------------------
+
+    async def push(self, name: str, data: bytes) -> PushResult:
+        """Archive one WAL file on every target, read back; idempotent for the same content."""
+        kind = wal_file_kind(name)
+        digest = hashlib.sha256(data).hexdigest()
+        ident = await self.identity()
+        if kind in ("segment", "partial"):
+            try:
+                header = check_segment(name, data[:64])
+            except WalNameError as exc:
+                raise WalRefused(f"{name} is not a WAL segment PostgreSQL wrote: {exc}; nothing was archived") \
+                    from None
+            if kind == "segment" and len(data) != header.seg_size:
+                raise WalRefused(f"{name} is {len(data)} bytes but its header says segments are {header.seg_size}; "
+                                 "a truncated copy? nothing was archived")
+            sysid = header.system_identifier
+            if ident is None:
+                ident = await self._claim(sysid, header.seg_size, name)
+            if ident.system_identifier != sysid:
+                raise WalRefused(
+                    f"{name} comes from database system {sysid}, but this repository archives the WAL of system "
+                    f"{ident.system_identifier}; give each cluster its own repository (its own targets)")
+        else:
+            sysid = ident.system_identifier if ident is not None else 0
+        obj = wal_object_name(name)
+        present = await asyncio.gather(*(st.exists(obj) for st in self.repo.storages))
+        have = [st for st, p in zip(self.repo.storages, present, strict=True) if p]
+        if have:
+            # Every copy is read: a duplicate is acknowledged only when each target holds it intact.
+            copies = [c for c in await asyncio.gather(*(self._open_copy(st, name) for st in have)) if c]
+            other = next((c for c in copies if c.sha256 != digest), None)
+            if other is not None:
+                raise WalRefused(
+                    f"{name} is already archived with different content (SHA-256 {other.sha256[:12]}..., this file "
+                    f"{digest[:12]}...); two clusters or a restored copy archive into one repository: give each "
+                    "its own repository")
+            if len(copies) == len(self.repo.storages):
+                return PushResult(name, len(data), digest, False, 0)
+            # Missing or damaged on some target: write this (the same) content everywhere.
+        sealed = await asyncio.to_thread(seal_wal, name, data, sysid, self.repo.key)
+        await self.repo.put_all(obj, sealed)
+        await self.repo.verify_all(obj, sha256_hex(sealed))
+        return PushResult(name, len(data), digest, not have, len(sealed))
+
+    async def _open_copy(self, st: Storage, name: str) -> WalFile | None:
+        """The copy on one target, opened and checked; None when it vanished or is damaged (to be rewritten)."""
+        try:
+            blob = await st.get(wal_object_name(name))
+            return await asyncio.to_thread(open_wal, blob, name, self.repo.keys)
+        except (ObjectNotFound, IntegrityError):
+            return None
+
+    # -- reading -------------------------------------------------------------------------------------------
+
+    async def read(self, name: str) -> WalFile:
+        """One WAL file, checked (SHA-256, name, system identifier); WalNotArchived when no target has it."""
+        obj = wal_object_name(name)
+        errors: list[str] = []
+        for st in self.repo.storages:
+            try:
+                blob = await st.get(obj)
+            except ObjectNotFound:
+                continue
+            except StorageError as exc:
+                errors.append(str(exc))
+                continue
+            try:
+                wf = await asyncio.to_thread(open_wal, blob, name, self.repo.keys)
+                ident = await self.identity()
+                if ident is not None and wf.system_identifier not in (0, ident.system_identifier):
+                    raise IntegrityError(f"WAL object {name} comes from database system {wf.system_identifier}, "
+                                         f"not the archive's {ident.system_identifier}")
+                return wf
+            except IntegrityError as exc:
+                errors.append(f"target '{st.name}': {exc}")
+        if not errors:
+            raise WalNotArchived(name)
+        raise RepositoryError(f"{name} could not be read from any target: " + "; ".join(errors)
+                              + "; run `backstop check`")
+
+
+# -- the contract's functions (physical backups and restores use these) ------------------------------------
+
+
+async def wal_objects(storage: Storage, timeline: int | None = None) -> list[tuple[str, ObjectInfo]]:
+    """(WAL file name, listing entry) of every WAL object on one target (of one timeline only, if given)."""
+    out = []
+    for info in await storage.list(WAL_PREFIX if timeline is None else f"{WAL_PREFIX}{timeline:08X}/"):
+        name = _parse_wal_name(info.name)
+        if name is not None:
+            out.append((name, info))
+    return out
+
+
+async def list_wal(repo: Repository, storage: Storage | None = None) -> dict[int, set[str]]:
+    """Timeline -> the WAL file names archived on ``storage``, or (by default) on every target of ``repo``."""
+    stores = [storage] if storage is not None else repo.storages
+    listings = await asyncio.gather(*(wal_objects(st) for st in stores))
+    names = set.intersection(*({n for n, _ in lst} for lst in listings)) if listings else set()
+    out: dict[int, set[str]] = {}
+    for n in names:
+        out.setdefault(int(n[:8], 16), set()).add(n)
+    return out
+
+
+async def missing_segments(repo: Repository, timeline: int, start_lsn: int | str, stop_lsn: int | str,
+                           seg_size: int = DEFAULT_SEG_SIZE) -> list[str]:
+    """The segments from ``start_lsn`` to ``stop_lsn`` (both included) that are not archived on every target."""
+    have = (await list_wal(repo)).get(timeline, set())
+    return [n for n in segments_between(timeline, start_lsn, stop_lsn, seg_size) if n not in have]
+
+
+async def read_wal(repo: Repository, name: str) -> bytes:
+    """One archived WAL file's bytes, checked; WalNotArchived when the archive does not hold it."""
+    return (await WalArchive(repo).read(name)).data
+
+
+async def push_wal(repo: Repository, name: str, data: bytes) -> PushResult:
+    """Archive one WAL file (see :meth:`WalArchive.push`)."""
+    return await WalArchive(repo).push(name, data)
+
+
+def gaps(names: Iterable[str], seg_size: int) -> list[tuple[str, str]]:
+    """Runs of segments missing between the first and the last archived one: (first missing, last missing)."""
+    segnos = sorted({parse_segment_name(n, seg_size) for n in names})
+    out = []
+    for (tli, a), (_, b) in zip(segnos, segnos[1:], strict=False):
+        if b > a + 1:
+            out.append((segment_file(tli, a + 1, seg_size), segment_file(tli, b - 1, seg_size)))
+    return out

@@ -1,0 +1,311 @@
+"""The WAL spool: a private directory where wal-push, wal-fetch and their background processes meet.
+
+Standard library only (the fast path imports it). Layout, all owned by the
+PostgreSQL server's OS user, directories 0700 and files 0600::
+
+    pusher.lock     held (flock) by the running pusher; holds its pid
+    pusher.sock     the pusher's Unix socket: "PUSH <absolute path>" -> "OK ..." | "ERR <one line>"
+    pusher.log      the background processes' own lines (what went wrong while working ahead)
+    pushed/<name>   one record per WAL file stored on every target and read back:
+                    "<size> <sha256 hex> <unix time>"; only the pusher or a push writes it
+    latency         "<unix time> <seconds> <how>" per acknowledged wal-push call (the last 1,000 kept)
+    pgdata          the data directory of the last pushed file (wal status reads its .ready backlog)
+    fetcher.lock    held by the running read-ahead fetcher
+    fetch-position  the WAL file name the last wal-fetch call asked for (the fetcher reads ahead of it)
+    fetch-plan      the names the fetcher is about to fetch, one a line
+    fetched/<name>  a WAL file fetched ahead, complete and checked (written under a temporary name first)
+
+The spool is the configured ``wal.spool_dir``; by default ``wal-spool``
+beside the config file when that directory is writable, else
+``$XDG_DATA_HOME/backstop/wal-spool/<16 hex of the config path's SHA-256>``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import time
+from pathlib import Path
+
+CONFIG_ENV = "BACKSTOP_CONFIG"
+LATENCY_KEEP = 1000
+_HASH_BLOCK = 1024 * 1024
+
+
+class SpoolError(Exception):
+    """The spool cannot be used (the message is one line saying what to do); never leaves the fast path."""
+
+
+class Record:
+    """A WAL file known to be stored on every target (a plain class: no dataclasses on the fast path)."""
+
+    __slots__ = ("at", "sha256", "size")
+
+    def __init__(self, size: int, sha256: str, at: float) -> None:
+        self.size, self.sha256, self.at = size, sha256, at
+
+
+def config_path(given: str | None) -> Path:
+    """The config file: ``--config`` or ``$BACKSTOP_CONFIG``, made absolute."""
+    path = given or os.environ.get(CONFIG_ENV)
+    if not path:
+        raise SpoolError(f"no config file: pass --config PATH or set ${CONFIG_ENV}")
+    return Path(path).absolute()
+
+
+def _data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "backstop"
+
+
+def default_spool(config: Path) -> Path:
+    """Where the spool is when the config does not say (see the module docstring)."""
+    beside = config.parent / "wal-spool"
+    if beside.is_dir() or os.access(config.parent, os.W_OK | os.X_OK):
+        return beside
+    return _data_dir() / "wal-spool" / hashlib.sha256(str(config).encode()).hexdigest()[:16]
+
+
+def configured_spool(config: Path, text: str) -> Path | None:
+    """``wal.spool_dir`` of the config document (relative to the config's directory), or None."""
+    import yaml  # only configs that name a spool pay for it
+
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise SpoolError(f"config error in {config}: not valid YAML") from None
+    wal = doc.get("wal") if isinstance(doc, dict) else None
+    value = wal.get("spool_dir") if isinstance(wal, dict) else None
+    if value is None:
+        return None
+    return config.parent / os.path.expanduser(str(value))
+
+
+def find_spool(config: Path) -> Path:
+    """The spool directory of this config, read without validating the whole config (that is slow)."""
+    try:
+        text = config.read_text()
+    except OSError as exc:
+        raise SpoolError(f"config error in {config}: cannot read the file: {exc.strerror}") from None
+    # A cheap pre-filter: only a config that mentions the key is parsed.
+    given = configured_spool(config, text) if "spool_dir" in text else None
+    return given or default_spool(config)
+
+
+def file_sha256(path: Path) -> tuple[int, str]:
+    """(size, SHA-256 hex) of a file, read in blocks."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb", buffering=0) as f:
+        while block := f.read(_HASH_BLOCK):
+            h.update(block)
+            size += len(block)
+    return size, h.hexdigest()
+
+
+def write_atomic(path: Path, data: bytes, fsync: bool = False) -> None:
+    """Write a file under a temporary name in its directory, then rename it into place."""
+    tmp = path.parent / f".tmp-{path.name}.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class Spool:
+    """One spool directory (see the module docstring for its files)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.pushed = self.root / "pushed"
+        self.fetched = self.root / "fetched"
+        self.pusher_lock = self.root / "pusher.lock"
+        self.fetcher_lock = self.root / "fetcher.lock"
+        self.socket = self.root / "pusher.sock"
+        self.log = self.root / "pusher.log"
+
+    def ensure(self) -> Spool:
+        """Create the directories (private: records decide what is acknowledged to PostgreSQL)."""
+        for d in (self.root, self.pushed, self.fetched):
+            try:
+                d.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as exc:
+                raise SpoolError(f"cannot create the WAL spool {d}: {exc.strerror}; set wal.spool_dir in the "
+                                 "config to a directory the PostgreSQL server's OS user can write") from None
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise SpoolError(f"the WAL spool {self.root} is not writable by this user; give it to the PostgreSQL "
+                             "server's OS user (chown) or set wal.spool_dir")
+        return self
+
+    # -- pushed records ------------------------------------------------------------------------------------
+
+    def record(self, name: str) -> Record | None:
+        """The record of a pushed WAL file, or None."""
+        try:
+            size, sha, at = (self.pushed / name).read_text().split()[:3]
+            return Record(int(size), sha, float(at))
+        except (OSError, ValueError):
+            return None
+
+    def write_record(self, name: str, size: int, sha256: str) -> None:
+        """Record a WAL file as stored everywhere (only after put and read-back on every target)."""
+        write_atomic(self.pushed / name, f"{size} {sha256} {time.time():.3f}\n".encode())
+
+    def matches(self, name: str, path: Path) -> bool:
+        """Whether ``path`` is exactly the file recorded as pushed under ``name`` (size, then SHA-256)."""
+        rec = self.record(name)
+        if rec is None:
+            return False
+        try:
+            if path.stat().st_size != rec.size:
+                return False
+            return file_sha256(path) == (rec.size, rec.sha256)
+        except OSError:
+            return False
+
+    def forget_records(self, older_than: float) -> int:
+        """Delete records older than a Unix time (PostgreSQL asks for a file again only while it is .ready)."""
+        n = 0
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self.pushed):
+                with contextlib.suppress(OSError):
+                    if entry.stat().st_mtime < older_than:
+                        os.unlink(entry.path)
+                        n += 1
+        return n
+
+    # -- latency -------------------------------------------------------------------------------------------
+
+    def add_latency(self, seconds: float, how: str) -> None:
+        """Append one acknowledged push's latency; keep the newest LATENCY_KEEP."""
+        fd = os.open(self.root / "latency", os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.write(fd, f"{time.time():.3f} {seconds:.6f} {how}\n".encode())
+            if os.fstat(fd).st_size > LATENCY_KEEP * 60:  # well over LATENCY_KEEP lines: trim under the lock
+                with open(fd, "rb", closefd=False) as f:
+                    f.seek(0)
+                    lines = f.read().splitlines(keepends=True)[-LATENCY_KEEP:]
+                os.ftruncate(fd, 0)
+                os.write(fd, b"".join(lines))
+        finally:
+            os.close(fd)
+
+    def latencies(self) -> list[tuple[float, float, str]]:
+        """(unix time, seconds, how) of the last pushes, oldest first."""
+        out = []
+        try:
+            text = (self.root / "latency").read_text()
+        except OSError:
+            return []
+        for line in text.splitlines()[-LATENCY_KEEP:]:
+            parts = line.split()
+            with contextlib.suppress(ValueError, IndexError):
+                out.append((float(parts[0]), float(parts[1]), parts[2] if len(parts) > 2 else "?"))
+        return out
+
+    # -- the data directory --------------------------------------------------------------------------------
+
+    def note_pgdata(self, wal_path: Path) -> None:
+        """Remember the data directory a pushed file came from (``<pgdata>/pg_wal/<name>``)."""
+        if wal_path.parent.name != "pg_wal":
+            return
+        pgdata = str(wal_path.parent.parent)
+        if self.pgdata() != pgdata:
+            write_atomic(self.root / "pgdata", (pgdata + "\n").encode())
+
+    def pgdata(self) -> str | None:
+        """The data directory of the last pushed file, if known."""
+        try:
+            return (self.root / "pgdata").read_text().strip() or None
+        except OSError:
+            return None
+
+    # -- background processes ------------------------------------------------------------------------------
+
+    def holder(self, lock: Path) -> int | None:
+        """The pid of the process holding ``lock`` (a pusher or fetcher), or None when nobody holds it."""
+        try:
+            fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+                data = os.pread(fd, 32, 0).split()
+                return int(data[0]) if data and data[0].isdigit() else -1
+            return None
+        finally:
+            os.close(fd)
+
+    def take_lock(self, lock: Path) -> int | None:
+        """Hold ``lock`` for this process's life (an fd kept open), or None when another process holds it."""
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
+
+    def log_line(self, message: str) -> None:
+        """One line in pusher.log (kept under 1 MiB: the older half goes to pusher.log.1)."""
+        with contextlib.suppress(OSError):
+            if self.log.exists() and self.log.stat().st_size > 1024 * 1024:
+                os.replace(self.log, self.log.with_suffix(".log.1"))
+            with open(self.log, "a") as f:
+                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} [{os.getpid()}] {message}\n")
+
+    # -- read-ahead ----------------------------------------------------------------------------------------
+
+    def fetch_position(self) -> str | None:
+        try:
+            return (self.root / "fetch-position").read_text().strip() or None
+        except OSError:
+            return None
+
+    def set_fetch_position(self, name: str) -> None:
+        write_atomic(self.root / "fetch-position", (name + "\n").encode())
+
+    def fetch_plan(self) -> list[str]:
+        try:
+            return (self.root / "fetch-plan").read_text().split()
+        except OSError:
+            return []
+
+    def set_fetch_plan(self, names: list[str]) -> None:
+        write_atomic(self.root / "fetch-plan", "".join(n + "\n" for n in names).encode())
+
+
+def helper_spool(prog: str, argv: list[str] | None, lock: str) -> tuple[Path, Spool, int] | None:
+    """Parse a resident helper's ``--config``/``--spool`` and take its lock; None when another one holds it."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog=prog)
+    p.add_argument("--config", required=True)
+    p.add_argument("--spool", required=True)
+    args = p.parse_args(argv)
+    spool = Spool(Path(args.spool)).ensure()
+    held = spool.take_lock(spool.pusher_lock if lock == "pusher_lock" else spool.fetcher_lock)
+    return None if held is None else (Path(args.config), spool, held)
