@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import crc32c
 import psycopg
 import pytest
 from core.config import LocalTargetConfig, RepositoryConfig
@@ -143,7 +144,13 @@ def test_a_member_outside_the_data_directory_is_refused(name: str) -> None:
 # -- what the backup says about itself ----------------------------------------------------------------------------
 
 
-def _server_manifest(files: dict[str, bytes], ranges: list[tuple[int, str, str]], version: int = 1) -> bytes:
+def _crc(data: bytes) -> str:
+    """CRC-32C as backup_manifest writes it (the CRC's bytes in memory order)."""
+    return crc32c.crc32c(data).to_bytes(4, "little").hex()
+
+
+def _server_manifest(files: dict[str, bytes], ranges: list[tuple[int, str, str]], version: int = 1,
+                     algo: str = "CRC32C") -> bytes:
     """A backup_manifest laid out as PostgreSQL's backup_manifest.c writes it, with its own checksum."""
     head = f'{{ "PostgreSQL-Backup-Manifest-Version": {version},\n'
     if version >= 2:
@@ -152,7 +159,8 @@ def _server_manifest(files: dict[str, bytes], ranges: list[tuple[int, str, str]]
     for i, (path, data) in enumerate(files.items()):
         body += ("\n" if i == 0 else ",\n") + (
             f'{{ "Path": {json.dumps(path)}, "Size": {len(data)}, "Last-Modified": "2026-12-02 18:00:00 GMT", '
-            f'"Checksum-Algorithm": "SHA256", "Checksum": "{hashlib.sha256(data).hexdigest()}" }}')
+            f'"Checksum-Algorithm": "{algo}", '
+            f'"Checksum": "{hashlib.sha256(data).hexdigest() if algo == "SHA256" else _crc(data)}" }}')
     body += "\n],\n\"WAL-Ranges\": [\n" + ",\n".join(
         f'{{ "Timeline": {t}, "Start-LSN": "{a}", "End-LSN": "{b}" }}' for t, a, b in ranges) + "\n],\n"
     return (body + f'"Manifest-Checksum": "{hashlib.sha256(body.encode()).hexdigest()}"}}\n').encode()
@@ -170,20 +178,22 @@ def _check(manifest: bytes, piece: int = 97) -> ManifestCheck:
     return check
 
 
-def test_the_server_manifest_is_read_line_by_line_and_compared_with_what_was_stored() -> None:
+@pytest.mark.parametrize("algo", ["CRC32C", "SHA256"])
+def test_the_server_manifest_is_read_line_by_line_and_compared_with_what_was_stored(algo: str) -> None:
     files = {"backup_label": b"label", "base/1/1259": b"p" * 8192, "global/pg_control": b"c" * 8192}
-    raw = _server_manifest(files, [(1, "0/2000028", "0/2000100")], version=2)
+    raw = _server_manifest(files, [(1, "0/2000028", "0/2000100")], version=2, algo=algo)
     check = _check(raw)
     assert check.stop_lsn == "0/2000100" and check.version == 2 and check.system_identifier == 7312345678901234567
     entries = [_entry(n, d) for n, d in files.items()] + [_entry("backup_manifest", raw)]
-    check.compare(entries)
+    crcs = {n: _crc(d) for n, d in files.items()}
+    check.compare(entries, crcs)
     changed = [*entries[:1], _entry("base/1/1259", b"q" * 8192), *entries[2:]]
-    with pytest.raises(IntegrityError, match="base/1/1259 does not match"):
-        check.compare(changed)
+    with pytest.raises(IntegrityError, match=f"base/1/1259 does not match the {algo[:3]}"):
+        check.compare(changed, {**crcs, "base/1/1259": _crc(b"q" * 8192)})
     with pytest.raises(IntegrityError, match="global/pg_control is in the server's backup_manifest but not"):
-        check.compare(entries[:2])
+        check.compare(entries[:2], crcs)
     with pytest.raises(IntegrityError, match="extra is in the stream but not"):
-        check.compare([*entries, _entry("extra", b"")])
+        check.compare([*entries, _entry("extra", b"")], crcs)
 
 
 def test_a_damaged_server_manifest_fails_its_own_checksum() -> None:
@@ -227,7 +237,7 @@ async def _store(repo: Any, data: bytes) -> tuple[StoredBackup, StreamWriter]:
     try:
         writer = StreamWriter(repo, dedup.index, asyncio.get_running_loop(), pool, 2)
         stored = await asyncio.to_thread(store_stream, writer, _Trickle(data, 50_000))
-        stored.manifest.compare(stored.files)
+        stored.manifest.compare(stored.files, stored.crc32c)
         await asyncio.to_thread(writer.finish)
         name, sealed = writer.new_index.seal(repo.key)
         await repo.put_all(name, sealed)
@@ -364,7 +374,7 @@ async def _read_file(setup: Setup, manifest: Manifest, name: str) -> bytes:
         return b"".join([piece async for piece in reader.stream(manifest.file(name))])
 
 
-async def test_the_snapshot_holds_every_file_the_server_listed_with_its_size_and_sha256(
+async def test_the_snapshot_holds_every_file_the_server_listed_with_its_size_and_checksum(
         archiving: Archiving, setup_factory: Any, tmp_path: Path) -> None:
     setup = _setup(setup_factory, tmp_path, archiving)
     rec, manifest = await _physical(setup)
@@ -374,8 +384,13 @@ async def test_the_snapshot_holds_every_file_the_server_listed_with_its_size_and
     files = {f.name: f for f in manifest.files if f.format == "pg-file"}
     assert set(files) - {"backup_manifest"} == set(listed)
     for path, f in listed.items():
-        assert (files[path].size, files[path].sha256) == (f["Size"], f["Checksum"]), path
+        assert files[path].size == f["Size"] and f["Checksum-Algorithm"] == "CRC32C", path
         assert len(files[path].chunks) == -(-f["Size"] // BLOCK_SIZE)  # fixed 128 KiB blocks
+    # What the snapshot gives back is what the server read (its CRC-32C) and what the snapshot says (SHA-256).
+    for path in sorted(listed, key=lambda p: -listed[p]["Size"])[:12]:
+        data = await _read_file(setup, manifest, path)
+        assert crc32c.crc32c(data).to_bytes(4, "little").hex() == listed[path]["Checksum"], path
+        assert hashlib.sha256(data).hexdigest() == files[path].sha256, path
     assert manifest.files[0].name == "backup_label" and manifest.files[-1].name == "backup_manifest"
     assert {"base", "global", "pg_wal"} <= {f.name for f in manifest.files if f.format == "pg-dir"}
     assert files["PG_VERSION"].mode == 0o600 and next(f for f in manifest.files if f.name == "base").mode == 0o700

@@ -330,6 +330,34 @@ def test_wal_push_works_ahead_and_survives_sigkill_of_the_pusher(local_setup: tu
     assert bad.stderr.count("\n") == 1 and names[2] in bad.stderr and "different content" in bad.stderr
 
 
+def test_a_record_made_for_another_repository_acknowledges_nothing(tmp_path: Path) -> None:
+    """The config now names other targets: a file recorded as pushed before is pushed again, into them."""
+    wal = {"spool_dir": str(tmp_path / "spool")}  # one spool, as when a config file is edited in place
+    old = write_setup(tmp_path / "cfg-old", [local_target(tmp_path / "old", "one")], [], wal=wal)
+    assert _run(old, "init").returncode == 0
+    pgdata = tmp_path / "pgdata"
+    (pgdata / "pg_wal" / "archive_status").mkdir(parents=True)
+    spool = Spool(tmp_path / "spool")
+    try:
+        name = _ready(pgdata, 1, 7)
+        assert _run(old, "wal-push", f"pg_wal/{name}", cwd=pgdata).returncode == 0
+        assert spool.record(name) is not None
+        _stop_background(spool)
+        _wait(lambda: spool.holder(spool.pusher_lock) is None, what="the pusher to stop")
+        new = write_setup(tmp_path / "cfg-new", [local_target(tmp_path / "new", "one")], [], wal=wal)
+        assert _run(new, "init").returncode == 0
+        proc = _run(new, "wal-push", f"pg_wal/{name}", cwd=pgdata)
+        assert proc.returncode == 0, proc.stderr
+
+        async def archived() -> dict[int, set[str]]:
+            repo = await Repository.open(make_storages(new.config.targets), new.passphrase_file.read_bytes().strip())
+            return await list_wal(repo)
+
+        assert asyncio.run(archived()) == {1: {name}}  # stored in the new repository, not taken from the record
+    finally:
+        _stop_background(spool)
+
+
 def test_wal_fetch_exact_bytes_read_ahead_and_the_end_of_the_archive(local_setup: tuple[Setup, Path, Spool],
                                                                       tmp_path: Path) -> None:
     setup, pgdata, spool = local_setup
@@ -629,9 +657,10 @@ async def test_s3_down_during_wal_push_then_archived_once_back(s3_server_factory
         arch.wait_archived(arch.switch())
         server.stop()
         name = arch.switch()
-        time.sleep(8)  # several archive_command attempts against a dead S3
-        failed = arch.sql("SELECT last_archived_wal, failed_count, last_failed_wal FROM pg_stat_archiver")[0]
-        assert failed[0] < name and failed[1] > 0  # not acknowledged: PostgreSQL keeps it and retries
+        failed = _wait(lambda: [r for r in arch.sql("SELECT last_archived_wal, failed_count, last_failed_wal "
+                                                   "FROM pg_stat_archiver") if r[1] > 0 and r[2] == name],
+                       timeout=60, what="a failed archive_command")[0]
+        assert failed[0] < name  # not acknowledged: PostgreSQL keeps it and retries
         assert arch.spool.record(name) is None
         server.start()
         arch.switch()  # new WAL wakes the archiver at once (else it retries within a minute)

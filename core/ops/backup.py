@@ -313,7 +313,7 @@ async def _stream_basebackup(ctx: EngineContext, repo: Repository, index: Index,
                 await proc.wait()
             raise
         await proc.wait()
-        stored.manifest.compare(stored.files)
+        stored.manifest.compare(stored.files, stored.crc32c)
         job.phase("upload")
         await asyncio.to_thread(writer.finish)
     except BaseException:

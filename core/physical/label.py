@@ -151,8 +151,12 @@ class ManifestCheck:
         """Where the WAL needed to make the backup consistent ends."""
         return self.wal_ranges[-1][2]
 
-    def compare(self, entries: list[FileEntry]) -> None:
-        """Every file the server listed was stored with its size and SHA-256, and nothing else was stored."""
+    def compare(self, entries: list[FileEntry], crc32c: dict[str, str] | None = None) -> None:
+        """Every file the server listed was stored with its size and checksum, and nothing else was stored.
+
+        The checksum is the manifest's CRC-32C (``crc32c``: what the stream held, per file) or SHA-256.
+        """
+        crcs = crc32c or {}
         stored = {e.name: e for e in entries if e.format == "pg-file" and e.name != MANIFEST_FILE}
         problems: list[str] = []
         for path, (size, algo, checksum) in self.files.items():
@@ -163,6 +167,8 @@ class ManifestCheck:
                 problems.append(f"{path} is {entry.size} bytes in the stream, {size} in the backup_manifest")
             elif algo == "SHA256" and checksum and checksum.lower() != entry.sha256:
                 problems.append(f"{path} does not match the SHA-256 the server computed")
+            elif algo == "CRC32C" and checksum and checksum.lower() != crcs.get(path):
+                problems.append(f"{path} does not match the CRC-32C the server computed")
         problems += [f"{path} is in the stream but not in the server's backup_manifest" for path in sorted(stored)]
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""

@@ -94,11 +94,23 @@ def _fsync_path(path: Path, directory: bool) -> None:
         os.close(fd)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
+# Pieces (128 KiB blocks) are handed to a thread this many bytes at a time: one hand-off per block cost
+# more than the writes (3.3 GiB restore: 14.7 s -> 9-11 s with this and hashing off the event loop).
+_WRITE_BATCH = 1024 * 1024
+
+
+def _write_all(fd: int, pieces: list[bytes]) -> None:
+    """Write the pieces in order (writev, resuming after a short write)."""
+    views = [memoryview(p) for p in pieces if p]
+    while views:
+        n = os.writev(fd, views[:1024])  # IOV_MAX
+        while n:
+            if n >= len(views[0]):
+                n -= len(views[0])
+                views.pop(0)
+            else:
+                views[0] = views[0][n:]
+                n = 0
 
 
 class _Writer:
@@ -137,13 +149,21 @@ class _Writer:
                 os.fchown(fd, *self.owner)
             written = 0
             stream = self.open_stream(entry)
+            batch: list[bytes] = []
+            batched = 0
             try:
                 async for piece in stream:
-                    await loop.run_in_executor(None, _write_all, fd, piece)
-                    written += len(piece)
-                    self.bytes += len(piece)
-                    if self.on_bytes is not None:
-                        self.on_bytes(len(piece))
+                    batch.append(piece)
+                    batched += len(piece)
+                    if batched >= _WRITE_BATCH:
+                        await loop.run_in_executor(None, _write_all, fd, batch)
+                        written += batched
+                        self._wrote(batched)
+                        batch, batched = [], 0
+                if batch:
+                    await loop.run_in_executor(None, _write_all, fd, batch)
+                    written += batched
+                    self._wrote(batched)
             finally:
                 # Closed now, not when collected: a cancelled file's reads in flight stop with it.
                 aclose = getattr(stream, "aclose", None)
@@ -157,6 +177,11 @@ class _Writer:
             await loop.run_in_executor(None, os.fsync, fd)
         finally:
             os.close(fd)
+
+    def _wrote(self, n: int) -> None:
+        self.bytes += n
+        if self.on_bytes is not None:
+            self.on_bytes(n)
 
     def make_symlink(self, entry: FileEntry, rel: PurePosixPath) -> None:
         if not entry.link:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+import crc32c
+
 from core.errors import IntegrityError
 from core.physical.label import (
     CONTROL_FILE,
@@ -42,6 +44,21 @@ class StoredBackup:
     manifest: ManifestCheck
     control_system_identifier: int | None
     stream_bytes: int = 0
+    crc32c: dict[str, str] = field(default_factory=dict)  # file name -> CRC-32C as backup_manifest writes it
+
+
+class _Crc32c:
+    """CRC-32C of what a member's reader passes on (what the server put in backup_manifest)."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def feed(self, view: memoryview) -> None:
+        self.value = crc32c.crc32c(view, value=self.value)
+
+    def manifest_hex(self) -> str:
+        # PostgreSQL hex-encodes the CRC's bytes as they lie in memory: little-endian.
+        return self.value.to_bytes(4, "little").hex()
 
 
 @dataclass
@@ -66,6 +83,7 @@ def store_stream(writer: StreamWriter, raw: RawReader) -> StoredBackup:
     seen = _Seen()
     files: list[FileEntry] = []
     names: set[str] = set()
+    crcs: dict[str, str] = {}
     for member, content in tar.members():
         if member.name in names:
             raise IntegrityError(f"the base backup's tar stream holds {member.name} twice; run the backup again")
@@ -78,7 +96,10 @@ def store_stream(writer: StreamWriter, raw: RawReader) -> StoredBackup:
                 reader = Tap(content, seen.manifest.feed)
             elif member.name == CONTROL_FILE:
                 reader = Tap(content, seen.take_control)
-            entry = writer.write(reader, member.name, PG_FILE, block_size=BLOCK_SIZE)  # type: ignore[arg-type]
+            crc = _Crc32c()
+            entry = writer.write(Tap(reader, crc.feed), member.name, PG_FILE,
+                                 block_size=BLOCK_SIZE)
+            crcs[member.name] = crc.manifest_hex()
             if entry.size != member.size:
                 raise IntegrityError(f"{member.name}: {entry.size} bytes stored, {member.size} announced")
             entry.mode = member.mode
@@ -100,7 +121,7 @@ def store_stream(writer: StreamWriter, raw: RawReader) -> StoredBackup:
                                  "backup: run the backup again")
     seen.manifest.finish()
     return StoredBackup(files, parse_label(bytes(seen.label)), seen.manifest,
-                        control_system_identifier(bytes(seen.control)), tar.bytes_read)
+                        control_system_identifier(bytes(seen.control)), tar.bytes_read, crcs)
 
 
 def _drain(raw: RawReader) -> None:

@@ -25,7 +25,7 @@ import psycopg
 
 from core.errors import PostgresError
 from core.postgres.logical import ToolProcess, connect, redact, tool_connection
-from core.postgres.tools import connect_error, libpq_message
+from core.postgres.tools import connect_error, libpq_message, tool_pipe
 
 # What the preflight reads, one row (PostgreSQL 13 and later).
 _FACTS_SQL = """
@@ -188,7 +188,7 @@ def _basebackup_advice(cause: str) -> str:
     return "see the PostgreSQL server log, fix the cause and run the backup again"
 
 
-BASEBACKUP_OPTIONS = ("--format=tar", "--pgdata=-", "--wal-method=none", "--manifest-checksums=SHA256",
+BASEBACKUP_OPTIONS = ("--format=tar", "--pgdata=-", "--wal-method=none", "--manifest-checksums=CRC32C",
                       "--checkpoint=fast", "--no-password")
 
 
@@ -202,7 +202,7 @@ async def start_basebackup(bin_dir: Path, dsn: str, label: str,
     """
     resources = contextlib.ExitStack()
     tool_dsn, env = resources.enter_context(tool_connection(dsn))
-    r, w = os.pipe()
+    r, w = tool_pipe()
     try:
         proc = await asyncio.create_subprocess_exec(
             str(bin_dir / "pg_basebackup"), *BASEBACKUP_OPTIONS, f"--label={label}", f"--dbname={tool_dsn}",

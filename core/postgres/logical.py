@@ -25,7 +25,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from core.errors import PostgresError, RestoreRefused
-from core.postgres.tools import connect_error, connect_hint
+from core.postgres.tools import connect_error, connect_hint, tool_pipe
 
 DUMP_FORMAT = "pg_dump-custom"
 _ENV = {**os.environ, "PGAPPNAME": "backstop"}
@@ -277,7 +277,7 @@ async def start_dump(bin_dir: Path, dsn: str, extra: Sequence[str] = ()) -> Dump
     """Start `pg_dump -Fc -Z0` (plus ``extra`` options) writing into a pipe we read from a thread."""
     resources = contextlib.ExitStack()
     tool_dsn, env = resources.enter_context(tool_connection(dsn))
-    r, w = os.pipe()
+    r, w = tool_pipe()
     try:
         # --no-password: a wrong password fails rather than prompting on the terminal.
         proc = await asyncio.create_subprocess_exec(

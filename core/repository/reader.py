@@ -68,6 +68,11 @@ def _plan_runs(entry: FileEntry, index: Index) -> Iterator[_Run]:
         yield run
 
 
+def _hash_all(h: hashlib._Hash, pieces: list[bytes]) -> None:  # noqa: SLF001
+    for piece in pieces:
+        h.update(piece)
+
+
 class StreamReader:
     """Reads stored streams back; notes damaged copies it had to skip."""
 
@@ -129,13 +134,15 @@ class StreamReader:
                 pending.append(asyncio.ensure_future(self._fetch(run)))
                 if len(pending) >= READ_AHEAD:
                     break
+            loop = asyncio.get_running_loop()
             while pending:
                 chunks = await pending.popleft()
                 nxt = next(it, None)
                 if nxt is not None:
                     pending.append(asyncio.ensure_future(self._fetch(nxt)))
+                # In order, but off the event loop: a restore hashes every byte, as much work as decompressing.
+                await loop.run_in_executor(self.pool, _hash_all, sha, chunks)
                 for c in chunks:
-                    sha.update(c)
                     yield c
         finally:
             for t in pending:

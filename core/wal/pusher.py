@@ -28,7 +28,7 @@ from core.config import BackstopConfig, load_config
 from core.errors import BackstopError
 from core.ops.wal import open_archive, push_path, segment_sort_key
 from core.repository.wal import WalArchive
-from core.wal.spool import Spool, helper_spool
+from core.wal.spool import Spool, config_tag, helper_spool
 
 IDLE_EXIT_S = 300.0
 SCAN_INTERVAL_S = 0.25
@@ -225,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     except BackstopError as exc:
         spool.log_line(f"pusher cannot start: {exc}")
         return 2
+    if config_tag(config_file) != spool.tag:
+        # Edited between reading its tag and loading it: the records would name the wrong repository.
+        spool.log_line("config file changed while starting: exiting (the next wal-push starts a new pusher)")
+        return 0
     return asyncio.run(Pusher(config_file, spool, config).serve())
 
 

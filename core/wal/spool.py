@@ -7,7 +7,10 @@ PostgreSQL server's OS user, directories 0700 and files 0600::
     pusher.sock     the pusher's Unix socket: "PUSH <absolute path>" -> "OK ..." | "ERR <one line>"
     pusher.log      the background processes' own lines (what went wrong while working ahead)
     pushed/<name>   one record per WAL file stored on every target and read back:
-                    "<size> <sha256 hex> <unix time>"; only the pusher or a push writes it
+                    "<size> <sha256 hex> <unix time> <config tag>"; only the pusher or a push writes it;
+                    the tag (16 hex of the config file's SHA-256) ties it to the repository it was
+                    stored in: after the config changes (other targets, another repository) an old
+                    record acknowledges nothing and the file is pushed again
     latency         "<unix time> <seconds> <how>" per acknowledged wal-push call (the last 1,000 kept)
     pgdata          the data directory of the last pushed file (wal status reads its .ready backlog)
     fetcher.lock    held by the running read-ahead fetcher
@@ -42,10 +45,10 @@ class SpoolError(Exception):
 class Record:
     """A WAL file known to be stored on every target (a plain class: no dataclasses on the fast path)."""
 
-    __slots__ = ("at", "sha256", "size")
+    __slots__ = ("at", "sha256", "size", "tag")
 
-    def __init__(self, size: int, sha256: str, at: float) -> None:
-        self.size, self.sha256, self.at = size, sha256, at
+    def __init__(self, size: int, sha256: str, at: float, tag: str = "") -> None:
+        self.size, self.sha256, self.at, self.tag = size, sha256, at, tag
 
 
 def config_path(given: str | None) -> Path:
@@ -54,6 +57,14 @@ def config_path(given: str | None) -> Path:
     if not path:
         raise SpoolError(f"no config file: pass --config PATH or set ${CONFIG_ENV}")
     return Path(path).absolute()
+
+
+def config_tag(config: Path) -> str:
+    """16 hex of the config file's SHA-256: what ties a pushed record to the repository it went to."""
+    try:
+        return hashlib.sha256(config.read_bytes()).hexdigest()[:16]
+    except OSError:
+        return ""
 
 
 def _data_dir() -> Path:
@@ -129,8 +140,9 @@ def write_atomic(path: Path, data: bytes, fsync: bool = False) -> None:
 class Spool:
     """One spool directory (see the module docstring for its files)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, tag: str = "") -> None:
         self.root = Path(root)
+        self.tag = tag  # config_tag() of the config this process works for
         self.pushed = self.root / "pushed"
         self.fetched = self.root / "fetched"
         self.pusher_lock = self.root / "pusher.lock"
@@ -156,19 +168,19 @@ class Spool:
     def record(self, name: str) -> Record | None:
         """The record of a pushed WAL file, or None."""
         try:
-            size, sha, at = (self.pushed / name).read_text().split()[:3]
-            return Record(int(size), sha, float(at))
+            size, sha, at, *tag = (self.pushed / name).read_text().split()
+            return Record(int(size), sha, float(at), tag[0] if tag else "")
         except (OSError, ValueError):
             return None
 
     def write_record(self, name: str, size: int, sha256: str) -> None:
         """Record a WAL file as stored everywhere (only after put and read-back on every target)."""
-        write_atomic(self.pushed / name, f"{size} {sha256} {time.time():.3f}\n".encode())
+        write_atomic(self.pushed / name, f"{size} {sha256} {time.time():.3f} {self.tag}\n".encode())
 
     def matches(self, name: str, path: Path) -> bool:
-        """Whether ``path`` is exactly the file recorded as pushed under ``name`` (size, then SHA-256)."""
+        """Whether ``path`` is exactly the file recorded as pushed under ``name`` with this config (size, SHA-256)."""
         rec = self.record(name)
-        if rec is None:
+        if rec is None or rec.tag != self.tag:
             return False
         try:
             if path.stat().st_size != rec.size:
@@ -306,6 +318,6 @@ def helper_spool(prog: str, argv: list[str] | None, lock: str) -> tuple[Path, Sp
     p.add_argument("--config", required=True)
     p.add_argument("--spool", required=True)
     args = p.parse_args(argv)
-    spool = Spool(Path(args.spool)).ensure()
+    spool = Spool(Path(args.spool), config_tag(Path(args.config))).ensure()
     held = spool.take_lock(spool.pusher_lock if lock == "pusher_lock" else spool.fetcher_lock)
     return None if held is None else (Path(args.config), spool, held)
