@@ -57,7 +57,7 @@ def test_an_already_pushed_segment_is_acknowledged_on_the_fast_path(tmp_path: Pa
     """What PostgreSQL mostly meets: the resident pusher got there first. Standard library only, and quick."""
     import hashlib
 
-    from core.wal.spool import Spool
+    from core.wal.spool import Spool, config_tag
 
     config = tmp_path / "backstop.yaml"
     config.write_text("encryption: {passphrase_env: NOT_NEEDED}\ntargets: [{name: a, type: local, path: /nowhere}]\n")
@@ -66,7 +66,7 @@ def test_an_already_pushed_segment_is_acknowledged_on_the_fast_path(tmp_path: Pa
     data = b"\x10\xd1" + bytes(16 * 1024 * 1024 - 2)
     name = "000000010000000000000007"
     (wal / name).write_bytes(data)
-    spool = Spool(tmp_path / "wal-spool").ensure()
+    spool = Spool(tmp_path / "wal-spool", config_tag(config)).ensure()  # a record made with this very config
     spool.write_record(name, len(data), hashlib.sha256(data).hexdigest())
     lock = spool.take_lock(spool.pusher_lock)  # stands for a running pusher: the call must not start one
     try:

@@ -103,10 +103,11 @@ def wal_object_name(name: str) -> str:
     return f"{WAL_PREFIX}{name[:8]}/{name}"
 
 
-def seal_wal(name: str, data: bytes, system_identifier: int, key: DataKey) -> bytes:
-    """The sealed object for one WAL file."""
+def seal_wal(name: str, data: bytes, system_identifier: int, key: DataKey, sha256: bytes | None = None) -> bytes:
+    """The sealed object for one WAL file (``sha256``: the data's digest when the caller has it already)."""
     raw = name.encode("ascii")
-    head = _HEADER.pack(_MAGIC, system_identifier, len(data), hashlib.sha256(data).digest(), len(raw))
+    digest = sha256 if sha256 is not None else hashlib.sha256(data).digest()
+    head = _HEADER.pack(_MAGIC, system_identifier, len(data), digest, len(raw))
     return seal_object(head + raw + data, WAL_KIND, key, WAL_COMPRESSION_LEVEL)
 
 
@@ -198,7 +199,9 @@ class WalArchive:
     async def push(self, name: str, data: bytes) -> PushResult:
         """Archive one WAL file on every target, read back; idempotent for the same content."""
         kind = wal_file_kind(name)
-        digest = hashlib.sha256(data).hexdigest()
+        # In a thread: 16 MiB of SHA-256 would hold up the pusher's other pushes and calls.
+        raw_digest = await asyncio.to_thread(lambda: hashlib.sha256(data).digest())
+        digest = raw_digest.hex()
         ident = await self.identity()
         if kind in ("segment", "partial"):
             try:
@@ -233,7 +236,7 @@ class WalArchive:
             if len(copies) == len(self.repo.storages):
                 return PushResult(name, len(data), digest, False, 0)
             # Missing or damaged on some target: write this (the same) content everywhere.
-        sealed = await asyncio.to_thread(seal_wal, name, data, sysid, self.repo.key)
+        sealed = await asyncio.to_thread(seal_wal, name, data, sysid, self.repo.key, raw_digest)
         await self.repo.put_all(obj, sealed)
         await self.repo.verify_all(obj, sha256_hex(sealed))
         return PushResult(name, len(data), digest, not have, len(sealed))
