@@ -11,7 +11,6 @@ that refuses the replication connection pg_basebackup needs.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import ipaddress
 import os
@@ -24,8 +23,8 @@ from typing import Any
 import psycopg
 
 from core.errors import PostgresError
-from core.postgres.logical import ToolProcess, connect, redact, tool_connection
-from core.postgres.tools import connect_error, libpq_message, tool_pipe
+from core.postgres.logical import ToolProcess, connect, redact, spawn_into_pipe
+from core.postgres.tools import connect_error, libpq_message
 
 # What the preflight reads, one row (PostgreSQL 13 and later).
 _FACTS_SQL = """
@@ -200,22 +199,8 @@ async def start_basebackup(bin_dir: Path, dsn: str, label: str,
     finishes the backup only once the WAL up to its stop point is archived;
     its warnings while it waits go to ``on_warning``.
     """
-    resources = contextlib.ExitStack()
-    tool_dsn, env = resources.enter_context(tool_connection(dsn))
-    r, w = tool_pipe()
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            str(bin_dir / "pg_basebackup"), *BASEBACKUP_OPTIONS, f"--label={label}", f"--dbname={tool_dsn}",
-            stdout=w, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL, env=env,
-        )
-    except BaseException as exc:
-        os.close(r)
-        resources.close()
-        if isinstance(exc, OSError):
-            raise PostgresError(f"cannot run pg_basebackup from {bin_dir}: {exc.strerror}; check bin_dir") from None
-        raise
-    finally:
-        os.close(w)
+    proc, r, resources = await spawn_into_pipe(bin_dir, "pg_basebackup", dsn,
+                                               [*BASEBACKUP_OPTIONS, f"--label={label}"])
     assert proc.stderr is not None
     reader = io.BufferedReader(os.fdopen(r, "rb", buffering=0), buffer_size=1 << 20)
     stderr = asyncio.ensure_future(_read_stderr(proc.stderr, on_warning))

@@ -273,26 +273,37 @@ def exact_pattern(schema: str, name: str) -> str:
     return f"{quote(schema)}.{quote(name)}"
 
 
-async def start_dump(bin_dir: Path, dsn: str, extra: Sequence[str] = ()) -> DumpProcess:
-    """Start `pg_dump -Fc -Z0` (plus ``extra`` options) writing into a pipe we read from a thread."""
+async def spawn_into_pipe(bin_dir: Path, tool: str, dsn: str, args: Sequence[str]
+                          ) -> tuple[asyncio.subprocess.Process, int, contextlib.ExitStack]:
+    """Start ``tool args --dbname=DSN`` writing its stdout into a pipe: (process, read end, resources to close).
+
+    The connection's secrets live in ``resources`` (closed here when the tool cannot start).
+    """
     resources = contextlib.ExitStack()
     tool_dsn, env = resources.enter_context(tool_connection(dsn))
     r, w = tool_pipe()
     try:
-        # --no-password: a wrong password fails rather than prompting on the terminal.
         proc = await asyncio.create_subprocess_exec(
-            str(bin_dir / "pg_dump"), "--format=custom", "--compress=0", "--no-sync", "--no-password", *extra,
-            f"--dbname={tool_dsn}",
+            str(bin_dir / tool), *args, f"--dbname={tool_dsn}",
             stdout=w, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL, env=env,
         )
     except BaseException as exc:
         os.close(r)
         resources.close()
         if isinstance(exc, OSError):
-            raise PostgresError(f"cannot run pg_dump from {bin_dir}: {exc.strerror}; check bin_dir") from None
+            raise PostgresError(f"cannot run {tool} from {bin_dir}: {exc.strerror}; check bin_dir") from None
         raise
     finally:
         os.close(w)
+    assert proc.stderr is not None
+    return proc, r, resources
+
+
+async def start_dump(bin_dir: Path, dsn: str, extra: Sequence[str] = ()) -> DumpProcess:
+    """Start `pg_dump -Fc -Z0` (plus ``extra`` options) writing into a pipe we read from a thread."""
+    # --no-password: a wrong password fails rather than prompting on the terminal.
+    proc, r, resources = await spawn_into_pipe(
+        bin_dir, "pg_dump", dsn, ["--format=custom", "--compress=0", "--no-sync", "--no-password", *extra])
     assert proc.stderr is not None
     return ToolProcess("pg_dump", proc, os.fdopen(r, "rb", buffering=0), asyncio.ensure_future(_read_all(proc.stderr)),
                        resources, _dump_advice)

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from core.postgres.wal import WalNameError, wal_file_kind
-from core.wal.spool import Spool, SpoolError, config_path, config_tag, find_spool
+from core.wal.spool import Spool, SpoolError, config_path, spool_of
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ def _spool(config_arg: str | None) -> tuple[Path, Spool | None]:
     and reads nothing ahead (``wal status`` then shows no spool).
     """
     cfg = config_path(config_arg)
-    spool = Spool(find_spool(cfg), config_tag(cfg))
+    spool = spool_of(cfg)
     try:
         return cfg, spool.ensure()
     except SpoolError:

@@ -59,10 +59,14 @@ def config_path(given: str | None) -> Path:
     return Path(path).absolute()
 
 
+def _tag(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
 def config_tag(config: Path) -> str:
     """16 hex of the config file's SHA-256: what ties a pushed record to the repository it went to."""
     try:
-        return hashlib.sha256(config.read_bytes()).hexdigest()[:16]
+        return _tag(config.read_bytes())
     except OSError:
         return ""
 
@@ -95,15 +99,16 @@ def configured_spool(config: Path, text: str) -> Path | None:
     return config.parent / os.path.expanduser(str(value))
 
 
-def find_spool(config: Path) -> Path:
-    """The spool directory of this config, read without validating the whole config (that is slow)."""
+def spool_of(config: Path) -> Spool:
+    """This config's spool (tagged with the config), from one read of the file and without validating it all."""
     try:
-        text = config.read_text()
+        raw = config.read_bytes()
     except OSError as exc:
         raise SpoolError(f"config error in {config}: cannot read the file: {exc.strerror}") from None
+    text = raw.decode("utf-8", "replace")
     # A cheap pre-filter: only a config that mentions the key is parsed.
     given = configured_spool(config, text) if "spool_dir" in text else None
-    return given or default_spool(config)
+    return Spool(given or default_spool(config), _tag(raw))
 
 
 def file_sha256(path: Path) -> tuple[int, str]:

@@ -11,7 +11,11 @@ from core.cli.output import EXIT_OK, SNAPSHOT_COLUMNS, err, print_json, print_ta
 from core.errors import UsageError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from core.engine import Engine
+    from core.postgres.recovery import RecoveryTarget
+
 
 async def cmd_backup(engine: Engine, args: argparse.Namespace) -> int:
     t0 = time.monotonic()
@@ -73,12 +77,9 @@ async def cmd_restore(engine: Engine, args: argparse.Namespace) -> int:
 
 async def restore_physical(engine: Engine, args: argparse.Namespace) -> int:
     """`restore --type physical`: a new data directory recovered to a point in time (started with --start)."""
-    import os
     from pathlib import Path
 
-    from core.config import CONFIG_ENV
     from core.ops.physical_restore import PhysicalRestoreRequest
-    from core.postgres.recovery import make_target
 
     logical_only = [o for o, v in (("--into", args.into), ("--table", args.table), ("--pattern", args.pattern),
                                    ("--schema", args.schema), ("--force", args.force), ("--target", args.target)) if v]
@@ -88,11 +89,9 @@ async def restore_physical(engine: Engine, args: argparse.Namespace) -> int:
                          "--target-* option and --into NEW_DB)")
     if not args.pgdata:
         raise UsageError("restore --type physical needs --pgdata DIR (a new or empty directory)")
-    target = make_target(time=args.target_time, lsn=args.target_lsn, xid=args.target_xid, name=args.target_name,
-                         immediate=args.target_immediate, action=args.target_action, timeline=args.target_timeline)
-    config_path = Path(args.config or os.environ.get(CONFIG_ENV, ""))
+    target, config_path = _moment(args)
     res = await engine.restore_physical(PhysicalRestoreRequest(
-        db=args.db, pgdata=Path(args.pgdata), config_path=config_path.absolute(), snapshot=args.snapshot,
+        db=args.db, pgdata=Path(args.pgdata), config_path=config_path, snapshot=args.snapshot,
         target=target, start=args.start, port=args.port, archive_mode=args.archive_mode or "off"))
     if args.json:
         print_json(res.to_json())
@@ -111,14 +110,22 @@ async def restore_physical(engine: Engine, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def restore_table_at_moment(engine: Engine, args: argparse.Namespace) -> int:
-    """`restore --table T --target-* X --into NEW_DB`: tables as they were at a moment, through a scratch cluster."""
+def _moment(args: argparse.Namespace) -> tuple[RecoveryTarget, Path]:
+    """The --target-* options as a recovery target, and the config file (absolute) that wal-fetch will read."""
     import os
     from pathlib import Path
 
     from core.config import CONFIG_ENV
-    from core.ops.table_at_moment import TableAtMomentRequest
     from core.postgres.recovery import make_target
+
+    target = make_target(time=args.target_time, lsn=args.target_lsn, xid=args.target_xid, name=args.target_name,
+                         immediate=args.target_immediate, action=args.target_action, timeline=args.target_timeline)
+    return target, Path(args.config or os.environ.get(CONFIG_ENV, "")).absolute()
+
+
+async def restore_table_at_moment(engine: Engine, args: argparse.Namespace) -> int:
+    """`restore --table T --target-* X --into NEW_DB`: tables as they were at a moment, through a scratch cluster."""
+    from core.ops.table_at_moment import TableAtMomentRequest
 
     wrong = [o for o, v in (("--pattern", args.pattern), ("--schema", args.schema), ("--force", args.force),
                             ("--target", args.target), ("--pgdata", args.pgdata), ("--start", args.start),
@@ -128,11 +135,9 @@ async def restore_table_at_moment(engine: Engine, args: argparse.Namespace) -> i
                          "name each table with --table and the new database with --into")
     if not args.into:
         raise UsageError("tables at a moment go into a new database: add --into NEW_DB")
-    target = make_target(time=args.target_time, lsn=args.target_lsn, xid=args.target_xid, name=args.target_name,
-                         immediate=args.target_immediate, action=args.target_action, timeline=args.target_timeline)
-    config_path = Path(args.config or os.environ.get(CONFIG_ENV, ""))
+    target, config_path = _moment(args)
     res = await engine.restore_table_at_moment(TableAtMomentRequest(
-        db=args.db, tables=tuple(args.table), into=args.into, target=target, config_path=config_path.absolute(),
+        db=args.db, tables=tuple(args.table), into=args.into, target=target, config_path=config_path,
         snapshot=args.snapshot))
     if args.json:
         print_json(res.to_json())

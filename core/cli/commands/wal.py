@@ -18,10 +18,10 @@ if TYPE_CHECKING:
 
 def _spool(config_arg: str | None) -> Any:
     """The spool of this config when it exists (wal status only reads it)."""
-    from core.wal.spool import Spool, SpoolError, config_path, find_spool
+    from core.wal.spool import SpoolError, config_path, spool_of
 
     try:
-        spool = Spool(find_spool(config_path(config_arg)))
+        spool = spool_of(config_path(config_arg))
     except SpoolError:
         return None
     return spool if spool.root.is_dir() else None
