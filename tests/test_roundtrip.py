@@ -130,3 +130,26 @@ def test_split_balanced_keeps_archive_order() -> None:
     assert all(p == sorted(p, key=lines.index) for p in parts)  # a pipe cannot seek back
     loads = sorted(sum(weights[x] for x in p) for p in parts)
     assert loads == [101, 101]
+
+
+def test_foreign_keys_sharing_a_table_never_run_at_once() -> None:
+    """Keys a -> c and c -> a in two pg_restore processes deadlock (CI saw it): they must share one list."""
+    from core.postgres.archive import Section, TocEntry
+    from core.postgres.parallel_restore import split_foreign_keys
+
+    def entry(dump_id: int, desc: str, tag: str, deps: tuple[int, ...] = ()) -> TocEntry:
+        section = Section.POST_DATA if "CONSTRAINT" in desc else Section.PRE_DATA
+        return TocEntry(dump_id, False, 0, 0, tag, desc, section, None, None, None, "l", None, None, None, deps)
+
+    # What pg_dump 15 writes: a key depends on both tables and on the referenced primary key.
+    toc = [entry(1, "TABLE", "a"), entry(2, "TABLE", "c"), entry(3, "TABLE", "d"), entry(4, "TABLE", "e"),
+           entry(5, "TABLE", "f"),
+           entry(11, "CONSTRAINT", "a a_pkey", (1,)), entry(12, "CONSTRAINT", "c c_pkey", (2,)),
+           entry(14, "CONSTRAINT", "e e_pkey", (4,)),
+           entry(21, "FK CONSTRAINT", "a a_c_fk", (12, 1, 2)), entry(22, "FK CONSTRAINT", "c c_a_fk", (11, 1, 2)),
+           entry(23, "FK CONSTRAINT", "d d_e_fk", (3, 14)),  # the referenced table only through its key
+           entry(24, "FK CONSTRAINT", "f f_e_fk", (5, 4, 14))]
+    fks = [e for e in toc if e.desc == "FK CONSTRAINT"]
+    parts = split_foreign_keys(fks, toc, 4)
+    assert sorted([e.dump_id for e in p] for p in parts) == [[21, 22], [23, 24]]
+    assert split_foreign_keys(fks, toc, 1) == [fks]

@@ -19,7 +19,7 @@ Lists keep the archive's order: a pg_restore reading a pipe cannot go back.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
 from core.errors import PostgresError
@@ -126,7 +126,7 @@ async def restore_sections(bin_dir: Path, dsn: str, schema: SchemaArchive, open_
         ("restore data", [(data, open_full if needs_blocks else toc_only)], table_copies),
         ("build indexes", [(part, toc_only) for part in _split(post_idx, jobs)], []),
         ("attach indexes", [(attach, toc_only)], []),
-        ("foreign keys", [(part, toc_only) for part in _split(fks, jobs)], []),
+        ("foreign keys", [(part, toc_only) for part in split_foreign_keys(fks, schema.toc, jobs)], []),
         ("finish", [(rest, toc_only)], []),
     ]
     for phase, runs, extra in steps:
@@ -146,6 +146,51 @@ async def restore_sections(bin_dir: Path, dsn: str, schema: SchemaArchive, open_
 def _split(entries: list[TocEntry], jobs: int) -> list[list[TocEntry]]:
     """Round robin into ``jobs`` lists, each in archive order."""
     return [entries[i::jobs] for i in range(jobs)]
+
+
+def split_foreign_keys(fks: list[TocEntry], toc: Sequence[TocEntry], jobs: int) -> list[list[TocEntry]]:
+    """Foreign keys in up to ``jobs`` lists such that no two lists touch the same table.
+
+    Adding a foreign key locks its table and the table it references (SHARE ROW
+    EXCLUSIVE, which conflicts with itself): two keys running at once over the
+    same pair in opposite directions deadlock, so keys sharing a table stay in one list.
+    """
+    by_id = {e.dump_id: e for e in toc}
+
+    def tables(fk: TocEntry) -> set[int]:
+        found: set[int] = set()
+        for dep in fk.deps:
+            entry = by_id.get(dep)
+            if entry is None:
+                continue
+            if entry.desc == "TABLE":
+                found.add(dep)
+            else:  # the referenced key's constraint or index: its own table
+                found.update(d for d in entry.deps if d in by_id and by_id[d].desc == "TABLE")
+        return found
+
+    parent: dict[int, int] = {}
+
+    def root(x: int) -> int:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    # A key whose tables cannot be told goes with all the others of its kind: -1 joins them.
+    keys = {fk.dump_id: (tables(fk) or {-1}) for fk in fks}
+    for touched in keys.values():
+        first, *others = touched
+        for t in others:
+            parent[root(t)] = root(first)
+    groups: dict[int, list[TocEntry]] = {}
+    for fk in fks:
+        groups.setdefault(root(next(iter(keys[fk.dump_id]))), []).append(fk)
+    pos = {fk.dump_id: i for i, fk in enumerate(fks)}
+    buckets: list[list[TocEntry]] = [[] for _ in range(max(1, jobs))]
+    for group in sorted(groups.values(), key=len, reverse=True):
+        min(buckets, key=len).extend(group)
+    return [sorted(b, key=lambda e: pos[e.dump_id]) for b in buckets if b]
 
 
 def _pg_restore(bin_dir: Path, dsn: str, opener: StreamFactory,
