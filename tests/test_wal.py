@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import pwd
 import shutil
@@ -356,6 +357,34 @@ def test_a_record_made_for_another_repository_acknowledges_nothing(tmp_path: Pat
         assert asyncio.run(archived()) == {1: {name}}  # stored in the new repository, not taken from the record
     finally:
         _stop_background(spool)
+
+
+def test_check_finds_wal_missing_on_one_target_and_damaged_on_another(
+        local_setup: tuple[Setup, Path, Spool]) -> None:
+    setup, pgdata, spool = local_setup
+    names = [_ready(pgdata, 1, n) for n in range(1, 4)]
+    for n in names:
+        assert _run(setup, "wal-push", f"pg_wal/{n}", cwd=pgdata).returncode == 0
+    clean = _run(setup, "check", "--read-data", "--json")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert all(t["objects_checked"] >= len(names) for t in json.loads(clean.stdout)["targets"])
+    one = LocalStorage(LocalTargetConfig(name="one", type="local", path=setup.dir.parent / "repo1"))
+    two = LocalStorage(LocalTargetConfig(name="two", type="local", path=setup.dir.parent / "repo2"))
+    asyncio.run(two.delete(wal_object_name(names[1])))
+    obj = one._path(wal_object_name(names[2]))  # noqa: SLF001
+    raw = bytearray(obj.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    obj.write_bytes(bytes(raw))
+    listed = _run(setup, "check", "--json")  # without --read-data: the listing shows what is missing
+    assert listed.returncode == 1
+    problems = {t["target"]: t["problems"] for t in json.loads(listed.stdout)["targets"]}
+    assert problems["one"] == [] and len(problems["two"]) == 1
+    assert names[1] in problems["two"][0] and "missing here" in problems["two"][0]
+    read = _run(setup, "check", "--read-data", "--json")
+    assert read.returncode == 1
+    problems = {t["target"]: t["problems"] for t in json.loads(read.stdout)["targets"]}
+    assert any(names[2] in p and "damaged" in p for p in problems["one"]), problems
+    assert not any(names[2] in p for p in problems["two"])
 
 
 def test_wal_fetch_exact_bytes_read_ahead_and_the_end_of_the_archive(local_setup: tuple[Setup, Path, Spool],

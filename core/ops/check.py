@@ -10,6 +10,7 @@ from core.jobs import run_job
 from core.repository import quarantine
 from core.repository.checker import TargetReport, check_target
 from core.repository.repo import Repository
+from core.repository.wal import check_wal
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,13 @@ async def check(ctx: EngineContext, read_data: bool = False, target: str | None 
             job.phase(f"check {st.name}")
             reports.append(await check_target(repo, st, read_data, ctx.pool, on_progress=job.progress,
                                               quarantined=held))
+        job.phase("check WAL")
+        by_name = {r.target: r for r in reports}
+        for wal in await check_wal(repo, [*repo.storages, *repo.damaged_storages], read_data):
+            rep = by_name[wal.target]
+            rep.objects_checked += wal.files
+            rep.bytes_read += wal.bytes_read
+            rep.problems += wal.problems
         problems, notes = compare_catalog(ctx, reports, all_targets=target is None)
         notes += await _update_quarantine(repo, reports, held, whole=read_data and target is None)
         _record(ctx, job.id, reports, started, read_data)

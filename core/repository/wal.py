@@ -19,7 +19,7 @@ import hashlib
 import json
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from core.errors import IntegrityError, NotFound, ObjectNotFound, RepositoryError, StorageError
 from core.format import now_iso
@@ -299,6 +299,54 @@ async def list_wal(repo: Repository, storage: Storage | None = None) -> dict[int
     out: dict[int, set[str]] = {}
     for n in names:
         out.setdefault(int(n[:8], 16), set()).add(n)
+    return out
+
+
+@dataclass
+class WalCheck:
+    """What `check` found about the WAL archive on one target."""
+
+    target: str
+    files: int = 0
+    bytes_read: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+async def check_wal(repo: Repository, storages: list[Storage], read_data: bool) -> list[WalCheck]:
+    """Every WAL file archived on some target is on each of ``storages``; with ``read_data`` each copy opens intact.
+
+    A point-in-time restore replays the WAL from one target at a time: a file only the other targets hold
+    is a gap for this one.
+    """
+    got = await asyncio.gather(*(wal_objects(st) for st in storages), return_exceptions=True)
+    listings: list[list[tuple[str, ObjectInfo]] | None] = []
+    for g in got:
+        if isinstance(g, BaseException) and not isinstance(g, StorageError):
+            raise g
+        listings.append(None if isinstance(g, BaseException) else g)
+    everywhere = set().union(*({n for n, _ in lst} for lst in listings if lst is not None))
+    out = []
+    for st, lst, g in zip(storages, listings, got, strict=True):
+        if lst is None:
+            out.append(WalCheck(st.name, problems=[f"the WAL archive could not be listed: {g}"]))
+            continue
+        here = {n for n, _ in lst}
+        rep = WalCheck(st.name, files=len(here))
+        missing = sorted(everywhere - here)
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            rep.problems.append(f"WAL file {missing[0]}{more} is archived on other targets but missing here; a "
+                                "restore reading only this target stops there")
+        if read_data:
+            for name in sorted(here):
+                try:
+                    blob = await st.get(wal_object_name(name))
+                    rep.bytes_read += len(blob)
+                    await asyncio.to_thread(open_wal, blob, name, repo.keys)
+                except (IntegrityError, ObjectNotFound) as exc:
+                    rep.problems.append(f"WAL file {name} is damaged here ({exc}); restores read it from "
+                                        "another target while one holds it intact")
+        out.append(rep)
     return out
 
 
