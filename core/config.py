@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.errors import ConfigError
+from core.schedule.config import ScheduleConfig, check_schedules
 
 CONFIG_ENV = "BACKSTOP_CONFIG"
 
@@ -164,6 +165,52 @@ class S3TargetConfig(_Strict):
 TargetConfig = Annotated[LocalTargetConfig | S3TargetConfig, Field(discriminator="type")]
 
 
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "pb": 10**15,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "pib": 2**50}
+
+
+def parse_size(value: object) -> int:
+    """``500GB`` (10^9), ``1.5TiB`` (2^40), ``4096`` or ``4096B``, as a whole number of bytes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError(f"expected a size of zero or more bytes, got {value}")
+        return value
+    m = _SIZE_RE.match(str(value))
+    unit = m.group(2).lower() if m else ""
+    if not m or unit not in _SIZE_UNITS:
+        raise ValueError(f"expected a size like 500GB, 1.5TiB or a number of bytes, got {value!r}")
+    return int(float(m.group(1)) * _SIZE_UNITS[unit])
+
+
+# A config value written as ``500GB``/``1.5TiB``; validated into bytes.
+ByteSize = Annotated[int, BeforeValidator(parse_size)]
+
+
+def _keep_count(value: object) -> object:
+    return -1 if isinstance(value, str) and value.strip().lower() == "unlimited" else value
+
+
+# A keep_* count: 0 (rule off), n, or -1 / "unlimited" (every bucket), as in restic.
+KeepCount = Annotated[int, BeforeValidator(_keep_count), Field(ge=-1)]
+
+
+class RetentionConfig(_Strict):
+    """Which snapshots of a database `backstop forget --db` keeps (core/retention/policy.py)."""
+
+    # restic's --keep-* rules, OR-ed; buckets are counted in UTC (restic: local time).
+    keep_last: KeepCount = 0
+    keep_hourly: KeepCount = 0
+    keep_daily: KeepCount = 0
+    keep_weekly: KeepCount = 0
+    keep_monthly: KeepCount = 0
+    keep_yearly: KeepCount = 0
+    # Compliance floor: a snapshot younger than this is never removed, whatever the rules or the cap say.
+    min_age_days: float = Field(default=0, ge=0)
+    # Storage cap on the database's snapshots (their stored bytes): the oldest are removed until under it.
+    max_bytes: ByteSize | None = Field(default=None, gt=0)
+
+
 class DatabaseConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     dsn: str
@@ -171,6 +218,8 @@ class DatabaseConfig(_Strict):
     bin_dir: Path | None = None
     # Recovery time objective: restores (and drills) are measured against it.
     rto_minutes: float = Field(default=60, gt=0)
+    # Retention rules for `backstop forget --db NAME` and the scheduler; None: snapshots are kept until forgotten.
+    retention: RetentionConfig | None = None
 
 
 class RepositoryConfig(_Strict):
@@ -232,6 +281,8 @@ class BackstopConfig(_Strict):
     wal: WalConfig = Field(default_factory=WalConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     restore: RestoreConfig = Field(default_factory=RestoreConfig)
+    # What `backstop daemon` runs and when (core/schedule/config.py).
+    schedules: list[ScheduleConfig] = Field(default_factory=list)
     # Threads for compression and encryption (they release the GIL).
     workers: int = Field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)), ge=1, le=64)
     # pg_restore processes run at once in a whole-database restore (like pg_restore -j).
@@ -247,6 +298,7 @@ class BackstopConfig(_Strict):
             dup = {n for n in names if names.count(n) > 1}
             if dup:
                 raise ValueError(f"{kind}: duplicate name {sorted(dup)[0]!r}")
+        check_schedules(self.schedules, [d.name for d in self.databases])
         return self
 
     def database(self, name: str) -> DatabaseConfig:
@@ -290,6 +342,11 @@ def parse_config(data: object, path: Path) -> BackstopConfig:
 
 def load_config(path: str | os.PathLike[str] | None) -> BackstopConfig:
     """Load and validate the config file (``--config`` or ``$BACKSTOP_CONFIG``)."""
+    return parse_config(*read_config(path))
+
+
+def read_config(path: str | os.PathLike[str] | None) -> tuple[object, Path]:
+    """The config file's parsed YAML, not yet validated, and its path (core/settings works on the raw sections)."""
     if path is None:
         env = os.environ.get(CONFIG_ENV)
         if not env:
@@ -306,4 +363,4 @@ def load_config(path: str | os.PathLike[str] | None) -> BackstopConfig:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"config error in {p}: not valid YAML{where}") from None
-    return parse_config(data, p)
+    return data, p

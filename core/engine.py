@@ -13,13 +13,14 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from core.catalog.base import Catalog
 from core.catalog.sqlite import SqliteCatalog
 from core.config import BackstopConfig
 from core.context import EngineContext
+from core.errors import UsageError
 from core.events import EventBus
 from core.insights.overview import Dashboard, build_dashboard, build_trend_series
 from core.insights.trends import Trends
@@ -40,6 +41,7 @@ from core.ops import (
     rebuild,
     repair,
     restore,
+    retention,
     settings,
     table_at_moment,
     verify,
@@ -55,6 +57,7 @@ from core.ops.operators import Enrolment
 from core.ops.physical_restore import PhysicalRestoreRequest, PhysicalRestoreResult
 from core.ops.rebuild import RebuildResult
 from core.ops.restore import OverwriteResult, RestoreResult
+from core.ops.retention import RetentionReport
 from core.ops.wal import WalStatus
 from core.planner import RestorePlan, RestoreRequest, TargetState
 from core.postgres.recovery import RecoveryTarget, make_target
@@ -65,9 +68,14 @@ from core.repository.reencrypt import ReencryptReport
 from core.repository.repair_index import IndexRepairReport
 from core.repository.repo import Repository
 from core.repository.verify import CopyReport
+from core.schedule.overview import ScheduleStatus, schedule_overview
 from core.security.audit import AuditEntry
 from core.security.gate import Action, Identity
 from core.security.operators import Operator
+from core.settings import overview as settings_overview
+from core.settings.effective import EffectiveSettings
+from core.settings.overview import SettingsOverview
+from core.settings.sections import SectionChange
 from core.storage.base import Storage
 from core.wal.spool import Spool
 
@@ -81,10 +89,15 @@ class Engine:
     """Backup, restore, verification and administration for the databases in one config."""
 
     def __init__(self, config: BackstopConfig, catalog: Catalog | None = None, bus: EventBus | None = None,
-                 storages: list[Storage] | None = None, config_path: Path | None = None) -> None:
+                 storages: list[Storage] | None = None, config_path: Path | None = None,
+                 config_source: tuple[object, Path] | None = None) -> None:
         """``storages`` replaces the targets built from the config (tests wrap them in fault doubles);
-        ``config_path`` is the file the config came from (a physical restore's restore_command reads it)."""
+        ``config_path`` is the file the config came from (a physical restore's restore_command reads it);
+        ``config_source`` the file's parsed YAML and path, from which :meth:`apply_settings` takes the
+        guarded sections as approved."""
         self.config_path = config_path
+        self.config_source = config_source
+        self.settings: EffectiveSettings | None = None
         catalog = catalog or SqliteCatalog(config.catalog.sqlite_path)
         # A job whose process died (SIGKILL, power loss) must not show as running forever.
         catalog.mark_abandoned_jobs()
@@ -122,6 +135,28 @@ class Engine:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    async def apply_settings(self, verify: bool = False, own_storages: bool = False) -> EffectiveSettings | None:
+        """Use the schedules, retention and encryption settings as approved (core/settings); None without a source.
+
+        ``own_storages`` reads the targets through storages opened and closed
+        here (a front end whose event loop is not this one's).
+        """
+        if self.config_source is None:
+            return None
+        from core.settings.effective import resolve
+        from core.storage.factory import make_storages
+
+        data, path = self.config_source
+        stores = make_storages(self.config.targets) if own_storages else self.ctx.storages()
+        try:
+            eff = await resolve(self.catalog, stores, data, path, verify=verify)
+        finally:
+            if own_storages:
+                await asyncio.gather(*(s.close() for s in stores), return_exceptions=True)
+        self.ctx.config = eff.config
+        self.settings = eff
+        return eff
 
     def storages(self, target: str | None = None) -> list[Storage]:
         """Storage objects for the configured targets (or one of them)."""
@@ -209,6 +244,11 @@ class Engine:
         """Delete snapshots from every target and the catalog (gated); returns their ids."""
         return await forget.forget_snapshots(self.ctx, refs, who)
 
+    async def apply_retention(self, db: str, who: Identity | None = None, dry_run: bool = False,
+                              now: datetime | None = None) -> RetentionReport:
+        """Forget what ``db``'s retention rules remove and trim the WAL no retained snapshot needs (gated)."""
+        return await retention.apply_retention(self.ctx, db, who, dry_run, now)
+
     async def prune_repository(self, who: Identity | None = None, grace_s: float | None = None,
                                dry_run: bool = False) -> PruneReport:
         """Delete packs no snapshot needs and leftovers, older than the grace period (gated unless a dry run)."""
@@ -261,6 +301,27 @@ class Engine:
         """Gate and audit a change to schedules, retention or encryption settings made through backstop."""
         await settings.change_settings(self.ctx, action, subject, apply, who)
 
+    async def approve_settings(self, who: Identity | None = None) -> settings.Approval:
+        """Put the config file's schedules/retention/encryption sections in force (gated: role and a fresh code)."""
+        if self.config_source is None:
+            raise UsageError("approving settings needs the config file's text; build the Engine with config_source")
+        approval = await settings.approve_settings(self.ctx, *self.config_source, who)
+        if approval.changes:
+            await self.apply_settings()
+        return approval
+
+    def settings_removals(self, changes: list[SectionChange]) -> dict[str, list[str]]:
+        """The snapshots each pending retention change's rules would remove now (database -> ids)."""
+        return settings.retention_removals(self.ctx, changes)
+
+    def schedule_overview(self, now: datetime | None = None) -> list[ScheduleStatus]:
+        """Each schedule's next run and newest recorded slot (blocking catalog reads: call it from a thread)."""
+        return schedule_overview(self.config.schedules, self.catalog, now or datetime.now(UTC))
+
+    def settings_overview(self, now: datetime | None = None) -> SettingsOverview:
+        """Schedules, retention and its effect now, targets and pending changes (blocking: call it from a thread)."""
+        return settings_overview.settings_overview(self.ctx, self.settings, now or datetime.now(UTC))
+
     # -- the console's read side ------------------------------------------------------------
 
     @property
@@ -278,7 +339,9 @@ class Engine:
 
     def dashboard(self, now: float | None = None) -> Dashboard:
         """KPIs, alerts and running jobs (blocking catalog reads: call it from a thread)."""
-        return build_dashboard(self.queries, self.config, time.time() if now is None else now)
+        pending = [c.section for c in self.settings.pending] if self.settings else []
+        return build_dashboard(self.queries, self.config, time.time() if now is None else now,
+                               pending_settings=pending)
 
     def prefetch_dashboard(self) -> Future[Dashboard]:
         """Start computing the dashboard in a thread (a front end's start-up overlaps it)."""

@@ -135,6 +135,9 @@ class Queries:
     def backup_counts_by_age(self, now: float, days: int) -> dict[int, tuple[int, int]]:
         return self._q.backup_counts_by_age(now, days)
 
+    def missed_runs_since(self, since: float, action: str = "backup") -> list[tuple[str, float]]:
+        return self._q.missed_runs_since(since, action)
+
     # -- verifications, restores and drills -----------------------------------------------------
 
     def verification_rowids(self, words: Sequence[str] = ()) -> array:

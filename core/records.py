@@ -266,3 +266,26 @@ class OperatorRow:
         """The columns in storage order."""
         return (self.name, self.role, self.secret_sealed, self.created_at, self.created_by, self.last_step,
                 self.failures, self.locked_until, self.mac)
+
+
+# States of a scheduled run (core/schedule/): claimed and waiting for its database, running, or finished.
+SCHEDULE_RUN_STATES = ("waiting", "running", "succeeded", "failed", "missed", "abandoned")
+
+
+@dataclass(frozen=True)
+class ScheduleRun:
+    """One slot of one schedule as the catalog holds it (a claimed, finished or missed run)."""
+
+    name: str
+    slot: str  # the cron time, ISO 8601 UTC (with 'trigger' manual: when `schedule run` asked)
+    due: float  # the same moment, epoch seconds
+    action: str
+    db: str | None
+    state: str  # one of SCHEDULE_RUN_STATES
+    trigger: str  # 'cron' or 'manual'
+    holder: str  # the scheduler that claimed it (host:pid:token)
+    claimed_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    result: dict[str, Any] | None = None

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import os
+import socket
 import sqlite3
 import threading
 import time
@@ -234,8 +236,28 @@ def test_catalog_contract(contract) -> None:  # type: ignore[no-untyped-def]
     cat.delete_operators()
     assert cat.operator_count() == 0 and cat.operator_row("bob") is None
 
+    # The scheduler's claims (one row per schedule and slot) and leases.
+    holder = f"{socket.gethostname()}:{os.getpid()}:t"
+    assert cat.claim_schedule_run(name="nightly", slot="2026-01-01T02:00:00Z", due=now - 30, action="backup",
+                                  db="warranty", holder=holder)
+    assert not cat.claim_schedule_run(name="nightly", slot="2026-01-01T02:00:00Z", due=now - 30, action="backup",
+                                      db="warranty", holder="other:1:x")
+    cat.update_schedule_run("nightly", "2026-01-01T02:00:00Z", "running")
+    assert cat.abandon_dead_schedule_runs() == 0  # its holder (this process) is alive
+    cat.update_schedule_run("nightly", "2026-01-01T02:00:00Z", "succeeded", result={"snapshot": "s"})
+    assert cat.claim_schedule_run(name="nightly", slot="2026-01-02T02:00:00Z", due=now - 20, action="backup",
+                                  db="warranty", holder=holder, state="missed", error="not started")
+    runs = cat.schedule_runs("nightly")
+    assert [(r.state, r.result) for r in runs] == [("missed", None), ("succeeded", {"snapshot": "s"})]
+    assert cat.last_schedule_slot("nightly") == now - 20 and cat.last_schedule_slot("other") is None
+    assert cat.acquire_lease("backup:warranty", holder, 60) and not cat.acquire_lease("backup:warranty", "h:1:y", 60)
+    assert cat.lease_holder("backup:warranty") == holder
+    cat.release_lease("backup:warranty", holder)
+    assert cat.lease_holder("backup:warranty") is None and len(cat.snapshot_last_verified()) == 1  # one verified above
+
     # The read side sees it all.
     q = queries
+    assert q.missed_runs_since(0) == [("warranty", now - 20)] and q.missed_runs_since(0, "verify") == []
     assert [d.db for d in q.databases()] == ["billing", "warranty"] and q.snapshot_count() == 2
     assert q.snapshot_total() == 2 and q.snapshot_total("billing") == 1 and q.snapshot_total(words=("billing",)) == 1
     ids = q.snapshot_rowids()

@@ -161,6 +161,7 @@ def _clone(base: Rig, dest: Path, srcs: dict[str, Source]) -> Rig:
 class Bases:
     empty: Rig  # initialised, one operator, no snapshot: a backup has everything to upload
     forgotten: Rig  # a live snapshot of "warranty" and a forgotten one of "old": prune deletes its packs
+    marked: Rig  # ``forgotten`` after a prune that marked those packs (FORMAT.md 17.2): the next one deletes them
 
 
 @pytest.fixture(scope="module")
@@ -170,12 +171,15 @@ def bases(tmp_path_factory: pytest.TempPathFactory, s3_servers: list[SeaweedServ
     server = s3_servers[0]
 
     async def build() -> Bases:
-        return Bases(await _build_base(root / "empty", server, sources, forgotten=False),
-                     await _build_base(root / "forgotten", server, sources, forgotten=True))
+        forgotten = await _build_base(root / "forgotten", server, sources, forgotten=True)
+        marked = _clone(forgotten, root / "marked", sources)
+        async with Engine(marked.setup.config) as engine:
+            await _mark(engine, marked)
+        return Bases(await _build_base(root / "empty", server, sources, forgotten=False), forgotten, marked)
 
     built = asyncio.run(build())
     yield built
-    for rig in (built.empty, built.forgotten):
+    for rig in (built.empty, built.forgotten, built.marked):
         _drop_bucket(rig.server, rig.bucket)
 
 
@@ -206,7 +210,15 @@ async def _prune(engine: Engine, rig: Rig) -> Any:
     return await engine.prune_repository(rig.who(), grace_s=0)
 
 
-OPS: dict[str, Op] = {"backup": _backup, "prune": _prune}
+async def _mark(engine: Engine, rig: Rig) -> Any:
+    """Prune's first phase only: a grace period just long enough that the marks it makes are all too young."""
+    await asyncio.sleep(1.1)  # the packs must be older than the grace period to be marked (S3 times: seconds)
+    report = await engine.prune_repository(rig.who(), grace_s=0.001)
+    assert report.packs_marked and not report.packs_deleted, report.to_json()
+    return report
+
+
+OPS: dict[str, Op] = {"backup": _backup, "prune": _prune, "mark": _mark, "sweep": _prune}
 
 
 async def _settle(switch: PowerSwitch, timeout: float = 30.0) -> None:
@@ -275,7 +287,7 @@ class Stage:
     """
 
     id: str
-    op: Literal["backup", "prune"]
+    op: Literal["backup", "prune", "mark", "sweep"]
     kind: CallKind
     target: str
     prefix: str
@@ -329,7 +341,18 @@ PRUNE_STAGES = [
     _s("pack-delete-A-later", "prune", "delete", A, "data/", "later"),
     _s("pack-delete-B-later", "prune", "delete", B, "data/", "later"),
 ]
-STAGES = {s.id: s for s in BACKUP_STAGES + PRUNE_STAGES}
+# Prune in two runs (FORMAT.md 17.2): one marks what nothing needs, the next deletes it.
+MARK_STAGES = [
+    _s("marks-write-A", "mark", "put", A, "marked/"),
+    _s("marks-write-B", "mark", "put", B, "marked/"),
+    _s("marks-readback-B", "mark", "get", B, "marked/", after_put=True),
+    _s("marked-index-write-A", "mark", "put", A, "index/"),
+    _s("old-marks-delete-A", "sweep", "delete", A, "marked/"),
+    _s("old-marks-delete-B", "sweep", "delete", B, "marked/"),
+    _s("marked-pack-delete-A", "sweep", "delete", A, "data/"),
+]
+STAGES = {s.id: s for s in BACKUP_STAGES + PRUNE_STAGES + MARK_STAGES}
+BASE_OF = {"backup": "empty", "prune": "forgotten", "mark": "forgotten", "sweep": "marked"}
 
 
 @pytest.fixture(scope="module")
@@ -340,7 +363,8 @@ def dry_runs(bases: Bases, sources: dict[str, Source], tmp_path_factory: pytest.
 
     async def go() -> dict[str, list[Call]]:
         logs = {}
-        for op, base in (("backup", bases.empty), ("prune", bases.forgotten)):
+        for op, base_name in BASE_OF.items():
+            base = getattr(bases, base_name)
             rig = _clone(base, root / op, sources)
             run = await _run(rig, op)
             _drop_bucket(rig.server, rig.bucket)
@@ -470,6 +494,18 @@ async def test_prune_fault_at_stage(stage_id: str, action: Action, bases: Bases,
     assert await _recovers(rig, pg_cluster, sources) == before[A]  # the live snapshot restores
 
 
+@pytest.mark.parametrize(("stage_id", "action"), _params(MARK_STAGES, ("crash",)))
+async def test_two_phase_prune_killed_at_stage(stage_id: str, action: Action, bases: Bases,
+                                               dry_runs: dict[str, list[Call]], sources: dict[str, Source],
+                                               pg_cluster: LocalCluster, clone: Callable[[Rig], Rig]) -> None:
+    stage = STAGES[stage_id]
+    rig = clone(getattr(bases, BASE_OF[stage.op]))
+    before = await _manifests(rig)
+    await _faulted(rig, stage, action, dry_runs[stage.op])
+    assert await _manifests(rig) == before
+    assert await _recovers(rig, pg_cluster, sources) == before[A]  # the live snapshot restores
+
+
 # Torn writes and reads: a target that says yes and did something else. Read-back must catch each.
 TORN = [
     ("pack-upload-B-later", "truncate"),
@@ -487,7 +523,7 @@ async def test_torn_object_at_stage(stage_id: str, action: Action, bases: Bases,
                                     sources: dict[str, Source], pg_cluster: LocalCluster,
                                     clone: Callable[[Rig], Rig]) -> None:
     stage = STAGES[stage_id]
-    rig = clone(bases.empty if stage.op == "backup" else bases.forgotten)
+    rig = clone(getattr(bases, BASE_OF[stage.op]))
     before = await _manifests(rig)
     await _faulted(rig, stage, action, dry_runs[stage.op])
     assert await _manifests(rig) == before  # nothing committed on a torn object

@@ -1,8 +1,8 @@
 """The operator console: `backstop tui`.
 
-Eight numbered screens (Textual modes, so each keeps its state), one bridge
+Nine numbered screens (Textual modes, so each keeps its state), one bridge
 from the engine's events and the catalog to UI messages, and a keyboard
-contract operators build habits on: 1-8 switch screens, `?` help, `/`
+contract operators build habits on: 1-9 switch screens, `?` help, `/`
 filter, ctrl+p command palette, `q` quit, escape back.
 
 The app builds each screen with itself as the screen's host
@@ -40,6 +40,7 @@ from tui.screens.drills import DrillsScreen
 from tui.screens.jobs import JobsScreen
 from tui.screens.modals import ConfirmScreen, HelpEntry, HelpScreen
 from tui.screens.restore import RestoreScreen
+from tui.screens.settings import SettingsScreen
 from tui.screens.trends import TrendsScreen
 from tui.screens.verification import VerificationScreen
 from tui.widgets.filter_bar import FilterBar
@@ -48,7 +49,7 @@ from tui.widgets.virtual_table import VirtualTable
 SCREENS_IN_ORDER: tuple[tuple[str, type[ConsoleScreen]], ...] = (
     ("dashboard", DashboardScreen), ("jobs", JobsScreen), ("catalog", CatalogScreen),
     ("verification", VerificationScreen), ("trends", TrendsScreen), ("restore", RestoreScreen),
-    ("drills", DrillsScreen), ("audit", AuditScreen),
+    ("drills", DrillsScreen), ("audit", AuditScreen), ("settings", SettingsScreen),
 )
 _SCREENS_GROUP = Binding.Group("Screens", compact=True)
 KEYMAP_ENV = "BACKSTOP_KEYMAP"

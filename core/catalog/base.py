@@ -47,6 +47,7 @@ from core.records import (
     JobRecord,
     OperatorRow,
     RestoreRecord,
+    ScheduleRun,
     SnapshotRecord,
     SnapshotRow,
     TargetCheck,
@@ -238,6 +239,13 @@ class CatalogQueries(Protocol):
 
     def audit_rows(self, rowids: Sequence[int]) -> list[tuple[object, ...]]:
         """Audit entries by row key, in the order given, values in ``audit_table().columns`` order."""
+        ...
+
+    # -- the scheduler --
+
+    def missed_runs_since(self, since: float, action: str = "backup") -> list[tuple[str, float]]:
+        """Scheduled runs of ``action`` recorded as missed whose slot is after ``since``: (database, or the
+        schedule's name when it has none; due time), oldest first."""
         ...
 
 
@@ -443,4 +451,47 @@ class Catalog(Protocol):
 
     def delete_operators(self) -> None:
         """Delete every operator row."""
+        ...
+
+    # -- the scheduler (core/schedule/): claimed slots and leases --
+
+    def claim_schedule_run(self, *, name: str, slot: str, due: float, action: str, db: str | None, holder: str,
+                           state: str = "waiting", trigger: str = "cron", error: str | None = None) -> bool:
+        """Claim one slot of a schedule (a unique row per (name, slot)), or record it as ``missed``; False when
+        anyone claimed or recorded it before."""
+        ...
+
+    def update_schedule_run(self, name: str, slot: str, state: str, *, error: str | None = None,
+                            result: dict[str, object] | None = None) -> None:
+        """Move a claimed run on: 'running', then 'succeeded', 'failed', 'missed' or 'abandoned'."""
+        ...
+
+    def schedule_runs(self, name: str | None = None, limit: int = 100) -> list[ScheduleRun]:
+        """Scheduled runs (of one schedule), newest slot first."""
+        ...
+
+    def last_schedule_slot(self, name: str) -> float | None:
+        """The newest cron slot of a schedule anyone claimed or recorded (epoch seconds)."""
+        ...
+
+    def abandon_dead_schedule_runs(self) -> int:
+        """Runs left waiting or running by a scheduler process on this host that is gone become missed or
+        abandoned (never re-run); returns how many."""
+        ...
+
+    def snapshot_last_verified(self) -> dict[str, float]:
+        """Each verified snapshot's newest verification time (epoch seconds)."""
+        ...
+
+    def acquire_lease(self, name: str, holder: str, ttl_s: float, now: float | None = None) -> bool:
+        """Take or renew lease ``name`` for ``ttl_s`` seconds, atomically; False while another live holder
+        has it (a holder on this host whose process is gone loses it at once)."""
+        ...
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give a lease up (only if ``holder`` still has it)."""
+        ...
+
+    def lease_holder(self, name: str, now: float | None = None) -> str | None:
+        """Who holds lease ``name`` now (None: nobody, or it expired)."""
         ...

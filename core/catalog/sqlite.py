@@ -26,6 +26,7 @@ from core.catalog.sqlite_queries import (
     restore_record,
     verification_record,
 )
+from core.catalog.sqlite_schedule import ScheduleTables
 from core.catalog.sqlite_security import SecurityTables, transaction
 from core.errors import ConfigError, NotFound
 from core.events import (
@@ -77,7 +78,7 @@ def _snapshot_record(r: tuple[object, ...]) -> SnapshotRecord:
 _PROGRESS_EVENT_INTERVAL = 1.0
 
 
-class SqliteCatalog(SecurityTables):
+class SqliteCatalog(SecurityTables, ScheduleTables):
     """The catalog in one SQLite file (``catalog.url: sqlite:///path``)."""
 
     def __init__(self, path: Path) -> None:

@@ -343,6 +343,14 @@ class SqliteQueries:
             f"SELECT {_JOB_COLS} FROM jobs WHERE started_at >= ? AND state IN ('failed', 'abandoned')"
             " ORDER BY started_at", (since,))]
 
+    def missed_runs_since(self, since: float, action: str = "backup") -> list[tuple[str, float]]:
+        """Scheduled runs of ``action`` recorded as missed with a slot after ``since``: (db or name, due)."""
+        if not self.has_table("schedule_runs"):
+            return []  # a catalog from before the scheduler, opened read-only
+        return [(str(w), float(d)) for w, d in self._db().execute(
+            "SELECT coalesce(db, name), due FROM schedule_runs WHERE state='missed' AND action=? AND due>?"
+            " ORDER BY due", (action, since))]
+
     def backup_counts_by_age(self, now: float, days: int) -> dict[int, tuple[int, int]]:
         """Finished backup jobs started in the last ``days`` days: days ago -> (succeeded, failed)."""
         rows = self._db().execute(

@@ -162,10 +162,42 @@ def _physical_snapshots(db: sqlite3.Connection) -> None:
                " learnt_at REAL NOT NULL)")
 
 
+_SCHEDULES = """
+    CREATE TABLE schedule_runs (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        slot TEXT NOT NULL,
+        due REAL NOT NULL,
+        action TEXT NOT NULL,
+        db TEXT,
+        state TEXT NOT NULL,
+        trigger TEXT NOT NULL DEFAULT 'cron',
+        holder TEXT NOT NULL,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        claimed_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        error TEXT,
+        result TEXT,
+        UNIQUE (name, slot)
+    );
+    CREATE INDEX schedule_runs_due ON schedule_runs (state, due);
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        acquired_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    );
+"""
+
 Migration = str | Callable[[sqlite3.Connection], None]
 
 # Append only: position i is schema version i + 1.
-MIGRATIONS: list[Migration] = [_INITIAL, _SECURITY, _TIME_INDEXES, _restore_kinds, _physical_snapshots]
+MIGRATIONS: list[Migration] = [_INITIAL, _SECURITY, _TIME_INDEXES, _restore_kinds, _physical_snapshots,
+                               _SCHEDULES]
 
 # Each table as the migrations leave it today, with its indexes: what `catalog rebuild` recreates a dropped
 # table from.
@@ -225,6 +257,17 @@ TABLES: dict[str, str] = {
     """,
     "security_state": """
         CREATE TABLE security_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+    "schedule_runs": """
+        CREATE TABLE schedule_runs (id INTEGER PRIMARY KEY, name TEXT NOT NULL, slot TEXT NOT NULL, due REAL NOT NULL,
+            action TEXT NOT NULL, db TEXT, state TEXT NOT NULL, trigger TEXT NOT NULL DEFAULT 'cron',
+            holder TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL, claimed_at REAL NOT NULL,
+            started_at REAL, finished_at REAL, error TEXT, result TEXT, UNIQUE (name, slot));
+        CREATE INDEX IF NOT EXISTS schedule_runs_due ON schedule_runs (state, due);
+    """,
+    "leases": """
+        CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL,
+            acquired_at REAL NOT NULL, expires_at REAL NOT NULL);
     """,
 }
 

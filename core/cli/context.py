@@ -92,13 +92,42 @@ def identity(args: argparse.Namespace) -> Identity:
 
 def build_engine(args: argparse.Namespace) -> tuple[Engine, ProgressDisplay]:
     """The Engine for ``--config`` (or $BACKSTOP_CONFIG), with the progress display subscribed."""
-    from core.config import load_config
+    from core.config import parse_config, read_config
     from core.engine import Engine
 
-    engine = Engine(load_config(args.config))
+    data, path = read_config(args.config)
+    engine = Engine(parse_config(data, path), config_source=(data, path))
     progress = ProgressDisplay()
     engine.bus.subscribe(progress)
     return engine, progress
+
+
+# Commands that act on retention, schedules or the key rotation policy: they check the catalog's copy of the
+# approved settings against the repository's sealed one (a few ms; the catalog could have been edited).
+SETTINGS_VERIFIED = ("forget", "key", "schedule")
+
+
+async def apply_settings(engine: Engine, args: argparse.Namespace) -> None:
+    """Put the approved schedules/retention/encryption settings in force; one stderr line when edits wait.
+
+    `backstop settings` itself (``settings_command`` set) runs even when the
+    approved settings no longer fit the file: it is how that gets fixed.
+    """
+    from core.errors import ConfigError
+    from core.settings.effective import PENDING_NOTICE
+
+    own = getattr(args, "settings_command", False)
+    try:
+        eff = await engine.apply_settings(verify=getattr(args, "command", None) in SETTINGS_VERIFIED)
+    except ConfigError:
+        if not own:
+            raise
+        return
+    if eff is not None:
+        for note in eff.notes:
+            warn(note)
+        if eff.pending and not own:
+            warn(PENDING_NOTICE)
 
 
 def run(fn: EngineHandler, args: argparse.Namespace) -> int:
@@ -111,6 +140,7 @@ def run(fn: EngineHandler, args: argparse.Namespace) -> int:
 
     async def main() -> int:
         engine, progress = build_engine(args)
+        await apply_settings(engine, args)
         encryption = engine.config.encryption
         warning = encryption.passphrase_file_warning() if hasattr(encryption, "passphrase_file_warning") else None
         if warning:

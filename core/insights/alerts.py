@@ -24,7 +24,8 @@ class Alert:
     """One thing that needs attention."""
 
     level: Level
-    kind: str  # failed-job, missed-run, never-verified, damaged-copy, target-unhealthy, stale-backup, wal-lag
+    # failed-job, missed-run, never-verified, damaged-copy, target-unhealthy, stale-backup, wal-lag, settings-pending
+    kind: str
     message: str
     at: float | None = None  # when it happened (epoch seconds), if known
 
@@ -44,6 +45,7 @@ def build_alerts(*, now: float, recent_jobs: Sequence[JobRecord],
                  damaged: Sequence[VerificationRecord], target_checks: Mapping[str, VerificationRecord],
                  configured_targets: Sequence[str], latest_backup: Mapping[str, str], configured_dbs: Sequence[str],
                  missed_runs: Sequence[tuple[str, float]] = (), wal_lag_s: Mapping[str, float] | None = None,
+                 pending_settings: Sequence[str] = (),
                  stale_after_s: float = 26 * 3600, wal_lag_limit_s: float = 300, failed_window_s: float = 86_400,
                  limit: int = 50) -> list[Alert]:
     """All alerts, most urgent first (then newest first)."""
@@ -80,6 +82,8 @@ def build_alerts(*, now: float, recent_jobs: Sequence[JobRecord],
             hours = (now - iso_to_epoch(last)) / 3600
             out.append(Alert("warning", "stale-backup", f"newest snapshot of {db} is {hours:.0f} h old",
                              iso_to_epoch(last)))
+    if pending_settings:
+        out.append(settings_alert(pending_settings))
     # The recovery-point age (the WAL archive's lag) plugs in here.
     for db, lag in (wal_lag_s or {}).items():
         alert = recovery_point_alert(lag, wal_lag_limit_s, f"WAL archive of {db}", now)
@@ -101,3 +105,10 @@ def recovery_point_alert(age_s: float | None, limit_s: float, what: str, now: fl
                  f"recovery point is {age_s / 60:.0f} min old ({what}), past the {limit_s / 60:.0f} min limit: a lost "
                  "primary would take that much with it; check `backstop wal status` and archive_command",
                  now - age_s)
+
+
+def settings_alert(sections: Sequence[str]) -> Alert:
+    """A warning that edited schedules/retention/encryption settings wait for approval (the old ones apply)."""
+    return Alert("warning", "settings-pending",
+                 f"settings changed in the config wait for approval ({', '.join(sections)}); the approved ones stay "
+                 "in force: run `backstop settings diff`, then `backstop settings approve`")

@@ -7,13 +7,14 @@ to the pure computations in ``kpis``, ``alerts`` and ``trends``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from core.catalog.base import CatalogQueries
 from core.config import BackstopConfig
 from core.format import iso_at
 from core.insights.alerts import Alert, build_alerts
-from core.insights.kpis import DAY, Kpi, completion_from_counts, integrity_from_counts, recovery_time
+from core.insights.kpis import DAY, Kpi, completion_from_counts, counts_by_age, integrity_from_counts, recovery_time
 from core.insights.trends import Trends, build_trends
 from core.records import JobRecord
 
@@ -40,16 +41,19 @@ def default_rto(config: BackstopConfig) -> float:
     return min(rto_targets(config).values(), default=DEFAULT_RTO_S)
 
 
-def build_dashboard(reader: CatalogQueries, config: BackstopConfig, now: float, *, trend_days: int = 14) -> Dashboard:
-    """KPIs, alerts and running jobs as of ``now``."""
+def build_dashboard(reader: CatalogQueries, config: BackstopConfig, now: float, *, trend_days: int = 14,
+                    pending_settings: Sequence[str] = ()) -> Dashboard:
+    """KPIs, alerts and running jobs as of ``now`` (``pending_settings``: guarded sections awaiting approval)."""
     days = max(trend_days, 7)
     total = reader.snapshot_count()
     covered = reader.snapshots_verified_since(now - 30 * DAY)
     restores = reader.restores(since=now - 90 * DAY)
     rto = rto_targets(config)
+    missed = reader.missed_runs_since(now - days * DAY)
+    missed_by_age = {age: n for age, (_, n) in counts_by_age(((False, due) for _, due in missed), now).items()}
     kpis = (
-        # Missed runs come from the scheduler once it exists; until then none are known.
-        completion_from_counts(reader.backup_counts_by_age(now, days), {}, trend_days=trend_days),
+        # Scheduled backups that never started (core/schedule/) count against completion.
+        completion_from_counts(reader.backup_counts_by_age(now, days), missed_by_age, trend_days=trend_days),
         integrity_from_counts(reader.verification_counts_by_age(now, days), snapshots_total=total,
                               snapshots_verified_recently=covered, trend_days=trend_days),
         recovery_time(restores, now, rto_s=rto, default_rto_s=default_rto(config), trend_days=trend_days),
@@ -63,6 +67,7 @@ def build_dashboard(reader: CatalogQueries, config: BackstopConfig, now: float, 
         never_verified=reader.never_verified(since, cutoff), damaged=reader.damaged_copies(),
         target_checks=reader.latest_target_checks(), configured_targets=[t.name for t in config.targets],
         latest_backup=reader.latest_snapshot_per_db(), configured_dbs=[d.name for d in config.databases],
+        pending_settings=pending_settings, missed_runs=[(db, due) for db, due in missed if due >= now - DAY],
     )
     return Dashboard(kpis, tuple(alerts), tuple(reader.running_jobs()), now)
 

@@ -14,10 +14,13 @@ from core.security.guard import Guard
 
 
 async def prune_repository(ctx: EngineContext, who: Identity | None = None, grace_s: float | None = None,
-                           dry_run: bool = False) -> PruneReport:
-    """Delete packs no snapshot needs and older than the grace period (default 24 h), and leftovers.
+                           dry_run: bool = False, *, approved_by: str | None = None) -> PruneReport:
+    """Mark packs no snapshot needs; delete those marked longer ago than the grace period (default 24 h).
 
-    A dry run changes nothing, so it needs neither a code nor the lock.
+    Runs beside backups and restores (FORMAT.md 17.2). A dry run changes
+    nothing, so it needs neither a code nor the lock. ``approved_by``
+    replaces the code with a standing approval recorded in the audit log
+    (the daemon's retention schedule, itself an approved setting).
     """
     grace = gc.DEFAULT_GRACE_S if grace_s is None else grace_s
     if grace < 0:
@@ -26,7 +29,8 @@ async def prune_repository(ctx: EngineContext, who: Identity | None = None, grac
         return await gc.prune(await ctx.open_repository(require_all=True), grace, dry_run=True)
     who = who or default_identity()
     subject = f"grace {config_duration(grace)}"
-    async with Guard(ctx).action(who, Action.PRUNE, subject, lock=("exclusive", "prune")) as acting:
+    async with Guard(ctx).action(who, Action.PRUNE, subject, lock=("prune", "prune"),
+                                 approved_by=approved_by) as acting:
         async with run_job(ctx.bus, "prune", None, f"prune ({subject})") as job:
             job.phase("prune")
             # Finish what an interrupted backup left half-committed before deciding what is unneeded.

@@ -118,6 +118,7 @@ class _TargetCheck:
         self.where = f"target '{st.name}'"
         self.index = Index()
         self.damaged_index: list[str] = []
+        self.marked: set[str] = set()  # packs prune marked for deletion
         self.manifests: dict[str, Manifest] = {}
         self.bad_chunks: dict[str, set[bytes]] = {}  # pack -> its damaged chunks, where known that precisely
 
@@ -152,6 +153,20 @@ class _TargetCheck:
         for msg in self.damaged_index:
             rep.problems.append(f"{msg}; the snapshots it affects are listed below; `backstop repair index` "
                                 "rebuilds what it listed from the pack headers")
+        # Packs prune marked for deletion (17.2) are still readable: a snapshot that raced prune may need them.
+        try:
+            marks = await self.repo.load_marks(self.st)
+        except IntegrityError as exc:
+            rep.problems.append(f"{where}: {exc}")
+            return
+        self.marked = set(marks.packs)
+        for pid, mark in marks.packs.items():
+            # Checked like an indexed pack only where it holds a chunk no index lists (debris marked with no
+            # chunks, or a forgotten snapshot's copy of indexed chunks, is the next prune's to delete).
+            fresh = {cid: loc for cid, loc in mark.chunks.items() if cid not in self.index.chunks}
+            if fresh:
+                self.index.packs.setdefault(pid, mark.size)
+                self.index.chunks.update(fresh)
 
     async def _packs_present(self) -> None:
         """Every indexed pack exists with its recorded size; unindexed packs are a note."""
@@ -161,7 +176,11 @@ class _TargetCheck:
                 self.rep.bad_packs[pid] = "missing"
             elif present[pid] != size:
                 self.rep.bad_packs[pid] = f"of the wrong size ({present[pid]} bytes, expected {size})"
-        unreferenced = set(present) - set(self.index.packs)
+        waiting = self.marked & set(present)
+        if waiting:
+            self.rep.notes.append(f"{self.where}: {len(waiting)} pack(s) marked for deletion; a prune after the grace "
+                                  "period deletes them")
+        unreferenced = set(present) - set(self.index.packs) - self.marked
         if unreferenced:
             why = ("listed by no readable index; `backstop repair index` re-reads their headers" if self.damaged_index
                    else "referenced by no index (left by an interrupted backup); prune removes them after the grace "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from core.errors import IntegrityError
 from core.repository import quarantine
 from core.repository.index import INDEX_PREFIX, Index, IndexFile
 from core.repository.manifest import Manifest
@@ -27,6 +28,7 @@ class DedupIndex:
     index: Index
     warnings: list[str] = field(default_factory=list)
     quarantined: set[str] = field(default_factory=set)
+    marked: set[str] = field(default_factory=set)  # packs prune marked for deletion: left out
 
 
 async def backup_index(repo: Repository) -> DedupIndex:
@@ -68,6 +70,14 @@ async def backup_index(repo: Repository) -> DedupIndex:
     for sid, why in rolled.left.items():
         out.warnings.append(f"snapshot {sid[:8]} is on some targets only and was left as it is: {why}; "
                             "see `backstop check`")
+    # A pack prune has marked for deletion (FORMAT.md 17.2) is never referenced anew: a later prune may delete
+    # it once the grace period has passed, and this backup might outlive the check that would rescue it.
+    try:
+        out.marked = set((await repo.load_marks()).packs)
+    except IntegrityError as exc:
+        # Unreadable marks stop prune from deleting anything, so deduplicating against them is still safe.
+        out.warnings.append(str(exc))
+    index.drop_packs(out.marked)
     return out
 
 

@@ -1,21 +1,30 @@
-"""Forgetting snapshots and garbage collection (FORMAT.md 17.1).
+"""Forgetting snapshots and garbage collection (FORMAT.md 17).
 
 ``forget`` deletes snapshot manifests; ``prune`` then deletes the packs no
-remaining snapshot needs. Prune runs under the repository's exclusive lock
-(the caller takes it) and in this order, so that a crash at any point loses
-nothing a snapshot needs:
+remaining snapshot needs, in two phases so that a backup or a restore
+running at the same time never loses a chunk (17.2): a pack nothing needs
+is first *marked* (core.repository.marks) and dropped from the index, and
+deleted by a later prune once the mark is older than the grace period and
+still nothing needs it. Prune holds the ``prune`` lock (beside backups, not
+beside another prune; the caller takes it). Its steps, in this order, so
+that a crash at any point loses nothing a snapshot needs:
 
 1. read every manifest on every target: the live chunks; a manifest that
    cannot be read stops prune (what it needs is unknown);
-2. every live chunk must be indexed and its pack present on every target,
-   else prune refuses (deleting around a damaged repository could make it
-   worse);
-3. a pack is deleted only if no live chunk is in it **and** every copy of it
-   is older than the grace period (default 24 h): a backup that is still
-   uploading, or crashed before writing its index, is never touched;
-4. the index objects are first replaced by one that no longer lists the
-   doomed packs (written and read back on every target), then the old index
-   objects are deleted, and only then the packs.
+2. every live chunk must be indexed (or marked) and its pack present on
+   every target, else prune refuses (deleting around a damaged repository
+   could make it worse);
+3. marked packs a snapshot needs again are *rescued*: their entries are
+   written back as a new index object;
+4. unneeded packs whose every copy is older than the grace period (a backup
+   still uploading has written no index yet) are marked now;
+5. marks older than the grace period, whose packs no snapshot listed just
+   before needs, are *doomed*;
+6. the surviving marks are written as one new ``marked/`` object, then the
+   index objects listing marked or doomed packs are replaced by one that does
+   not (index objects younger than the grace period that list none are left
+   alone: a backup may still be reading its own back), then the old marks
+   objects are deleted, and only then the doomed packs.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from core.errors import RepositoryError
 from core.repository import quarantine
 from core.repository.index import INDEX_PREFIX, Index, IndexFile
 from core.repository.manifest import SNAPSHOT_PREFIX, Manifest
+from core.repository.marks import MARKS_PREFIX, MarkedPack, Marks
 from core.repository.packs import DATA_PREFIX, pack_id_from_name, pack_object_name
 from core.repository.repo import Repository
 from core.storage.base import ObjectInfo
@@ -41,6 +51,22 @@ async def read_all_manifests(repo: Repository) -> dict[str, Manifest]:
     for st in repo.storages:
         names |= await repo.snapshot_names(st)
     return {sid: await repo.read_manifest(sid) for sid in sorted(names)}
+
+
+async def _live_chunks(repo: Repository) -> tuple[set[str], dict[bytes, str]]:
+    """Every snapshot on any target, and its chunks (chunk id -> one snapshot needing it).
+
+    Read one manifest at a time: holding a thousand of them at once would
+    cost hundreds of MiB, the chunk ids alone a fraction of that.
+    """
+    names: set[str] = set()
+    for st in repo.storages:
+        names |= await repo.snapshot_names(st)
+    live: dict[bytes, str] = {}
+    for sid in sorted(names):
+        for cid in (await repo.read_manifest(sid)).chunk_ids():
+            live.setdefault(cid, sid)
+    return names, live
 
 
 def live_chunks(manifests: dict[str, Manifest]) -> dict[bytes, str]:
@@ -78,11 +104,14 @@ def referenced_packs(index: Index, live: dict[bytes, str], listings: list[dict[s
     return needed
 
 
-async def replace_index(repo: Repository, index: Index, drop: set[str], add: IndexFile | None = None) -> int:
-    """Write one index object listing ``index`` minus the ``drop`` packs (plus ``add``), then delete the old ones.
+async def replace_index(repo: Repository, index: Index, drop: set[str], add: IndexFile | None = None,
+                        keep: set[str] | frozenset[str] = frozenset()) -> int:
+    """Write one index object listing ``index`` minus the ``drop`` packs (plus ``add``), then delete the merged ones.
 
     Only packs present on every target are listed (like a backup's own
-    index, 12.3). Returns how many old index objects were replaced.
+    index, 12.3). Of the index objects merged into ``index``, those named in
+    ``keep`` stay unless they list a dropped pack; objects written since
+    ``index`` was loaded are never touched. Returns how many were replaced.
     """
     listings = await pack_listings(repo)
     everywhere = set.intersection(*(set(lst) for lst in listings)) if listings else set()
@@ -96,9 +125,7 @@ async def replace_index(repo: Repository, index: Index, drop: set[str], add: Ind
     if add is not None:
         new.packs.update(add.packs)
         new.chunks.update(add.chunks)
-    old: set[str] = set()
-    for st in repo.storages:
-        old |= {o.name for o in await st.list(INDEX_PREFIX)}
+    old = {n for n in index.files if n not in keep or index.file_packs.get(n, set()) & drop}
     name = None
     if new.packs:
         name, data = new.seal(repo.key)
@@ -107,6 +134,55 @@ async def replace_index(repo: Repository, index: Index, drop: set[str], add: Ind
     for n in sorted(old - {name}):
         await asyncio.gather(*(st.delete(n) for st in repo.storages))
     return len(old - {name})
+
+
+async def rewrite_marks(repo: Repository, marks: Marks, remove: set[str]) -> None:
+    """Replace the ``marked/`` objects by one listing every mark but ``remove`` (none at all when nothing is left)."""
+    name = await _write_marks(repo, Marks({pid: m for pid, m in marks.packs.items() if pid not in remove}))
+    for n in sorted(marks.files - {name}):
+        await asyncio.gather(*(st.delete(n) for st in repo.storages))
+
+
+async def _write_marks(repo: Repository, marks: Marks) -> str | None:
+    """Write ``marks`` as one object, read back on every target; None when there is nothing to write."""
+    if not marks.packs:
+        return None
+    name, data = marks.seal(repo.key)
+    await repo.put_all(name, data)
+    await repo.verify_all(name, name[len(MARKS_PREFIX):])
+    return name
+
+
+def _with_marks(index: Index, marks: Marks) -> Index:
+    """``index`` plus the marked packs' chunks where the index has no other copy: what readers see."""
+    out = Index(dict(index.chunks), dict(index.packs), set(index.files), dict(index.file_packs))
+    for pid, mark in marks.packs.items():
+        out.packs.setdefault(pid, mark.size)
+        for cid, loc in mark.chunks.items():
+            out.chunks.setdefault(cid, loc)
+    return out
+
+
+async def _needed_since(repo: Repository, known: set[str], readable: Index, packs: set[str]) -> set[str]:
+    """Which of ``packs`` the snapshots written since ``known`` was listed need."""
+    names: set[str] = set()
+    for st in repo.storages:
+        names |= await repo.snapshot_names(st)
+    hit: set[str] = set()
+    for sid in sorted(names - known):
+        for cid in (await repo.read_manifest(sid)).chunk_ids():
+            loc = readable.chunks.get(cid)
+            if loc is not None and loc.pack_id in packs:
+                hit.add(loc.pack_id)
+    return hit
+
+
+async def _young_index_objects(repo: Repository, at: float, grace_s: float) -> set[str]:
+    """Index objects some copy of which is younger than the grace period (an unknown age counts as young)."""
+    young: set[str] = set()
+    for lst in await asyncio.gather(*(st.list(INDEX_PREFIX) for st in repo.storages)):
+        young |= {o.name for o in lst if at - _mtime(o, at) < grace_s}
+    return young
 
 
 @dataclass
@@ -118,6 +194,9 @@ class PruneReport:
     packs_deleted: list[str] = field(default_factory=list)
     bytes_freed: int = 0  # per target
     packs_too_young: int = 0  # unreferenced, but within the grace period
+    packs_marked: int = 0  # newly marked for deletion by a later prune (17.2)
+    packs_waiting: int = 0  # marked (now or before), kept until their mark is older than the grace period
+    packs_rescued: int = 0  # marked before, but a snapshot needs them again: back in the index
     index_objects_replaced: int = 0
     dry_run: bool = False
     leftovers: list[str] = field(default_factory=list)  # temp files, unfinished uploads, stale locks removed
@@ -125,41 +204,71 @@ class PruneReport:
     def to_json(self) -> dict[str, object]:
         return {"snapshots": self.snapshots, "packs_total": self.packs_total, "packs_deleted": len(self.packs_deleted),
                 "bytes_freed": self.bytes_freed, "packs_too_young": self.packs_too_young,
-                "index_objects_replaced": self.index_objects_replaced, "dry_run": self.dry_run,
+                "index_objects_replaced": self.index_objects_replaced, "packs_marked": self.packs_marked,
+                "packs_waiting": self.packs_waiting, "packs_rescued": self.packs_rescued, "dry_run": self.dry_run,
                 "leftovers_removed": len(self.leftovers)}
 
 
 async def prune(repo: Repository, grace_s: float = DEFAULT_GRACE_S, dry_run: bool = False,
                 now: float | None = None) -> PruneReport:
-    """Delete packs no snapshot needs and that are older than ``grace_s`` (caller holds the exclusive lock)."""
+    """Mark packs no snapshot needs; delete those marked longer than ``grace_s`` ago (caller holds the prune lock)."""
     at = time.time() if now is None else now
-    manifests = await read_all_manifests(repo)
-    index = await repo.load_index(common=False)
+    sids, live = await _live_chunks(repo)
+    index = await repo.load_index(common=False, marked=False)
     refuse_damaged_index(index)
+    marks = await repo.load_marks()
     listings = await pack_listings(repo)
-    needed = referenced_packs(index, live_chunks(manifests), listings, repo)
-    every_pack = set(index.packs).union(*(set(lst) for lst in listings))
-    report = PruneReport(len(manifests), len(every_pack), dry_run=dry_run)
-    doomed: set[str] = set()
-    for pid in sorted(every_pack - set(needed)):
+    readable = _with_marks(index, marks)
+    needed = referenced_packs(readable, live, listings, repo)
+    del live
+    every_pack = set(index.packs).union(marks.packs, *(set(lst) for lst in listings))
+    report = PruneReport(len(sids), len(every_pack), dry_run=dry_run)
+    rescued = set(marks.packs) & set(needed)
+    newly: dict[str, MarkedPack] = {}
+    for pid in sorted(every_pack - set(needed) - set(marks.packs)):
         # Every copy must be old: an unknown age counts as new.
         ages = [at - _mtime(lst[pid], at) for lst in listings if pid in lst]
         if not ages:
             continue  # listed by an index but stored nowhere: nothing to delete
         if min(ages) >= grace_s:
-            doomed.add(pid)
+            newly[pid] = MarkedPack(index.packs.get(pid, max(lst[pid].size for lst in listings if pid in lst)), at)
         else:
             report.packs_too_young += 1
+    if newly:  # one pass over the index, not one per pack
+        for cid, loc in index.chunks.items():
+            mark = newly.get(loc.pack_id)
+            if mark is not None:
+                mark.chunks[cid] = loc
+    marked = {pid: m for pid, m in {**marks.packs, **newly}.items() if pid not in rescued}
+    doomed = {pid for pid, m in marked.items() if at - m.marked_at >= grace_s}
+    if doomed:
+        # A backup that loaded the index before these packs were marked may have finished since step 1.
+        doomed -= await _needed_since(repo, sids, readable, doomed)
+    report.packs_marked, report.packs_rescued = len(newly), len(rescued)
+    report.packs_waiting = len(set(marked) - doomed)
     report.packs_deleted = sorted(doomed)
     first = listings[0] if listings else {}
     report.bytes_freed = sum(first[p].size for p in doomed if p in first)
     if dry_run:
         return report
-    if doomed & set(index.packs):
-        report.index_objects_replaced = await replace_index(repo, index, doomed)
+    if rescued:
+        back = marks.as_index(rescued)
+        name, data = back.seal(repo.key)
+        await repo.put_all(name, data)
+        await repo.verify_all(name, name[len(INDEX_PREFIX):])
+    survivors = Marks({pid: m for pid, m in marked.items() if pid not in doomed})
+    changed_marks = bool(newly or rescued or doomed)
+    marks_name = await _write_marks(repo, survivors) if changed_marks else None
+    dropped = (set(marked) | doomed) & set(index.packs)
+    if dropped:
+        young = await _young_index_objects(repo, at, grace_s)
+        report.index_objects_replaced = await replace_index(repo, index, dropped, keep=young)
+    if changed_marks:
+        for n in sorted(marks.files - {marks_name}):
+            await asyncio.gather(*(st.delete(n) for st in repo.storages))
     for pid in sorted(doomed):
-        name = pack_object_name(pid)
-        await asyncio.gather(*(st.delete(name) for st, lst in zip(repo.storages, listings, strict=True) if pid in lst))
+        obj = pack_object_name(pid)
+        await asyncio.gather(*(st.delete(obj) for st, lst in zip(repo.storages, listings, strict=True) if pid in lst))
     # A deleted pack needs no quarantine record any more.
     held = await quarantine.load(repo)
     if held & doomed:

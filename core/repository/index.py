@@ -74,6 +74,7 @@ class Index:
     chunks: dict[bytes, Location] = field(default_factory=dict)
     packs: dict[str, int] = field(default_factory=dict)
     files: set[str] = field(default_factory=set)  # index object names merged
+    file_packs: dict[str, set[str]] = field(default_factory=dict)  # index object name -> the packs it lists
     # Index objects no target could deliver intact (name -> why): what they
     # listed is unknown until `backstop repair index` re-reads the pack headers.
     damaged: dict[str, str] = field(default_factory=dict)
@@ -81,6 +82,7 @@ class Index:
     def merge(self, name: str, f: IndexFile, avoid: frozenset[str] | set[str] = frozenset()) -> None:
         """Add one index object's content; a location in an ``avoid`` pack never replaces one outside it."""
         self.files.add(name)
+        self.file_packs[name] = set(f.packs)
         self.packs.update(f.packs)
         if not avoid:
             self.chunks.update(f.chunks)

@@ -38,6 +38,7 @@ from core.repository.keys import (
     wrap_data_key,
 )
 from core.repository.manifest import SNAPSHOT_PREFIX, Manifest
+from core.repository.marks import MARKS_PREFIX, Marks
 from core.storage.base import Storage
 
 CONFIG_NAME = "config"
@@ -48,7 +49,10 @@ AUDIT_PREFIX = "audit/"
 AUDIT_KIND = b"audit"
 OPERATOR_PREFIX = "operators/"
 OPERATOR_KIND = b"operator"
-RECORD_KINDS = {AUDIT_PREFIX: AUDIT_KIND, OPERATOR_PREFIX: OPERATOR_KIND}
+# The approved schedules/retention/encryption settings (core/settings): one object, replaced on approval.
+SETTINGS_PREFIX = "settings/"
+SETTINGS_KIND = b"settings"
+RECORD_KINDS = {AUDIT_PREFIX: AUDIT_KIND, OPERATOR_PREFIX: OPERATOR_KIND, SETTINGS_PREFIX: SETTINGS_KIND}
 FORMAT_VERSION = 1
 # Holders rewrite their lock this often; one not rewritten for STALE_LOCK_SECONDS
 # was left by a crashed process and no longer blocks.
@@ -352,7 +356,7 @@ class Repository:
     # -- index --------------------------------------------------------------
 
     async def load_index(self, storage: Storage | None = None, common: bool = True,
-                         avoid: frozenset[str] | set[str] = frozenset()) -> Index:
+                         avoid: frozenset[str] | set[str] = frozenset(), marked: bool | None = None) -> Index:
         """Merge the index objects of the targets (or of ``storage`` only).
 
         With ``common`` (backups), an index object missing from some target (a
@@ -363,6 +367,10 @@ class Repository:
         no target delivers intact is left out and named in ``Index.damaged``:
         it affects only the snapshots whose chunks nothing else lists. Chunk
         locations in ``avoid`` packs (quarantine) give way to any other copy.
+        With ``marked`` (default: when not ``common``), chunks found only in
+        packs prune has marked for deletion (core.repository.marks) are
+        included too: a snapshot that raced prune may need them until the
+        next prune writes them back into the index.
         """
         stores = [storage] if storage else self.storages
         listings = await asyncio.gather(*(s.list(INDEX_PREFIX) for s in stores))
@@ -376,7 +384,44 @@ class Repository:
                 index.damaged[name] = str(exc)
                 continue
             index.merge(name, f, avoid)
+        if marked if marked is not None else not common:
+            marks = await self.load_marks(storage)
+            for pid, mark in marks.packs.items():
+                fresh = {cid: loc for cid, loc in mark.chunks.items() if cid not in index.chunks}
+                if fresh:
+                    index.packs.setdefault(pid, mark.size)
+                    index.chunks.update(fresh)
         return index
+
+    async def load_marks(self, storage: Storage | None = None) -> Marks:
+        """Merge the ``marked/`` objects of the targets (or of ``storage`` only); one no target delivers intact raises.
+
+        What an unreadable one marked is unknown, so prune must not delete
+        around it: IntegrityError, whose message says to run `backstop check`.
+        """
+        stores = [storage] if storage else self.storages
+        listings = await asyncio.gather(*(s.list(MARKS_PREFIX) for s in stores))
+        sets = [{o.name for o in lst} for lst in listings]
+        marks = Marks()
+        for name in sorted(set().union(*sets)):
+            errors = []
+            for st in (s for s, have in zip(stores, sets, strict=True) if name in have):
+                try:
+                    data = await st.get(name)
+                    if sha256_hex(data) != name[len(MARKS_PREFIX):]:
+                        raise IntegrityError(f"target '{st.name}': {name} is damaged (checksum mismatch)")
+                    marks.merge(name, Marks.open(data, self.keys))
+                    break
+                except ObjectNotFound:
+                    continue  # deleted meanwhile by a prune finishing its sweep
+                except (StorageError, IntegrityError) as exc:
+                    errors.append(str(exc))
+            else:
+                if errors:
+                    raise IntegrityError(f"the list of packs marked for deletion ({name[:20]}…) cannot be read from "
+                                         f"any target ({'; '.join(errors)}); run `backstop check` and repair the "
+                                         "repository before pruning")
+        return marks
 
     async def _read_index(self, name: str, stores: list[Storage]) -> IndexFile:
         errors = []
@@ -421,13 +466,16 @@ class Repository:
 
     @asynccontextmanager
     async def lock(self, kind: str, purpose: str) -> AsyncIterator[None]:
-        """Hold a shared or exclusive lock on every target for the block's duration.
+        """Hold a shared, prune or exclusive lock on every target for the block's duration.
+
+        Shared locks go together; a prune lock goes with shared ones but not
+        with another prune; an exclusive lock goes with nothing.
 
         The lock is rewritten every LOCK_REFRESH_SECONDS, so however long the
         holder runs it never looks stale; a crashed holder's lock goes stale
         after STALE_LOCK_SECONDS.
         """
-        assert kind in ("shared", "exclusive")
+        assert kind in ("shared", "exclusive", "prune")
         await self._check_lock_conflicts(kind)
         name = f"{LOCK_PREFIX}{uuid.uuid4().hex}"
         doc = {"kind": kind, "purpose": purpose, "host": socket.gethostname(), "pid": os.getpid(), "created": now_iso()}
@@ -487,7 +535,8 @@ class Repository:
                 if lk.get("dead_holder"):
                     await self.delete_all(str(lk["name"]))  # its holder is gone: break it now
                 continue
-            if kind == "exclusive" or lk["kind"] == "exclusive":
+            # "prune" works beside backups and restores (FORMAT.md 17.2) but never beside another prune.
+            if kind == "exclusive" or lk["kind"] == "exclusive" or kind == lk["kind"] == "prune":
                 here = lk["host"] == socket.gethostname()
                 raise LockConflict(
                     f"the repository is locked ({lk['kind']}, {lk['purpose']}) by pid {lk['pid']} on {lk['host']} "

@@ -62,6 +62,11 @@ def _write_config(base: Path, dsn: str) -> Path:
         f"  - {{name: local1, type: local, path: {base / 'repository'}}}\n"
         "databases:\n"
         f"  - {{name: {DB_NAME}, dsn: \"{dsn}\"}}\n"
+        "# `backstop daemon` runs these (README, Schedules and the daemon).\n"
+        "schedules:\n"
+        f"  - {{name: hourly, action: backup, db: {DB_NAME}, cron: \"0 * * * *\"}}\n"
+        "  - {name: verify, action: verify, cron: \"30 * * * *\", sample: 10%}\n"
+        f"  - {{name: drill, action: drill, db: {DB_NAME}, cron: \"15 3 * * 1\"}}\n"
     )
     return cfg
 
@@ -134,7 +139,8 @@ async def _backup_and_show(cfg_path: Path) -> int:
         f"\nTry it yourself:\n  export BACKSTOP_CONFIG={cfg_path}\n"
         f"  backstop backup --db {DB_NAME}\n  backstop snapshots\n"
         f"  backstop restore --db {DB_NAME} --into {DB_NAME}_copy\n  backstop check --read-data\n"
-        f"  backstop tui\nStop the sandbox server with: backstop demo --stop"
+        f"  backstop tui\n  backstop daemon   (runs the sandbox's schedules; `backstop schedule list`)\n"
+        "Stop the sandbox server with: backstop demo --stop"
     )
     return 0
 

@@ -72,10 +72,12 @@ class Guard:
 
     @asynccontextmanager
     async def action(self, who: Identity, action: Action, subject: str, *, require_all: bool = True,
-                     lock: Lock | None = None, enrol_role: str | None = None) -> AsyncIterator[Acting]:
-        """Authorize ``action`` on ``subject`` for ``who``, run the block, audit its outcome."""
+                     lock: Lock | None = None, enrol_role: str | None = None,
+                     approved_by: str | None = None) -> AsyncIterator[Acting]:
+        """Authorize ``action`` on ``subject`` for ``who`` (see :func:`act`), run the block, audit its outcome."""
         async with self.session(who, require_all) as sec:
-            async with act(sec, who, action, subject, lock=lock, enrol_role=enrol_role) as acting:
+            async with act(sec, who, action, subject, lock=lock, enrol_role=enrol_role,
+                           approved_by=approved_by) as acting:
                 yield acting
 
 

@@ -32,9 +32,9 @@ async def test_digits_switch_to_every_screen_and_escape_goes_back(make_app: Make
             await settle(pilot)
             assert type(app.screen) is cls and app.current_mode == mode
             assert f" {cls.NUMBER} {cls.SCREEN_TITLE}" in screen_text(app).splitlines()[0]
-        await pilot.press("escape")  # from 8 back to 7
+        await pilot.press("escape")  # from the last screen back to the one before
         await settle(pilot)
-        assert app.current_mode == "drills"
+        assert app.current_mode == SCREENS_IN_ORDER[-2][0]
 
 
 async def test_each_screen_shows_its_data(make_app: MakeApp) -> None:

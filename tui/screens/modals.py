@@ -119,7 +119,7 @@ class DestructiveApproval:
 
 
 class DestructiveConfirmScreen(ModalScreen["DestructiveApproval | None"]):
-    """Type the database's name and a fresh 6-digit MFA code, or cancel.
+    """Type the database's name (or, with ``name_label``, another name) and a fresh 6-digit MFA code, or cancel.
 
     The screen only checks the form (the name matches, six digits); whether the
     code is valid, fresh and the operator allowed is the core gate's decision.
@@ -129,19 +129,23 @@ class DestructiveConfirmScreen(ModalScreen["DestructiveApproval | None"]):
         Binding("escape", "cancel", "Cancel", id="destructive.cancel"),
     ]
 
-    def __init__(self, action: str, db_name: str, cursor_blink: bool = True) -> None:
+    def __init__(self, action: str, db_name: str, cursor_blink: bool = True, *, explanation: str | None = None,
+                 name_label: str = "Database name") -> None:
         super().__init__()
         self.action_text = action
         self.db_name = db_name
         self.cursor_blink = cursor_blink
+        self.explanation = explanation
+        self.name_label = name_label
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="modal-box -danger", id="destructive-box"):
             yield Static(f"DESTRUCTIVE: {self.action_text}", classes="modal-title")
-            yield Static(f"This replaces the live database {self.db_name} with the restored snapshot; the "
-                         f"current one is kept aside as {self.db_name}__replaced_<time>. Type the database "
-                         "name and a fresh one-time code from your authenticator.")
-            yield Label("Database name")
+            yield Static(self.explanation or (
+                f"This replaces the live database {self.db_name} with the restored snapshot; the current one is "
+                f"kept aside as {self.db_name}__replaced_<time>. Type the database name and a fresh one-time code "
+                "from your authenticator."))
+            yield Label(self.name_label)
             name = Input(placeholder=self.db_name, id="confirm-name")
             name.cursor_blink = self.cursor_blink
             yield name

@@ -11,17 +11,23 @@ from core.cli.context import add_command
 
 def open_console(config: str | None, operator: str | None = None) -> int:
     """Open the Textual operator console on a config (used by `tui` and `demo`)."""
+    import asyncio
     import os
     from pathlib import Path
 
-    from core.config import CONFIG_ENV, load_config
+    from core.config import CONFIG_ENV, parse_config, read_config
     from core.engine import Engine
     from core.security.gate import acting_operator
 
     operator = acting_operator(operator)  # a name that could forge audit lines is refused before anything opens
     path = config or os.environ.get(CONFIG_ENV)
+    data, file = read_config(config)
     # The path goes along: the wizard's point-in-time restore writes a restore_command that reads it.
-    engine = Engine(load_config(config), config_path=Path(path).absolute() if path else None)
+    engine = Engine(parse_config(data, file), config_path=Path(path).absolute() if path else None,
+                    config_source=(data, file))
+    # The approved schedules/retention/encryption apply (pending edits show as a dashboard alert);
+    # its own storages, since Textual runs another event loop.
+    asyncio.run(engine.apply_settings(own_storages=True))
     # The dashboard's catalog reads start now and overlap Textual's import and start-up.
     first = engine.prefetch_dashboard()
     # Imported here: Textual costs ~200 ms that no other command should pay.

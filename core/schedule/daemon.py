@@ -1,0 +1,185 @@
+"""`backstop daemon`: run the schedules in the foreground until stopped, as systemd expects (Type=notify).
+
+- Logs go to stderr, one line each (the journal adds the time; ``--timestamps`` adds it elsewhere).
+- sd_notify when ``$NOTIFY_SOCKET`` is set: READY=1 once the schedules are loaded, WATCHDOG=1 at half of
+  ``$WATCHDOG_USEC``, RELOADING=1/READY=1 around a reload, STOPPING=1 on the way out.
+- SIGTERM or SIGINT: runs in progress are cancelled; each cleans up (a backup leaves no visible snapshot, a
+  drill drops its scratch database), is recorded as abandoned, and the daemon exits 0.
+- SIGHUP: the config file is read again; an invalid one is reported and the old one stays in force.
+  Runs in progress finish with the old config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from core.config import parse_config, read_config
+from core.errors import BackstopError
+from core.schedule.actions import EngineRunner
+from core.schedule.clock import RealClock
+from core.schedule.scheduler import Scheduler
+
+if TYPE_CHECKING:
+    from core.engine import Engine
+
+log = logging.getLogger("backstop.daemon")
+# The longest the daemon sleeps between looks at the schedules (a clock stepped by NTP is noticed by then).
+MAX_SLEEP_S = 60.0
+
+
+def sd_notify(state: str) -> bool:
+    """Send ``state`` to systemd's notification socket, if there is one; False when not under systemd."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return False
+    addr = "\0" + path[1:] if path.startswith("@") else path
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(addr)
+            sock.sendall(state.encode())
+    except OSError as exc:
+        log.warning("cannot notify systemd at %s: %s", path, exc)
+        return False
+    return True
+
+
+def watchdog_interval() -> float | None:
+    """Half the watchdog timeout systemd asked for (``$WATCHDOG_USEC`` for this pid), or None."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or not usec.isdigit() or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2e6
+
+
+def setup_daemon_logging(timestamps: bool = False) -> None:
+    """The daemon's lines on stderr (info and up)."""
+    handler = logging.StreamHandler(sys.stderr)
+    fmt = "%(asctime)s " if timestamps else ""
+    handler.setFormatter(logging.Formatter(fmt + "backstop daemon: %(levelname)s: %(message)s"))
+    daemon_log = logging.getLogger("backstop.daemon")
+    daemon_log.handlers[:] = [handler]
+    daemon_log.setLevel(logging.INFO)
+    daemon_log.propagate = False
+
+
+class Daemon:
+    """The long-running scheduler process around :class:`Scheduler`."""
+
+    def __init__(self, config_path: Path | None, once: bool = False) -> None:
+        self.config_path = config_path
+        self.once = once
+        self._wake = asyncio.Event()
+        self._stop = False
+        self._reload = False
+        self._closing: set[asyncio.Task[None]] = set()
+
+    async def _engine(self) -> Engine:
+        """An Engine for the config file with the approved settings in force (core/settings): schedules and
+        retention edited in the file wait for `backstop settings approve`."""
+        from core.engine import Engine
+
+        data, path = read_config(self.config_path)
+        engine = Engine(parse_config(data, path), config_path=path, config_source=(data, path))
+        try:
+            eff = await engine.apply_settings()
+        except BaseException:
+            await engine.close()
+            raise
+        for note in eff.notes if eff is not None else ():
+            log.warning("%s", note)
+        if eff is not None and eff.pending:
+            from core.settings.effective import PENDING_NOTICE
+
+            log.warning("%s; the approved schedules and retention stay in force", PENDING_NOTICE)
+        return engine
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT (or, with ``once``, until the due runs of one look are done); exit status."""
+        engine = await self._engine()
+        config = engine.config
+        sched = Scheduler(config.schedules, engine.catalog, EngineRunner(engine), RealClock())
+        loop = asyncio.get_running_loop()
+        for sig, fn in ((signal.SIGTERM, self._on_stop), (signal.SIGINT, self._on_stop),
+                        (signal.SIGHUP, self._on_reload)):
+            loop.add_signal_handler(sig, fn)
+        try:
+            sched.start()
+            log.info("started with %d schedule(s): %s (pid %d)", len(config.schedules),
+                     ", ".join(s.name for s in config.schedules) or "none", os.getpid())
+            sd_notify(f"READY=1\nSTATUS=running {len(config.schedules)} schedule(s)\nMAINPID={os.getpid()}")
+            dog = watchdog_interval()
+            while not self._stop:
+                if self._reload:
+                    self._reload = False
+                    engine = await self._apply_reload(sched, engine)
+                await sched.tick()
+                if self.once:
+                    await sched.wait_idle()
+                    break
+                if dog is not None:
+                    sd_notify("WATCHDOG=1")
+                pause = min(sched.seconds_to_next(), MAX_SLEEP_S, dog if dog is not None else MAX_SLEEP_S)
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=max(pause, 0.05))
+                except TimeoutError:
+                    pass
+        finally:
+            sd_notify("STOPPING=1")
+            if sched.busy:
+                log.info("stopping: abandoning %d run(s) in progress", len(sched.running))
+            await sched.stop()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            await asyncio.gather(*self._closing, return_exceptions=True)
+            await engine.close()
+            log.info("stopped")
+        return 0
+
+    def _on_stop(self) -> None:
+        self._stop = True
+        self._wake.set()
+
+    def _on_reload(self) -> None:
+        self._reload = True
+        self._wake.set()
+
+    async def _apply_reload(self, sched: Scheduler, engine: Engine) -> Engine:
+        """Read the config again; keep the old one (and say why) when the new one is invalid."""
+        sd_notify("RELOADING=1")
+        try:
+            new = await self._engine()
+        except BackstopError as exc:
+            log.error("reload refused, the previous config stays in force: %s", exc)
+            sd_notify("READY=1")
+            return engine
+        config = new.config
+        sched.reload(config.schedules, new.catalog, EngineRunner(new))
+        # The old engine serves the runs still in progress; it closes once they end.
+        running = sched.running
+
+        async def close_old() -> None:
+            await asyncio.gather(*running, return_exceptions=True)
+            await engine.close()
+
+        task = asyncio.get_running_loop().create_task(close_old())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        log.info("reloaded %s: %d schedule(s): %s", self.config_path or "the config", len(config.schedules),
+                 ", ".join(s.name for s in config.schedules) or "none")
+        sd_notify("READY=1")
+        return new
+
+
+def run_daemon(config_path: str | None, once: bool = False, timestamps: bool = False) -> int:
+    """The `backstop daemon` command: set up logging and run the daemon's event loop."""
+    setup_daemon_logging(timestamps)
+    return asyncio.run(Daemon(Path(config_path) if config_path else None, once).run())
