@@ -69,6 +69,32 @@ def parse_duration(value: object) -> timedelta:
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
 
+_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*/\s*s\s*$")
+_BYTE_RATE_UNITS = {"B": 1, "KB": 10**3, "kB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+                    "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+_BIT_RATE_UNITS = {"bit": 1, "kbit": 10**3, "Kbit": 10**3, "Mbit": 10**6, "Gbit": 10**9, "Tbit": 10**12}
+
+
+def parse_rate(value: object) -> float:
+    """``20MB/s``, ``5MiB/s`` (bytes) or ``100Mbit/s`` (bits), as bytes per second; a bare number is bytes/s."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number, unit = float(value), "B"
+    else:
+        m = _RATE_RE.match(str(value))
+        if not m or (m.group(2) or "B") not in _BYTE_RATE_UNITS.keys() | _BIT_RATE_UNITS.keys():
+            raise ValueError(f"expected a rate like 20MB/s, 5MiB/s or 100Mbit/s (case matters: MB bytes, "
+                             f"Mbit bits), got {value!r}")
+        number, unit = float(m.group(1)), m.group(2) or "B"
+    rate = number * _BYTE_RATE_UNITS[unit] if unit in _BYTE_RATE_UNITS else number * _BIT_RATE_UNITS[unit] / 8
+    if rate < 1024:
+        raise ValueError(f"expected a rate of at least 1KiB/s, got {value!r}")
+    return rate
+
+
+# A config value written as ``20MB/s``/``100Mbit/s``; validated into bytes per second.
+Rate = Annotated[float, BeforeValidator(parse_rate)]
+
+
 class EncryptionConfig(_Strict):
     passphrase_file: Path | None = None
     passphrase_env: str | None = None
@@ -138,19 +164,42 @@ class EncryptionConfig(_Strict):
         )
 
 
-class LocalTargetConfig(_Strict):
+# What a target is for (FORMAT.md 12.4): primary and secondary copies count towards a write quorum;
+# an archive copy counts only when targets_policy names it as required.
+TargetRole = Literal["primary", "secondary", "archive"]
+
+
+class _TransferLimits(_Strict):
+    """Bandwidth and upload parallelism of one target (core/storage/throttle.py)."""
+
+    # Bytes per second shared by all uploads (downloads) of this target, e.g. 20MB/s or 100Mbit/s; None: unlimited.
+    max_upload_rate: Rate | None = None
+    max_download_rate: Rate | None = None
+    # Packs a backup uploads to this target at once.
+    parallel_uploads: int = Field(default=3, ge=1, le=32)
+
+
+class _TargetPlacement(_Strict):
+    """Where a target is and how it is used, common to every target type."""
+
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    # Geographic region (free text, e.g. eu-west-1); for S3 targets it is also the AWS region of the bucket.
+    region: str | None = None
+    # Preference when reading: the LOWER number is preferred (like DNS MX records); ties keep config order.
+    priority: int = Field(default=100, ge=0, le=1000)
+    role: TargetRole = "primary"
+
+
+class LocalTargetConfig(_TargetPlacement, _TransferLimits):
     type: Literal["local"]
     path: Path
 
 
-class S3TargetConfig(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+class S3TargetConfig(_TargetPlacement, _TransferLimits):
     type: Literal["s3"]
     bucket: str = Field(min_length=3)
     prefix: str = ""
     endpoint_url: str | None = None
-    region: str | None = None
     # TLS certificate verification: true (default), false, or a CA bundle path.
     verify_tls: bool | Path = True
     # Optional named profile of the standard AWS credential chain.
@@ -271,10 +320,20 @@ class AlertsConfig(_Strict):
     recovery_point_age: Duration = Field(default=timedelta(minutes=15))
 
 
+class QuorumPolicy(_Strict):
+    """``targets_policy: {quorum: N, required: [names]}``: stored once N targets hold it, the required ones included."""
+
+    quorum: int = Field(ge=1)
+    required: list[str] = Field(default_factory=list)
+
+
 class BackstopConfig(_Strict):
     catalog: CatalogConfig = Field(default_factory=CatalogConfig)
     encryption: EncryptionConfig
     targets: list[TargetConfig] = Field(min_length=1)
+    # When a backup or WAL file counts as stored (FORMAT.md 12.4): on every target ("all", the default),
+    # or on a quorum of targets that includes the required ones; `backstop sync` later fills the others.
+    targets_policy: Literal["all"] | QuorumPolicy = "all"
     databases: list[DatabaseConfig] = Field(default_factory=list)
     repository: RepositoryConfig = Field(default_factory=RepositoryConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
@@ -291,6 +350,21 @@ class BackstopConfig(_Strict):
     # snapshot (like pg_dump -j); the backup opens jobs + 2 connections.
     jobs: int = Field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)), ge=1, le=32)
 
+    @field_validator("targets_policy", mode="before")
+    @classmethod
+    def _policy_form(cls, v: object) -> object:
+        # One clear line instead of pydantic's report on each branch of the union.
+        if v == "all" or isinstance(v, QuorumPolicy):
+            return v
+        if isinstance(v, dict):
+            try:
+                return QuorumPolicy.model_validate(v)
+            except ValidationError as err:
+                first = err.errors()[0]
+                where = ".".join(str(x) for x in first["loc"])
+                raise ValueError(f"{where}: {first['msg']}" if where else first["msg"]) from None
+        raise ValueError("expected all, or {quorum: N, required: [target names]}")
+
     @model_validator(mode="after")
     def _unique_names(self) -> BackstopConfig:
         for kind, names in (("targets", [t.name for t in self.targets]),
@@ -299,7 +373,40 @@ class BackstopConfig(_Strict):
             if dup:
                 raise ValueError(f"{kind}: duplicate name {sorted(dup)[0]!r}")
         check_schedules(self.schedules, [d.name for d in self.databases])
+        self._check_policy()
         return self
+
+    def _check_policy(self) -> None:
+        policy = self.targets_policy
+        if isinstance(policy, str):
+            return
+        names = [t.name for t in self.targets]
+        for r in policy.required:
+            if r not in names:
+                raise ValueError(f"targets_policy.required: no target named {r!r} (configured: {', '.join(names)})")
+        voters = self.quorum_targets()
+        if policy.quorum > len(voters):
+            raise ValueError(f"targets_policy.quorum {policy.quorum} cannot be met: only {len(voters)} target(s) count "
+                             "(primary and secondary ones, and required archive ones)")
+
+    def quorum_targets(self) -> list[str]:
+        """Targets counting towards the write quorum: primaries, secondaries, and archive targets named as required."""
+        required = [] if isinstance(self.targets_policy, str) else self.targets_policy.required
+        return [t.name for t in self.targets if t.role != "archive" or t.name in required]
+
+    def write_satisfied(self, holders: list[str] | set[str]) -> str | None:
+        """None when ``holders`` meet targets_policy, else why not (one line, for an error message)."""
+        policy = self.targets_policy
+        if isinstance(policy, str):
+            missing = [t.name for t in self.targets if t.name not in holders]
+            return f"targets_policy all: not stored on {', '.join(missing)}" if missing else None
+        lacking = [r for r in policy.required if r not in holders]
+        if lacking:
+            return f"required target(s) {', '.join(lacking)} did not store it"
+        counted = [n for n in self.quorum_targets() if n in holders]
+        if len(counted) < policy.quorum:
+            return f"stored on {len(counted)} of the {policy.quorum} target(s) the quorum needs"
+        return None
 
     def database(self, name: str) -> DatabaseConfig:
         """The configured database called ``name``."""

@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from core.catalog.base import Catalog
 from core.config import BackstopConfig
 from core.errors import BackstopError, NotFound
-from core.events import EventBus
+from core.events import EventBus, JobEvent, JobFinished
 from core.records import SnapshotRecord
 from core.repository.repo import Repository
 from core.storage.base import Storage
 from core.storage.factory import make_storages
+from core.storage.health import HealthWindow, TargetMarks
+from core.storage.metered import HealthMeter, metered
 
 
 @dataclass
@@ -32,11 +34,25 @@ class EngineContext:
     # None until first used: building S3 clients costs time that `snapshots` should not pay.
     given_storages: list[Storage] | None = None
     _storages: list[Storage] | None = field(default=None, init=False, repr=False)
+    # Every call to a target is timed and classified here, and written to the catalog at the end of each
+    # job, every 30 s in long ones, and on close (core/storage/metered.py).
+    health: HealthMeter = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.health = HealthMeter(self._record_health)
+        self._unsubscribe_health = self.bus.subscribe(self._on_event)
+
+    def _record_health(self, windows: list[HealthWindow], marks: dict[str, TargetMarks]) -> None:
+        self.catalog.record_target_health(windows, marks)
+
+    def _on_event(self, ev: JobEvent) -> None:
+        if isinstance(ev, JobFinished):
+            self.health.flush()
 
     def storages(self, target: str | None = None) -> list[Storage]:
-        """Storage objects for the configured targets (or one of them)."""
+        """Storage objects for the configured targets (or one of them), each measured by :attr:`health`."""
         if self._storages is None:
-            self._storages = self.given_storages or make_storages(self.config.targets)
+            self._storages = metered(self.given_storages or make_storages(self.config.targets), self.health)
         if target is None:
             return self._storages
         self.config.target(target)  # raises a ConfigError naming the known targets
@@ -68,7 +84,9 @@ class EngineContext:
                            "out of date)") from None
 
     async def close(self) -> None:
-        """Release connections and threads."""
+        """Record the targets' health, release connections and threads."""
+        self._unsubscribe_health()
+        self.health.flush()
         if self._storages:
             await asyncio.gather(*(s.close() for s in self._storages), return_exceptions=True)
         self.pool.shutdown(wait=False, cancel_futures=True)

@@ -23,6 +23,7 @@ from core.context import EngineContext
 from core.errors import UsageError
 from core.events import EventBus
 from core.insights.overview import Dashboard, build_dashboard, build_trend_series
+from core.insights.targets import TargetHealth, summarise
 from core.insights.trends import Trends
 from core.ops import (
     audit,
@@ -43,6 +44,7 @@ from core.ops import (
     restore,
     retention,
     settings,
+    sync,
     table_at_moment,
     verify,
     wal,
@@ -58,6 +60,7 @@ from core.ops.physical_restore import PhysicalRestoreRequest, PhysicalRestoreRes
 from core.ops.rebuild import RebuildResult
 from core.ops.restore import OverwriteResult, RestoreResult
 from core.ops.retention import RetentionReport
+from core.ops.sync import SyncReport
 from core.ops.wal import WalStatus
 from core.planner import RestorePlan, RestoreRequest, TargetState
 from core.postgres.recovery import RecoveryTarget, make_target
@@ -234,6 +237,10 @@ class Engine:
         """Rebuild what damaged or missing index objects listed from the pack headers."""
         return await repair.repair_index(self.ctx, dry_run)
 
+    async def sync(self, target: str | None = None, dry_run: bool = False) -> SyncReport:
+        """Copy to every target (or ``target``) each repository object it lacks, from a copy that verifies."""
+        return await sync.sync(self.ctx, target, dry_run)
+
     async def wal_status(self, spool: Spool | None = None, pgdata: Path | None = None) -> WalStatus:
         """The WAL archive per timeline, its gaps and freshness, the push backlog and push latencies."""
         return await wal.status(self.ctx, spool, pgdata)
@@ -359,6 +366,14 @@ class Engine:
     def trends(self, now: float | None = None, days: int = 30) -> Trends:
         """Restore times, backup durations, stored sizes and failures (blocking: call it from a thread)."""
         return build_trend_series(self.queries, self.config, time.time() if now is None else now, days=days)
+
+    def target_health(self, now: float | None = None, window_s: float = 86_400.0) -> list[TargetHealth]:
+        """Each configured target's latency, errors, bytes and newest successes, as recorded by every command
+        (blocking catalog reads: call it from a thread)."""
+        now = time.time() if now is None else now
+        q = self.queries
+        return summarise(self.config, q.target_health_windows(now - window_s), q.target_health_states(), now,
+                         window_s)
 
     async def target_states(self, timeout_s: float = 5.0) -> list[TargetState]:
         """Each configured target and whether it answers right now."""

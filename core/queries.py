@@ -30,6 +30,7 @@ from core.records import (
 
 if TYPE_CHECKING:
     from core.catalog.base import CatalogQueries, ChangeFeed
+    from core.storage.health import HealthWindow, TargetHealthState
 
 
 class Queries:
@@ -98,6 +99,9 @@ class Queries:
     def snapshot_count(self) -> int:
         return self._q.snapshot_count()
 
+    def snapshots_lacking(self, targets: Sequence[str]) -> dict[str, int]:
+        return self._q.snapshots_lacking(targets)
+
     def snapshots_verified_since(self, since: float) -> int:
         return self._q.snapshots_verified_since(since)
 
@@ -157,6 +161,12 @@ class Queries:
 
     def damaged_copies(self, limit: int = 20) -> list[VerificationRecord]:
         return self._q.damaged_copies(limit)
+
+    def target_health_windows(self, since: float) -> list[HealthWindow]:
+        return self._q.target_health_windows(since)
+
+    def target_health_states(self) -> dict[str, TargetHealthState]:
+        return self._q.target_health_states()
 
     def restores(self, since: float = 0.0, db: str | None = None, limit: int = 1000,
                  kind: str | None = None) -> list[RestoreRecord]:

@@ -32,6 +32,7 @@ from core.events import JobFinished, JobStarted, JobWarning, PhaseChanged, Progr
 from core.queries import Queries
 from core.records import AuditEntry, OperatorRow, RestoreRecord, SnapshotRecord
 from core.security.audit import AuditLog
+from core.storage.health import HealthWindow, TargetMarks
 
 KEY = b"k" * 32
 
@@ -167,6 +168,8 @@ def test_catalog_contract(contract) -> None:  # type: ignore[no-untyped-def]
     assert cat.snapshot("latest", "warranty", kind="logical").id == _snap(2).id
     cat.set_snapshot_status(phys.id, "restorable")
     assert cat.snapshot(phys.id[:8], "warranty").status == "restorable"
+    cat.set_snapshot_targets(phys.id, ["offsite"])  # a quorum write left local1 out
+    assert cat.snapshot(phys.id[:8], "warranty").targets == ["offsite"]
     cat.delete_snapshot(phys.id)
 
     # Verifications and restores, then a rename carries them.
@@ -254,11 +257,17 @@ def test_catalog_contract(contract) -> None:  # type: ignore[no-untyped-def]
     assert cat.lease_holder("backup:warranty") == holder
     cat.release_lease("backup:warranty", holder)
     assert cat.lease_holder("backup:warranty") is None and len(cat.snapshot_last_verified()) == 1  # one verified above
+    # Per-target health (core/storage/metered.py): newer marks replace older ones, never the reverse.
+    window = HealthWindow("offsite", "put", now - 30, now, 3, {"unreachable": 1}, 2048, 0, 0.25, {10: 2, 20: 1})
+    cat.record_target_health([window], {"offsite": TargetMarks(
+        last_write_ok_at=now - 5, last_error=("unreachable", "down", now - 1), listings={"data/": (4096, 2, now - 2)})})
+    cat.record_target_health([], {"offsite": TargetMarks(last_write_ok_at=now - 100, last_read_ok_at=now - 3)})
 
     # The read side sees it all.
     q = queries
     assert q.missed_runs_since(0) == [("warranty", now - 20)] and q.missed_runs_since(0, "verify") == []
     assert [d.db for d in q.databases()] == ["billing", "warranty"] and q.snapshot_count() == 2
+    assert q.snapshots_lacking(["local1", "offsite", "later"]) == {"later": 2}
     assert q.snapshot_total() == 2 and q.snapshot_total("billing") == 1 and q.snapshot_total(words=("billing",)) == 1
     ids = q.snapshot_rowids()
     assert len(ids) == 2 and q.snapshot_page(0, 2, 2) == list(ids) and q.snapshot_page(1, 2, 2) == [ids[1]]
@@ -283,6 +292,11 @@ def test_catalog_contract(contract) -> None:  # type: ignore[no-untyped-def]
     assert q.verification_counts_by_age(now + 1, 7) == {0: (1, 1)}
     assert len(q.verifications_since(0)) == 2
     assert not q.latest_target_checks()["offsite"].ok and q.damaged_copies() == []
+    assert q.target_health_windows(now - 60) == [window] and q.target_health_windows(now + 1) == []
+    health = q.target_health_states()["offsite"]
+    assert (health.last_write_ok_at, health.last_read_ok_at, health.last_error_class) == (now - 5, now - 3,
+                                                                                          "unreachable")
+    assert (health.stored_bytes, health.stored_objects, health.stored_measured_at) == (4096, 2, now - 2)
     assert [r.kind for r in q.restores()] == ["restore", "drill"]
     assert [r.into for r in q.restores(kind="drill")] == ["w_drill_1"] and q.restores(db="billing") == []
     table = q.audit_table()

@@ -35,7 +35,7 @@ Every method may block on I/O: front ends call them from worker threads.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Protocol, runtime_checkable
 
@@ -53,6 +53,7 @@ from core.records import (
     TargetCheck,
     VerificationRecord,
 )
+from core.storage.health import HealthWindow, TargetHealthState, TargetMarks
 
 JobEventRow = tuple[int, float, str, dict[str, object]]  # (event id, time, type, payload)
 SeriesRow = tuple[str, str, str, str, int, int]  # (db, kind, started_at, finished_at, size_bytes, stored_bytes)
@@ -144,6 +145,10 @@ class CatalogQueries(Protocol):
         """How many snapshots the catalog holds."""
         ...
 
+    def snapshots_lacking(self, targets: Sequence[str]) -> dict[str, int]:
+        """Per target, how many snapshots it lacks (a quorum write left it out); targets lacking none are omitted."""
+        ...
+
     def snapshots_verified_since(self, since: float) -> int:
         """Snapshots still in the catalog with a passed verification finished at or after ``since``."""
         ...
@@ -219,6 +224,14 @@ class CatalogQueries(Protocol):
 
     def damaged_copies(self, limit: int = 20) -> list[VerificationRecord]:
         """Snapshot copies whose newest verification on their target failed, newest first."""
+        ...
+
+    def target_health_windows(self, since: float) -> list[HealthWindow]:
+        """Per-target call statistics (core/storage/metered.py) of the windows ended at or after ``since``."""
+        ...
+
+    def target_health_states(self) -> dict[str, TargetHealthState]:
+        """Each target's newest successful write and read, newest error and bytes stored, by target."""
         ...
 
     def restores(self, since: float = 0.0, db: str | None = None, limit: int = 1000,
@@ -315,6 +328,10 @@ class Catalog(Protocol):
 
     def set_snapshot_status(self, sid: str, status: str) -> None:
         """A physical snapshot's status changed ("waiting" until its WAL is archived, then "restorable")."""
+        ...
+
+    def set_snapshot_targets(self, sid: str, targets: list[str]) -> None:
+        """The targets holding a snapshot changed (a quorum write left one out, `backstop sync` filled it)."""
         ...
 
     def learn_system(self, db: str, system_identifier: str) -> None:
@@ -494,4 +511,10 @@ class Catalog(Protocol):
 
     def lease_holder(self, name: str, now: float | None = None) -> str | None:
         """Who holds lease ``name`` now (None: nobody, or it expired)."""
+        ...
+
+    # -- per-target health (core/storage/metered.py) --
+
+    def record_target_health(self, windows: Sequence[HealthWindow], marks: Mapping[str, TargetMarks]) -> None:
+        """Store one flush of the health meter: its call rows, and each target's marks where newer than stored."""
         ...

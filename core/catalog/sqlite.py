@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from core.catalog import sqlite_schema
+from core.catalog.sqlite_health import HealthTables
 from core.catalog.sqlite_queries import (
     RESTORE_COLS,
     VERIFICATION_COLS,
@@ -78,7 +79,7 @@ def _snapshot_record(r: tuple[object, ...]) -> SnapshotRecord:
 _PROGRESS_EVENT_INTERVAL = 1.0
 
 
-class SqliteCatalog(SecurityTables, ScheduleTables):
+class SqliteCatalog(SecurityTables, ScheduleTables, HealthTables):
     """The catalog in one SQLite file (``catalog.url: sqlite:///path``)."""
 
     def __init__(self, path: Path) -> None:
@@ -254,6 +255,10 @@ class SqliteCatalog(SecurityTables, ScheduleTables):
     def set_snapshot_status(self, sid: str, status: str) -> None:
         """A physical snapshot's status changed ("waiting" until its WAL is archived, then "restorable")."""
         self._db.execute("UPDATE snapshots SET status=? WHERE id=?", (status, sid))
+
+    def set_snapshot_targets(self, sid: str, targets: list[str]) -> None:
+        """The targets holding a snapshot changed (a quorum write left one out, `backstop sync` filled it)."""
+        self._db.execute("UPDATE snapshots SET targets=? WHERE id=?", (json.dumps(sorted(targets)), sid))
 
     def learn_system(self, db: str, system_identifier: str) -> None:
         """Record the system identifier of the cluster a database entry points at (it shares that cluster's

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from core.catalog.sqlite_health import health_states, health_windows
 from core.catalog.sqlite_schema import has_table
 from core.records import (
     AuditTable,
@@ -32,6 +33,7 @@ from core.records import (
     TargetCheck,
     VerificationRecord,
 )
+from core.storage.health import HealthWindow, TargetHealthState
 
 _JOB_COLS = ("id, kind, db, state, started_at, finished_at, phase, bytes_done, bytes_total, rate, error, "
              "description, host, pid")
@@ -271,6 +273,17 @@ class SqliteQueries:
         """How many snapshots the catalog holds."""
         return int(self._db().execute("SELECT count(*) FROM snapshots").fetchone()[0])
 
+    def snapshots_lacking(self, targets: Sequence[str]) -> dict[str, int]:
+        """Per target, how many snapshots it lacks (a quorum write left it out); targets lacking none are omitted."""
+        out: dict[str, int] = {}
+        for t in targets:
+            # Target names are [A-Za-z0-9_.-]: the JSON-quoted name occurs in the list exactly when it is a member.
+            n = int(self._db().execute("SELECT count(*) FROM snapshots WHERE instr(targets, ?) = 0",
+                                       (json.dumps(t),)).fetchone()[0])
+            if n:
+                out[t] = n
+        return out
+
     def snapshots_verified_since(self, since: float) -> int:
         """Snapshots (still in the catalog) with a passed verification finished at or after ``since``."""
         return int(self._db().execute(
@@ -404,6 +417,14 @@ class SqliteQueries:
             f"SELECT {VERIFICATION_COLS} FROM verifications WHERE id IN"
             " (SELECT max(id) FROM verifications WHERE snapshot_id IS NULL GROUP BY target)")
         return {r[2]: verification_record(r) for r in rows}
+
+    def target_health_windows(self, since: float) -> list[HealthWindow]:
+        """Per-target call statistics of the windows that ended at or after ``since``, oldest first."""
+        return health_windows(self._db(), since) if self.has_table("target_calls") else []
+
+    def target_health_states(self) -> dict[str, TargetHealthState]:
+        """Each target's newest successful write and read, newest error and bytes stored."""
+        return health_states(self._db()) if self.has_table("target_state") else {}
 
     def damaged_copies(self, limit: int = 20) -> list[VerificationRecord]:
         """Snapshot copies whose newest verification on their target failed, newest first."""

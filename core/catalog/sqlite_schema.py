@@ -193,11 +193,40 @@ _SCHEDULES = """
     );
 """
 
+# Per-target health (core/storage/metered.py): call statistics per window, and each target's newest marks.
+_TARGET_HEALTH = """
+    CREATE TABLE target_calls (
+        id INTEGER PRIMARY KEY,
+        target TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        window_start REAL NOT NULL,
+        window_end REAL NOT NULL,
+        calls INTEGER NOT NULL,
+        outcomes TEXT NOT NULL,
+        bytes_written INTEGER NOT NULL,
+        bytes_read INTEGER NOT NULL,
+        latency_sum REAL NOT NULL,
+        histogram TEXT NOT NULL
+    );
+    CREATE INDEX target_calls_end ON target_calls (window_end);
+    CREATE TABLE target_state (
+        target TEXT PRIMARY KEY,
+        last_write_ok_at REAL,
+        last_read_ok_at REAL,
+        last_error_class TEXT,
+        last_error TEXT,
+        last_error_at REAL,
+        stored_bytes INTEGER,
+        stored_objects INTEGER,
+        stored_measured_at REAL
+    );
+"""
+
 Migration = str | Callable[[sqlite3.Connection], None]
 
 # Append only: position i is schema version i + 1.
 MIGRATIONS: list[Migration] = [_INITIAL, _SECURITY, _TIME_INDEXES, _restore_kinds, _physical_snapshots,
-                               _SCHEDULES]
+                               _SCHEDULES, _TARGET_HEALTH]
 
 # Each table as the migrations leave it today, with its indexes: what `catalog rebuild` recreates a dropped
 # table from.
@@ -268,6 +297,18 @@ TABLES: dict[str, str] = {
     "leases": """
         CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL,
             acquired_at REAL NOT NULL, expires_at REAL NOT NULL);
+    """,
+    "target_calls": """
+        CREATE TABLE target_calls (id INTEGER PRIMARY KEY, target TEXT NOT NULL, kind TEXT NOT NULL,
+            window_start REAL NOT NULL, window_end REAL NOT NULL, calls INTEGER NOT NULL, outcomes TEXT NOT NULL,
+            bytes_written INTEGER NOT NULL, bytes_read INTEGER NOT NULL, latency_sum REAL NOT NULL,
+            histogram TEXT NOT NULL);
+        CREATE INDEX IF NOT EXISTS target_calls_end ON target_calls (window_end);
+    """,
+    "target_state": """
+        CREATE TABLE target_state (target TEXT PRIMARY KEY, last_write_ok_at REAL, last_read_ok_at REAL,
+            last_error_class TEXT, last_error TEXT, last_error_at REAL, stored_bytes INTEGER, stored_objects INTEGER,
+            stored_measured_at REAL);
     """,
 }
 

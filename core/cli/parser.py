@@ -21,12 +21,14 @@ COMMANDS = (
     "core.cli.commands.backups",  # backup, snapshots, restore
     "core.cli.commands.catalog",  # catalog rebuild, jobs
     "core.cli.commands.housekeeping",  # forget, prune
+    "core.cli.commands.sync",  # sync
     "core.cli.commands.operators",  # operator add|list|role|remove|recover
     "core.cli.commands.audit",  # audit list|verify
     "core.cli.commands.keys",  # key list|rotate|reencrypt|retire
     "core.cli.commands.settings",  # settings diff|approve|show
     "core.cli.commands.console",  # tui, demo
     "core.cli.commands.wal",  # wal status
+    "core.cli.commands.targets",  # targets (per-target health)
     "core.cli.commands.schedule",  # daemon, schedule list|run
     "core.cli.wal",  # wal-push, wal-fetch (main() takes a fast path to them)
     "core.cli.commands.completion",  # completion bash|zsh (and the hidden __complete)

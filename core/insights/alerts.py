@@ -24,7 +24,8 @@ class Alert:
     """One thing that needs attention."""
 
     level: Level
-    # failed-job, missed-run, never-verified, damaged-copy, target-unhealthy, stale-backup, wal-lag, settings-pending
+    # failed-job, missed-run, never-verified, damaged-copy, target-unhealthy, stale-backup, wal-lag, settings-pending,
+    # target-errors, target-no-write, missing-copy
     kind: str
     message: str
     at: float | None = None  # when it happened (epoch seconds), if known
@@ -45,11 +46,11 @@ def build_alerts(*, now: float, recent_jobs: Sequence[JobRecord],
                  damaged: Sequence[VerificationRecord], target_checks: Mapping[str, VerificationRecord],
                  configured_targets: Sequence[str], latest_backup: Mapping[str, str], configured_dbs: Sequence[str],
                  missed_runs: Sequence[tuple[str, float]] = (), wal_lag_s: Mapping[str, float] | None = None,
-                 pending_settings: Sequence[str] = (),
+                 pending_settings: Sequence[str] = (), extra: Sequence[Alert] = (),
                  stale_after_s: float = 26 * 3600, wal_lag_limit_s: float = 300, failed_window_s: float = 86_400,
                  limit: int = 50) -> list[Alert]:
-    """All alerts, most urgent first (then newest first)."""
-    out: list[Alert] = []
+    """All alerts, most urgent first (then newest first); ``extra``: alerts computed elsewhere (targets' health)."""
+    out: list[Alert] = list(extra)
     for j in recent_jobs:
         if j.state in ("failed", "abandoned") and j.started_at >= now - failed_window_s:
             what = j.description or f"{j.kind} of {j.db}"
@@ -112,3 +113,11 @@ def settings_alert(sections: Sequence[str]) -> Alert:
     return Alert("warning", "settings-pending",
                  f"settings changed in the config wait for approval ({', '.join(sections)}); the approved ones stay "
                  "in force: run `backstop settings diff`, then `backstop settings approve`")
+
+
+def missing_copy_alerts(lacking: Mapping[str, int]) -> list[Alert]:
+    """A warning per target that lacks snapshots (a quorum write left it out, or it was added later)."""
+    return [Alert("warning", "missing-copy",
+                  f"target {target} lacks {n} snapshot(s) the other targets hold: a quorum write left it out or it "
+                  "is new; run `backstop sync` (or schedule the sync action)")
+            for target, n in sorted(lacking.items())]

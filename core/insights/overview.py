@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from core.catalog.base import CatalogQueries
 from core.config import BackstopConfig
 from core.format import iso_at
-from core.insights.alerts import Alert, build_alerts
+from core.insights.alerts import Alert, build_alerts, iso_to_epoch, missing_copy_alerts
 from core.insights.kpis import DAY, Kpi, completion_from_counts, counts_by_age, integrity_from_counts, recovery_time
+from core.insights.targets import summarise, target_health_alerts
 from core.insights.trends import Trends, build_trends
 from core.records import JobRecord
 
@@ -62,12 +63,19 @@ def build_dashboard(reader: CatalogQueries, config: BackstopConfig, now: float, 
     # the newest hour is skipped: its verification may be running.
     cutoff = iso_at(now - 3600)
     since = iso_at(now - 30 * DAY)
+    latest_backup = reader.latest_snapshot_per_db()
+    # Targets with failed calls in the last hour, or that missed the newest backup (core/storage/metered.py).
+    states = reader.target_health_states()
+    health = summarise(config, reader.target_health_windows(now - DAY), states, now)
+    newest = max((iso_to_epoch(iso) for iso in latest_backup.values()), default=None)
     alerts = build_alerts(
         now=now, recent_jobs=reader.failed_jobs_since(now - DAY),
         never_verified=reader.never_verified(since, cutoff), damaged=reader.damaged_copies(),
         target_checks=reader.latest_target_checks(), configured_targets=[t.name for t in config.targets],
-        latest_backup=reader.latest_snapshot_per_db(), configured_dbs=[d.name for d in config.databases],
+        latest_backup=latest_backup, configured_dbs=[d.name for d in config.databases],
         pending_settings=pending_settings, missed_runs=[(db, due) for db, due in missed if due >= now - DAY],
+        extra=[*target_health_alerts(health, now, newest, known=list(states)),
+               *missing_copy_alerts(reader.snapshots_lacking([t.name for t in config.targets]))],
     )
     return Dashboard(kpis, tuple(alerts), tuple(reader.running_jobs()), now)
 

@@ -30,6 +30,7 @@ from core.records import BackupRecord, SnapshotRecord
 from core.repository.dedup import backup_index, snapshot_packs
 from core.repository.index import INDEX_PREFIX, Index
 from core.repository.manifest import LOGICAL, MANIFEST_FORMAT, PHYSICAL, SCHEMA_FILE, FileEntry, Manifest, PhysicalInfo
+from core.repository.policy import hold_to_policy, quorum_policy
 from core.repository.repo import Repository
 from core.repository.wal import WalArchive
 from core.repository.writer import StreamWriter
@@ -54,7 +55,7 @@ async def backup(ctx: EngineContext, db_name: str, kind: str = LOGICAL) -> Backu
         job.phase("connect")
         info = await logical.source_info(dbc.dsn, db_name)
         bin_dir = find_bin_dir(info.server_major, dbc.bin_dir)
-        repo = await ctx.open_repository(require_all=True)
+        repo = await open_for_write(ctx, job)
         async with repo.lock("shared", f"backup of {db_name}"):
             job.phase("index")
             dedup = await backup_index(repo)
@@ -75,7 +76,34 @@ async def backup(ctx: EngineContext, db_name: str, kind: str = LOGICAL) -> Backu
                 format=MANIFEST_FORMAT, encoding=snap.encoding,
             )
             sid, size = await _commit_manifest(repo, manifest)
-        return _record(ctx, job, sid, size, manifest, dedup.index, writer)
+            _note_missing_copies(ctx, job, repo, sid)
+        return _record(ctx, job, sid, size, manifest, dedup.index, writer, holders=[s.name for s in repo.storages])
+
+
+async def open_for_write(ctx: EngineContext, job: Job) -> Repository:
+    """The repository as a writer sees it under targets_policy (FORMAT.md 12.4).
+
+    ``all``: every target must open, as ever. A quorum: the targets that open
+    must meet it, and a target failing a write later is dropped while the
+    rest still do; what they lack `backstop sync` copies later.
+    """
+    if not quorum_policy(ctx.config):
+        return await ctx.open_repository(require_all=True)
+    repo = await ctx.open_repository(require_all=False)
+    for w in hold_to_policy(repo, ctx.config):
+        job.warn(w)
+    return repo
+
+
+def _note_missing_copies(ctx: EngineContext, job: Job, repo: Repository, sid: str) -> None:
+    """Warn about configured targets that do not hold the new snapshot (a quorum write)."""
+    held = {s.name for s in repo.storages}
+    missing = [t.name for t in ctx.config.targets if t.name not in held]
+    for name, why in repo.dropped.items():
+        job.warn(f"target {name} failed during the backup and was left out: {why}")
+    if missing:
+        job.warn(f"snapshot {sid[:8]} is stored on {', '.join(sorted(held))} but not on {', '.join(missing)} "
+                 "(targets_policy quorum); run `backstop sync` once they are back")
 
 
 async def _dump_tables(ctx: EngineContext, repo: Repository, index: Index, bin_dir: Path, dsn: str,
@@ -184,21 +212,24 @@ async def _commit_manifest(repo: Repository, manifest: Manifest) -> tuple[str, i
 
 
 def _record(ctx: EngineContext, job: Job, sid: str, manifest_size: int, manifest: Manifest, index: Index,
-            writer: StreamWriter, physical: dict[str, Any] | None = None) -> BackupRecord:
+            writer: StreamWriter, physical: dict[str, Any] | None = None,
+            holders: list[str] | None = None) -> BackupRecord:
     """Catalog the snapshot and its verification: read-data only if it reused no earlier pack.
 
     ``physical``: a physical snapshot's catalog fields (status, WAL range, system identifier).
+    ``holders``: the targets that hold it at commit (fewer than the manifest names when one failed meanwhile).
     """
+    targets = holders if holders is not None else manifest.targets
     # What was read back is the new packs, the index and the manifest; packs
     # reused from earlier backups were only seen present with the right size.
     packs = snapshot_packs(manifest, index, writer.new_index)
     reused = len(packs - set(writer.new_index.packs))
     stats = writer.stats
     rec = BackupRecord(sid, manifest.db, manifest.kind, manifest.started_at, manifest.finished_at, manifest.size_bytes,
-                       stats.stored_bytes, manifest.targets, job.id, packs_read_back=stats.packs, packs_reused=reused,
+                       stats.stored_bytes, targets, job.id, packs_read_back=stats.packs, packs_reused=reused,
                        **(physical or {}))
     ctx.catalog.add_snapshot(rec)
-    for t in manifest.targets:
+    for t in targets:
         ctx.catalog.add_verification(
             job_id=job.id, target=t, snapshot_id=sid, started_at=time.time(), read_data=reused == 0,
             objects_checked=stats.packs + reused + 1 + bool(writer.new_index.packs),
@@ -232,7 +263,7 @@ async def backup_physical(ctx: EngineContext, db_name: str, *, require_backstop_
                      "checked; GRANT pg_read_all_settings TO that user to have it checked")
         await basebackup.check_replication(dbc.dsn, facts.user)
         bin_dir = find_bin_dir(facts.major, dbc.bin_dir, tools=("pg_basebackup",))
-        repo = await ctx.open_repository(require_all=True)
+        repo = await open_for_write(ctx, job)
         await _check_archive_cluster(repo, facts.system_identifier)
         async with repo.lock("shared", f"physical backup of {db_name}"):
             job.phase("index")
@@ -254,6 +285,7 @@ async def backup_physical(ctx: EngineContext, db_name: str, *, require_backstop_
                 host=socket.gethostname(), format=MANIFEST_FORMAT, physical=info,
             )
             sid, size = await _commit_manifest(repo, manifest)
+            _note_missing_copies(ctx, job, repo, sid)
         missing: list[str] | None
         try:
             missing = await missing_wal(repo, info.timeline, info.start_lsn, info.stop_lsn, info.wal_segment_size)
@@ -267,7 +299,8 @@ async def backup_physical(ctx: EngineContext, db_name: str, *, require_backstop_
                      f"{missing[0]}); it becomes restorable once archive_command has pushed them to Backstop")
         ctx.catalog.learn_system(db_name, info.system_identifier)
         await _learn_neighbours(ctx, db_name, dbc.dsn, info.system_identifier)
-        return _record(ctx, job, sid, size, manifest, dedup.index, writer, physical_fields(info, status))
+        return _record(ctx, job, sid, size, manifest, dedup.index, writer, physical_fields(info, status),
+                       holders=[s.name for s in repo.storages])
 
 
 async def _check_archive_cluster(repo: Repository, sysid: str | None) -> None:

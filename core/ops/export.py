@@ -27,6 +27,7 @@ from pathlib import Path
 from core.context import EngineContext
 from core.errors import PostgresError, UsageError
 from core.jobs import Job, run_job
+from core.ops.restore import recent_health
 from core.postgres.archive import (
     Archive,
     DataBlock,
@@ -43,6 +44,7 @@ from core.postgres.tools import find_bin_dir, tool_major
 from core.repository import quarantine
 from core.repository.manifest import SCHEMA_FILE, FileEntry, Manifest
 from core.repository.reader import StreamReader, check_complete
+from core.repository.sources import ReadSources
 
 FORMATS = ("custom", "directory", "plain")
 _WRITE_SIZE = 1 << 20
@@ -88,12 +90,15 @@ async def export(ctx: EngineContext, db_name: str, path: str | Path, fmt: str,
         repo = await ctx.open_repository(require_all=False)
         for name, msg in {**repo.unreachable, **repo.damaged}.items():
             job.warn(f"target '{name}' skipped: {msg}")
+        sources = ReadSources.for_targets(repo.storages, ctx.config.targets,
+                                          health=recent_health(ctx))
+        repo.storages[:] = sources.storages  # best first (priority), failing over per object
         job.phase("prepare")
         manifest = await repo.read_manifest(snap.id)
         index = await repo.load_index(common=False, avoid=await quarantine.load(repo))
         for f in manifest.files:
             check_complete(f, index)  # before anything is written
-        reader = StreamReader(repo, index, ctx.pool, on_damage=job.warn)
+        reader = StreamReader(repo, index, ctx.pool, on_damage=job.warn, sources=sources)
         streams = _Streams(reader, sum(f.size for f in manifest.files), job)
         run = _Export(manifest, streams, out, fmt, dbc.bin_dir)
         try:

@@ -41,6 +41,7 @@ import psycopg
 from core.context import EngineContext
 from core.errors import BackstopError, IntegrityError, PostgresError, RestoreRefused, UsageError
 from core.jobs import Job, run_job
+from core.ops.restore import recent_health
 from core.physical.restore_dir import check_target_dir, clear_dir, write_data_dir
 from core.postgres.cluster import LocalCluster, free_port
 from core.postgres.recovery import (
@@ -62,6 +63,7 @@ from core.repository import quarantine
 from core.repository.manifest import PHYSICAL, Manifest, PhysicalInfo
 from core.repository.reader import StreamReader, check_complete
 from core.repository.repo import Repository
+from core.repository.sources import ReadSources, TargetShare, summarise
 from core.repository.wal import list_wal, read_wal
 
 BACKUP_MANIFEST = "backup_manifest"
@@ -123,9 +125,16 @@ class PhysicalRestoreResult:
     start_command: str
     recovery: RecoveryPoint | None = None
     warnings: list[str] = field(default_factory=list)
+    # What each target served (stored bytes and objects read) and how it failed, in read order.
+    sources: list[TargetShare] = field(default_factory=list)
+
+    def read_summary(self) -> str:
+        """``read 80% from offsite-eu, 20% from local1 after offsite-eu failed: <reason>``."""
+        return summarise(self.sources)
 
     def to_json(self) -> dict[str, object]:
         return {"snapshot": self.snapshot_id, "db": self.db, "pgdata": self.pgdata, "target": self.target.to_json(),
+                "sources": [s.to_json() for s in self.sources],
                 "files": self.files, "bytes": self.bytes, "duration_s": round(self.duration_s, 3),
                 "verified": self.verified, "wal_from": self.wal_from, "started": self.started, "port": self.port,
                 "start_command": self.start_command,
@@ -397,6 +406,8 @@ async def restore_physical(ctx: EngineContext, req: PhysicalRestoreRequest) -> P
             repo = await ctx.open_repository(require_all=False)
             for name, msg in {**repo.unreachable, **repo.damaged}.items():
                 job.warn(f"target '{name}' skipped: {msg}")
+            repo.storages[:] = ReadSources.for_targets(  # best first
+                repo.storages, ctx.config.targets, health=recent_health(ctx)).storages
             paths = _WalPaths(repo, await list_wal(repo))
             choice = await choose_snapshot(ctx, repo, paths, req.db, req.snapshot, req.target)
             snapshot_id = choice.record.id
@@ -441,7 +452,9 @@ class _Restore:
         index = await self.repo.load_index(common=False, avoid=await quarantine.load(self.repo))
         for f in manifest.files:
             check_complete(f, index)
-        reader = self.reader = StreamReader(self.repo, index, self.ctx.pool, on_damage=job.warn)
+        sources = ReadSources.for_targets(self.repo.storages, self.ctx.config.targets,
+                                          health=recent_health(self.ctx))
+        reader = self.reader = StreamReader(self.repo, index, self.ctx.pool, on_damage=job.warn, sources=sources)
         total = sum(f.size for f in manifest.files)
         job.phase("write")
         written = await write_data_dir(manifest.files, self.pgdata, reader.stream,
@@ -466,7 +479,7 @@ class _Restore:
             snapshot_id=self.choice.record.id, db=req.db, pgdata=str(self.pgdata), target=req.target,
             files=written.files, bytes=written.bytes, duration_s=0.0, verified=verified,
             wal_from=self.choice.first_wal, started=req.start, port=cluster.port if req.start else None,
-            start_command=cluster.start_command())
+            start_command=cluster.start_command(), sources=sources.report())
         if not req.start:
             return result
         job.phase("recover")

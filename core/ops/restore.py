@@ -31,8 +31,10 @@ from core.repository import quarantine
 from core.repository.manifest import SCHEMA_FILE, FileEntry
 from core.repository.reader import StreamReader, check_complete
 from core.repository.repo import Repository
+from core.repository.sources import RECENT_S, ReadSources, TargetShare, summarise
 from core.security.gate import Action, Identity, default_identity
 from core.security.guard import Guard
+from core.storage.health import HealthWindow
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,12 @@ class RestoreResult:
     warnings: list[str] = field(default_factory=list)
     # Foreign keys of restored tables to tables that were not restored (left out).
     left_out: list[str] = field(default_factory=list)
+    # What each target served (stored bytes and objects read) and how it failed, in read order.
+    sources: list[TargetShare] = field(default_factory=list)
+
+    def read_summary(self) -> str:
+        """``read 80% from offsite-eu, 20% from local1 after offsite-eu failed: <reason>``."""
+        return summarise(self.sources)
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,15 @@ class Scope:
         return list(dict.fromkeys(out))
 
 
+def recent_health(ctx: EngineContext) -> list[HealthWindow]:
+    """The targets' call statistics of the last hour, from the catalog: what orders reads among equal priorities."""
+    queries = ctx.catalog.open_queries()
+    try:
+        return queries.target_health_windows(time.time() - RECENT_S)
+    finally:
+        queries.close()
+
+
 def _check_request(ctx: EngineContext, into: str, target: str | None, kind: str) -> None:
     """Refuse bad arguments before anything is opened or created."""
     if kind not in RESTORE_KINDS:
@@ -145,8 +162,11 @@ async def restore(ctx: EngineContext, db_name: str, into: str, snapshot: str = "
         ctx.catalog.add_restore(job_id=job.id, snapshot_id=snap.id, db=db_name, into=into, tables=run.shown,
                                 started_at=run.started, duration_s=duration, nbytes=run.fed, ok=True, error=None,
                                 kind=kind, target=run.first_target)
-        job.result = {"snapshot": snap.id, "into": into, "duration_s": round(duration, 3), "bytes": run.fed}
-        return RestoreResult(snap.id, db_name, into, run.shown, run.fed, duration, list(job.warnings), run.left_out)
+        shares = run.reader.sources.report() if run.reader else []
+        job.result = {"snapshot": snap.id, "into": into, "duration_s": round(duration, 3), "bytes": run.fed,
+                      "sources": [s.to_json() for s in shares]}
+        return RestoreResult(snap.id, db_name, into, run.shown, run.fed, duration, list(job.warnings), run.left_out,
+                             shares)
 
 
 def _logical(snap: SnapshotRecord, db_name: str) -> SnapshotRecord:
@@ -180,7 +200,7 @@ class _Run:
 
     @property
     def first_target(self) -> str | None:
-        """The first target the restore read from (the plan's target, then config order, bad targets left out)."""
+        """The first target the restore read from (the plan's target, then by priority, bad targets left out)."""
         if self.repo is None or self.reader is None or not self.repo.storages:
             return None
         return self.repo.storages[0].name
@@ -192,15 +212,17 @@ class _Run:
         repo = self.repo = await self.ctx.open_repository(require_all=False, target=target if only_target else None)
         for name, msg in {**repo.unreachable, **repo.damaged}.items():
             job.warn(f"target '{name}' skipped: {msg}")
-        if target:
-            repo.storages.sort(key=lambda st: st.name != target)
+        # Best target first (the plan's, then by priority and health): manifest and index are read in this order too.
+        sources = ReadSources.for_targets(repo.storages, self.ctx.config.targets, first=target,
+                                          health=recent_health(self.ctx))
+        repo.storages[:] = sources.storages
         job.phase("prepare")
         self.manifest = manifest = await repo.read_manifest(self.snap.id)
         self.index = index = await repo.load_index(common=False, avoid=await quarantine.load(repo))
         first = manifest.file(SCHEMA_FILE) if manifest.per_table else manifest.files[0]
         check_complete(first, index)  # names a damaged index object when it is the cause
         self.bin_dir = find_bin_dir(await server_major(self.dsn), self.configured_bin_dir)
-        self.reader = reader = StreamReader(repo, index, self.ctx.pool, on_damage=job.warn)
+        self.reader = reader = StreamReader(repo, index, self.ctx.pool, on_damage=job.warn, sources=sources)
         if manifest.per_table:
             await self._plan_per_table(first)
         else:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from core.config import BackstopConfig
 from core.errors import BackstopError, StorageError, UsageError
 from core.postgres.wal import WalNameError, parse_segment_name, wal_file_kind
+from core.repository.policy import hold_to_policy, quorum_policy
 from core.repository.repo import Repository
 from core.repository.wal import (
     PushResult,
@@ -40,9 +41,16 @@ _PERCENTILES = (50, 90, 99)
 
 async def open_archive(config: BackstopConfig, storages: list[Storage] | None = None,
                        require_all: bool = True) -> WalArchive:
-    """The WAL archive of the configured repository (every target must open when ``require_all``)."""
+    """The WAL archive of the configured repository (every target must open when ``require_all``).
+
+    ``require_all`` (pushing) under a quorum targets_policy: the targets that
+    open must meet it, and a push counts as stored once they do (FORMAT.md 12.4).
+    """
     stores = storages if storages is not None else make_storages(config.targets)
-    repo = await Repository.open(stores, config.encryption.passphrase(), require_all)
+    quorum = require_all and quorum_policy(config)
+    repo = await Repository.open(stores, config.encryption.passphrase(), require_all and not quorum)
+    if quorum:
+        hold_to_policy(repo, config)  # the targets left out get what they lack from `backstop sync`
     return WalArchive(repo)
 
 

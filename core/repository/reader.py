@@ -2,8 +2,10 @@
 
 Adjacent chunks of one pack are fetched with a single ranged read; a few
 reads are kept in flight for throughput, no more, so memory stays flat.
-A read that is missing or fails authentication on one target is retried on
-the next, and the damaged copy is reported.
+A read that fails on one target (unreachable, missing, or failing its
+checksum) is retried on the next for that same object, and that target is
+demoted for the rest of the read (core/repository/sources.py); damaged copies
+are reported for quarantine. What each target served is counted.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from core.repository.manifest import FileEntry
 from core.repository.packs import pack_object_name
 from core.repository.quarantine import Finding, is_damage
 from core.repository.repo import Repository
+from core.repository.sources import ReadSources
 
 # A run is capped by plaintext, not stored bytes: with 40:1 compression an
 # 8 MiB stored read would expand to 320 MiB in memory.
@@ -77,8 +80,10 @@ class StreamReader:
     """Reads stored streams back; notes damaged copies it had to skip."""
 
     def __init__(self, repo: Repository, index: Index, pool: ThreadPoolExecutor,
-                 on_damage: Callable[[str], None] | None = None) -> None:
+                 on_damage: Callable[[str], None] | None = None, sources: ReadSources | None = None) -> None:
         self.repo = repo
+        # Which target to read first, and what each served (default: the repository's order).
+        self.sources = sources or ReadSources(list(repo.storages))
         self.index = index
         self.pool = pool
         self.on_damage = on_damage
@@ -102,14 +107,17 @@ class StreamReader:
         name = pack_object_name(run.pack_id)
         loop = asyncio.get_running_loop()
         errors = []
-        for st in self.repo.storages:
+        for st in self.sources.order():
             try:
                 data = await st.get_range(name, run.start, run.end - run.start)
                 if len(data) != run.end - run.start:
                     raise IntegrityError(f"{name} is truncated")
-                return await loop.run_in_executor(self.pool, self._open_run, data, run)
+                chunks = await loop.run_in_executor(self.pool, self._open_run, data, run)
+                self.sources.served(st, len(data))
+                return chunks
             except (StorageError, IntegrityError) as exc:
                 unreachable = not is_damage(exc)
+                self.sources.failed(st, str(exc))
                 msg = (f"target '{st.name}' could not be read ({exc}); reading {name} from the next target"
                        if unreachable else f"target '{st.name}': {name} is damaged or missing ({exc})")
                 errors.append(msg)

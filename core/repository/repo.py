@@ -8,7 +8,7 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -190,6 +190,12 @@ class Repository:
         self.damaged_storages = damaged_storages or []
         # Set by init: targets whose config or key objects it rewrote (name -> what).
         self.repaired: dict[str, str] = {}
+        # Set by writers under a quorum targets_policy (FORMAT.md 12.4): says why the targets still written
+        # to no longer meet the policy (None: they do). A target failing a write is then dropped, not fatal.
+        self.write_check: Callable[[list[str]], str | None] | None = None
+        # Targets dropped by a write under write_check (name -> the failure).
+        self.dropped: dict[str, str] = {}
+        self._dropped_storages: list[Storage] = []
 
     # -- opening -----------------------------------------------------------
 
@@ -327,9 +333,21 @@ class Repository:
 
     # -- objects ------------------------------------------------------------
 
-    async def put_all(self, name: str, data: bytes) -> None:
-        """Write one object to every target, concurrently; raises only once every target has answered."""
-        await _all(s.put(name, data) for s in self.storages)
+    async def put_all(self, name: str, data: bytes,
+                      slots: Mapping[str, asyncio.Semaphore] | None = None) -> None:
+        """Write one object to every target, concurrently; raises only once every target has answered.
+
+        ``slots`` (target name -> semaphore) bounds the writes in flight per target (parallel_uploads):
+        each target waits only for its own slot, so a slow target does not hold back the others' writes.
+        """
+        async def one(st: Storage) -> None:
+            slot = slots.get(st.name) if slots else None
+            if slot is None:
+                await st.put(name, data)
+                return
+            async with slot:
+                await st.put(name, data)
+        await self._each(one)
 
     async def verify_all(self, name: str, digest: str) -> None:
         """Read an object back from every target and compare its SHA-256."""
@@ -337,11 +355,36 @@ class Repository:
             got = sha256_hex(await st.get(name))
             if got != digest:
                 raise IntegrityError(f"target '{st.name}': read-back of {name} does not match what was written")
-        await _all(one(s) for s in self.storages)
+        await self._each(one)
+
+    async def _each(self, call: Callable[[Storage], Awaitable[None]]) -> None:
+        """``call`` on every target; under ``write_check`` a failing target is dropped while the rest meet it."""
+        if self.write_check is None:
+            await _all(call(s) for s in self.storages)
+            return
+        stores = list(self.storages)
+        results = await asyncio.gather(*(call(s) for s in stores), return_exceptions=True)
+        failures: list[BaseException] = []
+        for st, r in zip(stores, results, strict=True):
+            if isinstance(r, BaseException) and not isinstance(r, Exception):
+                raise r  # cancellation and the like first
+            if isinstance(r, (StorageError, IntegrityError)):
+                failures.append(r)
+                self.dropped[st.name] = str(r)
+                self._dropped_storages.append(st)
+                self.storages.remove(st)
+            elif isinstance(r, BaseException):
+                raise r
+        if failures:
+            reason = self.write_check([s.name for s in self.storages])
+            if reason is not None:
+                raise RepositoryError(f"targets_policy is not met: {reason} ({failures[0]}); bring the target back "
+                                      "and run the backup again")
 
     async def delete_all(self, name: str) -> None:
         """Remove an object from every target, ignoring failures (best effort cleanup)."""
-        await asyncio.gather(*(s.delete(name) for s in self.storages), return_exceptions=True)
+        stores = [*self.storages, *self._dropped_storages]
+        await asyncio.gather(*(s.delete(name) for s in stores), return_exceptions=True)
 
     async def get_any(self, name: str) -> tuple[bytes, Storage]:
         """Fetch an object from the first target that has an intact copy."""

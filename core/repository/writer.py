@@ -30,9 +30,17 @@ from core.repository.index import Index, IndexFile
 from core.repository.manifest import FileEntry
 from core.repository.packs import Pack, PackBuilder
 from core.repository.repo import Repository
+from core.storage.base import Storage
+from core.storage.throttle import DEFAULT_PARALLEL_UPLOADS
 
 ProgressFn = Callable[[int], None]
 
+
+
+def _parallel_uploads(st: Storage) -> int:
+    """A target's parallel_uploads (a test double that does not say gets the default)."""
+    n = getattr(st, "parallel_uploads", DEFAULT_PARALLEL_UPLOADS)
+    return n if isinstance(n, int) and n > 0 else DEFAULT_PARALLEL_UPLOADS
 
 
 class WriteAborted(BackstopError):
@@ -176,7 +184,11 @@ class StreamWriter:
         self._builder = PackBuilder(repo.params.pack_target)
         self._uploads: deque[Future[None]] = deque()
         self._max_inflight = workers * 2 + 2
-        self._max_uploads = 2
+        # Packs in the air at once: as many as the most parallel target takes (parallel_uploads); each
+        # target then takes at most its own number of them at a time.
+        parallel = {st.name: _parallel_uploads(st) for st in repo.storages}
+        self._slots = {name: asyncio.Semaphore(n) for name, n in parallel.items()}
+        self._max_uploads = max(parallel.values(), default=DEFAULT_PARALLEL_UPLOADS) - 1
         self._abort = threading.Event()
         # Several streams (a backup's tables) may be written at once from their own threads:
         # the pack being built, the set of new chunks and the counters are shared.
@@ -251,7 +263,7 @@ class StreamWriter:
             self._uploads.popleft().result()
 
     async def _upload(self, pack: Pack) -> None:
-        await self.repo.put_all(pack.name, pack.data)
+        await self.repo.put_all(pack.name, pack.data, self._slots)
         await self.repo.verify_all(pack.name, pack.id)
         self.new_index.add_pack(pack)
         self.stats.stored_bytes += len(pack.data)

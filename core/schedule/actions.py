@@ -7,6 +7,8 @@
   (core/ops/retention.py), then a prune of what no snapshot needs.
 - ``key-rotation``: `backstop key rotate --if-due` (the ``encryption.rotate_every`` policy).
 - ``drill``: a test restore of ``db``'s newest snapshot into a scratch database, recorded as a drill, then dropped.
+- ``sync``: `backstop sync`: every target gets what it lacks (left out of a quorum write, or new); a target
+  still down or an object with no intact copy fails the run, so it shows on the dashboard.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from core.errors import BackstopError, IntegrityError, UsageError
+from core.errors import BackstopError, IntegrityError, StorageError, UsageError
 from core.records import SnapshotRecord
 from core.schedule.config import ScheduleConfig
 
@@ -58,6 +60,8 @@ class EngineRunner:
             return {"rotated": res.rotated, "reason": res.reason, "dek_version": res.dek_version}
         if action == "drill":
             return await self._drill(schedule, slot)
+        if action == "sync":
+            return await self._sync()
         raise UsageError(f"schedule {schedule.name}: unknown action {action!r}")
 
     async def _backup(self, s: ScheduleConfig) -> dict[str, object]:
@@ -93,6 +97,14 @@ class EngineRunner:
             applied[db.name] = report.to_json()
         pruned = await prune.prune_repository(self.engine.ctx, approved_by=approval)
         return {"retention": applied, "prune": pruned.to_json()}
+
+    async def _sync(self) -> dict[str, object]:
+        rep = await self.engine.sync()
+        if not rep.ok:
+            bad = next(t for t in rep.targets if t.skipped is not None or t.problems)
+            why = bad.skipped if bad.skipped is not None else bad.problems[0]
+            raise StorageError(bad.target, f"sync left it incomplete: {why}; run `backstop sync` once it is back")
+        return rep.to_json()
 
     async def _drill(self, s: ScheduleConfig, slot: datetime) -> dict[str, object]:
         from core.postgres.logical import drop_database

@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-ACTIONS = ("backup", "verify", "retention", "key-rotation", "drill")
-Action = Literal["backup", "verify", "retention", "key-rotation", "drill"]
+ACTIONS = ("backup", "verify", "retention", "key-rotation", "drill", "sync")
+Action = Literal["backup", "verify", "retention", "key-rotation", "drill", "sync"]
 # Actions that act on one configured database (``db:`` required).
 DB_ACTIONS = ("backup", "drill")
 

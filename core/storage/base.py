@@ -29,6 +29,9 @@ class Storage(abc.ABC):
     """
 
     name: str
+    # How many packs a backup uploads here at once (core/repository/writer.py). Set by the backends
+    # from their config; no class default, so a wrapper's __getattr__ forwards it to the wrapped target.
+    parallel_uploads: int
 
     @abc.abstractmethod
     def describe(self) -> str:

@@ -14,6 +14,7 @@ from core.config import LocalTargetConfig
 from core.errors import ObjectDamaged, ObjectNotFound, StorageError, TargetUnreachable
 from core.format import utc
 from core.storage.base import ObjectInfo, Storage
+from core.storage.throttle import Limits
 
 # Temp files of in-flight (or crashed) writes start with this; list() hides them.
 TEMP_PREFIX = ".backstop-tmp-"
@@ -62,6 +63,9 @@ class LocalStorage(Storage):
         self.config = config
         self.name = config.name
         self.root = Path(config.path)
+        # Bandwidth limits shared by every call of this target (core/storage/throttle.py).
+        self.limits = Limits.of(config)
+        self.parallel_uploads = config.parallel_uploads
 
     def describe(self) -> str:
         return f"directory {self.root}"
@@ -349,14 +353,16 @@ class LocalStorage(Storage):
     # -- Storage API ---------------------------------------------------------
 
     async def put(self, name: str, data: bytes) -> None:
+        await self.limits.before_upload(len(data))
         await asyncio.to_thread(self._put, name, data)
 
     async def get(self, name: str) -> bytes:
-        return await asyncio.to_thread(self._read, name, 0, None)
+        return await self.limits.paced_get(lambda: asyncio.to_thread(self._read, name, 0, None))
 
     async def get_range(self, name: str, offset: int, length: int) -> bytes:
         if offset < 0 or length < 0:
             raise StorageError(self.name, f"invalid range {offset}+{length} for {name} (a bug in Backstop)")
+        await self.limits.before_download(length)
         return await asyncio.to_thread(self._read, name, offset, length)
 
     async def exists(self, name: str) -> bool:

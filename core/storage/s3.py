@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from core.config import S3TargetConfig
 from core.errors import ObjectDamaged, ObjectNotFound, StorageError, TargetUnreachable
 from core.storage.base import ObjectInfo, Storage
+from core.storage.throttle import Limits
 
 # boto3 clients are generated at runtime; stubs (mypy-boto3-s3) are not a dependency.
 S3Client = Any
@@ -38,6 +39,8 @@ T = TypeVar("T")
 
 # Parts uploaded at once per large object; more rarely helps and costs memory.
 _PART_CONCURRENCY = 4
+# Room for parallel part uploads from several concurrent puts.
+_MAX_CONNECTIONS = 4 * _PART_CONCURRENCY
 
 _NOT_FOUND_CODES = {"NoSuchKey", "NotFound", "404"}
 _DENIED_CODES = {
@@ -91,6 +94,10 @@ class S3Storage(Storage):
         self._client: S3Client | None = None
         self._client_lock = threading.Lock()
         self._bucket_checked = False
+        self._parts: ThreadPoolExecutor | None = None
+        # Bandwidth limits shared by every call of this target (core/storage/throttle.py).
+        self.limits = Limits.of(config)
+        self.parallel_uploads = config.parallel_uploads
 
     def describe(self) -> str:
         where = self.config.endpoint_url or (f"AWS {self.config.region}" if self.config.region else "AWS")
@@ -134,7 +141,7 @@ class S3Storage(Storage):
             connect_timeout=cfg.connect_timeout_s,
             read_timeout=cfg.read_timeout_s,
             # Room for parallel part uploads from several concurrent puts.
-            max_pool_connections=4 * _PART_CONCURRENCY,
+            max_pool_connections=_MAX_CONNECTIONS,
         )
         try:
             session = boto3.Session(profile_name=cfg.profile)
@@ -217,8 +224,9 @@ class S3Storage(Storage):
             return StorageError(self.name, f"S3 {action} failed: {_one_line(str(exc))}")
         return StorageError(self.name, f"S3 {action} failed: {type(exc).__name__}: {_one_line(str(exc))}")
 
-    async def _run(self, action: str, name: str | None, fn: Callable[[S3Client], T]) -> T:
-        """Run a blocking boto3 call in a thread, mapping its errors."""
+    async def _run(self, action: str, name: str | None, fn: Callable[[S3Client], T],
+                   pool: ThreadPoolExecutor | None = None) -> T:
+        """Run a blocking boto3 call in a thread (of ``pool``, else the loop's default ones), mapping its errors."""
 
         def call() -> T:
             from botocore.exceptions import BotoCoreError, ClientError
@@ -228,7 +236,17 @@ class S3Storage(Storage):
             except (BotoCoreError, ClientError, OSError) as exc:
                 raise self._map_error(exc, action, name) from None
 
+        if pool is not None:
+            return await asyncio.get_running_loop().run_in_executor(pool, call)
         return await asyncio.to_thread(call)
+
+    def _part_pool(self) -> ThreadPoolExecutor:
+        """This target's threads for multipart parts, one per pooled connection."""
+        # Several packs' parts go at once without taking the event loop's few default threads from other targets.
+        with self._client_lock:
+            if self._parts is None:
+                self._parts = ThreadPoolExecutor(max_workers=_MAX_CONNECTIONS, thread_name_prefix=f"s3-{self.name}")
+            return self._parts
 
     def _key(self, name: str) -> str:
         if not name or name.startswith("/"):
@@ -237,40 +255,50 @@ class S3Storage(Storage):
 
     # -- blocking implementations -----------------------------------------
 
-    def _multipart_put(self, client: S3Client, key: str, data: bytes) -> None:
-        """Upload in parts; abort on any failure so no partial object appears."""
+    async def _multipart_put(self, name: str, key: str, data: bytes) -> None:
+        """Upload in parts, each paced by the upload limit; abort on any failure so no partial object appears."""
         bucket = self.config.bucket
         chunk = self.config.multipart_chunk_mib * 1024 * 1024
-        upload_id = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        upload_id: str = await self._run(
+            "upload", name, lambda c: c.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"])
+        slots = asyncio.Semaphore(_PART_CONCURRENCY)
 
-        def upload(number: int) -> dict[str, Any]:
-            body = data[(number - 1) * chunk : number * chunk]
+        def send(client: S3Client, number: int, body: bytes) -> dict[str, Any]:
             resp = client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body)
             part = {"PartNumber": number, "ETag": resp["ETag"]}
             # With flexible checksums on, complete() must repeat each part's checksum.
             part.update({k: v for k, v in resp.items() if k.startswith("Checksum") and k != "ChecksumType"})
             return part
 
+        async def upload(number: int) -> dict[str, Any]:
+            body = data[(number - 1) * chunk : number * chunk]
+            async with slots:
+                # Paced part by part: a large pack never goes out as one burst.
+                return await self.limits.paced_upload(len(body), lambda: self._run(
+                    "upload", name, lambda c: send(c, number, body), self._part_pool()))
+
         count = -(-len(data) // chunk)
         try:
-            with ThreadPoolExecutor(max_workers=min(_PART_CONCURRENCY, count)) as pool:
-                parts = list(pool.map(upload, range(1, count + 1)))
-            client.complete_multipart_upload(
-                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
-            )
+            # Every part ends before the abort below, so none can land after it.
+            results = await asyncio.gather(*(upload(n) for n in range(1, count + 1)), return_exceptions=True)
+            for r in results:
+                if isinstance(r, BaseException):
+                    raise r
+            parts = [r for r in results if isinstance(r, dict)]
+            await self._run("upload", name, lambda c: c.complete_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}))
         except BaseException:
-            try:
-                client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
-            except Exception as abort_exc:  # noqa: BLE001 - best effort; the original error matters
-                log.warning("target %s: could not abort multipart upload of %s: %s", self.name, key, abort_exc)
+            await asyncio.shield(self._abort_multipart(key, upload_id))
             raise
 
-    def _put(self, client: S3Client, name: str, data: bytes) -> None:
-        key = self._key(name)
-        if len(data) > self.config.multipart_chunk_mib * 1024 * 1024:
-            self._multipart_put(client, key, data)
-        else:
-            client.put_object(Bucket=self.config.bucket, Key=key, Body=data)
+    async def _abort_multipart(self, key: str, upload_id: str) -> None:
+        def abort() -> None:
+            try:
+                self._get_client().abort_multipart_upload(Bucket=self.config.bucket, Key=key, UploadId=upload_id)
+            except Exception as abort_exc:  # noqa: BLE001 - best effort; the original error matters
+                log.warning("target %s: could not abort multipart upload of %s: %s", self.name, key, abort_exc)
+
+        await asyncio.to_thread(abort)
 
     def _get(self, client: S3Client, name: str, offset: int, length: int | None) -> bytes:
         from botocore.exceptions import ClientError
@@ -399,10 +427,15 @@ class S3Storage(Storage):
     # -- Storage API ---------------------------------------------------------
 
     async def put(self, name: str, data: bytes) -> None:
-        await self._run("upload", name, lambda c: self._put(c, name, data))
+        key = self._key(name)
+        if len(data) > self.config.multipart_chunk_mib * 1024 * 1024:
+            await self._multipart_put(name, key, data)
+            return
+        await self.limits.paced_upload(len(data), lambda: self._run(
+            "upload", name, lambda c: c.put_object(Bucket=self.config.bucket, Key=key, Body=data)))
 
     async def get(self, name: str) -> bytes:
-        return await self._run("download", name, lambda c: self._get(c, name, 0, None))
+        return await self.limits.paced_get(lambda: self._run("download", name, lambda c: self._get(c, name, 0, None)))
 
     async def get_range(self, name: str, offset: int, length: int) -> bytes:
         if offset < 0 or length < 0:
@@ -412,7 +445,8 @@ class S3Storage(Storage):
             if not await self.exists(name):
                 raise ObjectNotFound(self.name, name)
             return b""
-        return await self._run("ranged download", name, lambda c: self._get(c, name, offset, length))
+        return await self.limits.paced_download(length, lambda: self._run(
+            "ranged download", name, lambda c: self._get(c, name, offset, length)))
 
     async def exists(self, name: str) -> bool:
         return await self._run("existence check", name, lambda c: self._exists(c, name))
@@ -434,6 +468,9 @@ class S3Storage(Storage):
         await self.ensure_bucket()
 
     async def close(self) -> None:
+        parts, self._parts = self._parts, None
+        if parts is not None:
+            parts.shutdown(wait=False)
         client, self._client = self._client, None
         if client is not None:
             await asyncio.to_thread(client.close)

@@ -35,13 +35,25 @@ async def cmd_snapshots(engine: Engine, args: argparse.Namespace) -> int:
     rows, warnings = await engine.refresh_snapshot_status(engine.snapshots(args.db))
     for w in warnings:
         warn(w)
+    configured = [t.name for t in engine.config.targets]
+
+    def missing(r: Any) -> list[str]:  # configured targets without a copy (a quorum write; sync fills them)
+        return [t for t in configured if t not in r.targets]
+
     if args.json:
-        print_json([r.to_json() for r in rows], indent=1)
+        print_json([{**r.to_json(), "missing_targets": missing(r)} for r in rows], indent=1)
         return EXIT_OK
     if not rows:
         print("no snapshots" + (f" of {args.db}" if args.db else ""))
         return EXIT_OK
-    print_table(SNAPSHOT_COLUMNS, snapshot_rows(rows))
+    table = list(snapshot_rows(rows))
+    for r, row in zip(rows, table, strict=True):
+        if missing(r):
+            row[7] = f"{row[7]} (MISSING {','.join(missing(r))})"
+    print_table(SNAPSHOT_COLUMNS, table)
+    incomplete = sum(1 for r in rows if missing(r))
+    if incomplete:
+        warn(f"{incomplete} snapshot(s) lack a copy on some target; `backstop sync` copies them there")
     return EXIT_OK
 
 
@@ -67,11 +79,12 @@ async def cmd_restore(engine: Engine, args: argparse.Namespace) -> int:
     if args.json:
         print_json({"snapshot": res.snapshot_id, "db": res.db, "into": res.into, "tables": res.tables,
                     "bytes": res.bytes, "duration_s": round(res.duration_s, 3), "warnings": res.warnings,
-                    "left_out": res.left_out})
+                    "left_out": res.left_out, "sources": [s.to_json() for s in res.sources]})
     else:
         what = ", ".join(res.tables) if res.tables else "whole database"
         print(f"restored snapshot {res.snapshot_id[:8]} of {res.db} ({what}) into {res.into} "
               f"in {res.duration_s:.1f} s ({size(res.bytes)})")
+        print(res.read_summary())
     return EXIT_OK
 
 
@@ -98,6 +111,7 @@ async def restore_physical(engine: Engine, args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"restored physical snapshot {res.snapshot_id[:8]} of {res.db} into {res.pgdata} ({res.files} files, "
           f"{size(res.bytes)}) in {res.duration_s:.1f} s; pg_verifybackup: {res.verified}")
+    print(res.read_summary())
     point = res.recovery
     if point is None:
         print(f"recovery to {res.target.describe()} starts with the server (WAL from {res.wal_from}): "
@@ -161,10 +175,11 @@ async def restore_force(engine: Engine, args: argparse.Namespace) -> int:
     if args.json:
         print_json({"snapshot": r.snapshot_id, "db": r.db, "into": r.into, "replaced": res.replaced_by_restore,
                     "previous_kept_as": res.aside, "bytes": r.bytes, "duration_s": round(r.duration_s, 3),
-                    "warnings": r.warnings})
+                    "warnings": r.warnings, "sources": [s.to_json() for s in r.sources]})
     else:
         print(f"restored snapshot {r.snapshot_id[:8]} of {r.db} into {r.into} in {r.duration_s:.1f} s "
               f"({size(r.bytes)})")
+        print(r.read_summary())
         if res.aside:
             err(f"the previous database {r.into} is kept as {res.aside}; drop it when you no longer need it")
     return EXIT_OK

@@ -1,0 +1,242 @@
+"""`backstop sync`: copy to each target every repository object it lacks, from a copy that verifies (FORMAT.md 12.4).
+
+A target left out of a quorum write (targets_policy), or added to the config
+later, catches up here. Every copy is checked before it is written: objects
+named by their SHA-256 against their name, keys by unwrapping them, sealed
+records by opening their envelope, WAL objects by their own SHA-256 header.
+What is written is read back and compared. Nothing is deleted or replaced:
+an object a target holds, intact or not, is `check` and `repair`'s business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from core.context import EngineContext
+from core.errors import BackstopError, IntegrityError, StorageError
+from core.jobs import run_job
+from core.repository.crypto import open_object
+from core.repository.index import INDEX_PREFIX
+from core.repository.keys import KEY_PREFIX, DataKey, unwrap_data_key
+from core.repository.manifest import SNAPSHOT_PREFIX
+from core.repository.marks import MARKS_PREFIX
+from core.repository.quarantine import QUARANTINE_KIND
+from core.repository.repo import (
+    AUDIT_KIND,
+    AUDIT_PREFIX,
+    CONFIG_NAME,
+    OPERATOR_KIND,
+    OPERATOR_PREFIX,
+    SETTINGS_KIND,
+    SETTINGS_PREFIX,
+    RepoParams,
+    Repository,
+    sha256_hex,
+)
+from core.repository.wal import CLUSTER_KIND, CLUSTER_NAME, WAL_PREFIX, open_wal
+from core.storage.base import Storage
+
+DATA_PREFIX = "data/"
+QUARANTINE_PREFIX = "quarantine/"
+# Copy order: keys first, packs before the index objects that list them, index objects before the
+# manifests that need them (the commit protocol's order, FORMAT.md 11); `config` of a new target last.
+PREFIXES = (KEY_PREFIX, DATA_PREFIX, INDEX_PREFIX, SNAPSHOT_PREFIX, MARKS_PREFIX, QUARANTINE_PREFIX, WAL_PREFIX,
+            AUDIT_PREFIX, OPERATOR_PREFIX, SETTINGS_PREFIX)
+_CONTENT_NAMED = (DATA_PREFIX, INDEX_PREFIX, SNAPSHOT_PREFIX, MARKS_PREFIX)
+_SEALED = {AUDIT_PREFIX: AUDIT_KIND, OPERATOR_PREFIX: OPERATOR_KIND, SETTINGS_PREFIX: SETTINGS_KIND,
+           QUARANTINE_PREFIX: QUARANTINE_KIND}
+_PARALLEL = 4
+
+
+@dataclass
+class TargetSync:
+    """What sync did (or would do) on one target."""
+
+    target: str
+    objects: int = 0
+    bytes: int = 0
+    snapshots: list[str] = field(default_factory=list)  # manifests copied: the snapshots now complete there
+    skipped: str | None = None  # why the target was not synced (unreachable, damaged)
+    problems: list[str] = field(default_factory=list)  # objects no target holds an intact copy of
+
+
+@dataclass
+class SyncReport:
+    """The result of `backstop sync`."""
+
+    dry_run: bool
+    targets: list[TargetSync]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(t.skipped is None and not t.problems for t in self.targets)
+
+    def to_json(self) -> dict[str, object]:
+        return {"dry_run": self.dry_run, "ok": self.ok, "targets": [asdict(t) for t in self.targets],
+                "notes": self.notes}
+
+
+def verifier(name: str, params: RepoParams, keys: dict[int, DataKey], passphrase: bytes) -> Callable[[bytes], None]:
+    """How a copy of ``name`` is checked before it is written elsewhere; raises IntegrityError when it fails."""
+    last = name.rsplit("/", 1)[-1]
+
+    def by_name(data: bytes) -> None:
+        if sha256_hex(data) != last:
+            raise IntegrityError(f"{name} is damaged (checksum mismatch)")
+
+    def key(data: bytes) -> None:
+        unwrap_data_key(data, passphrase, params.repo_id, name)
+
+    def config(data: bytes) -> None:
+        if RepoParams.from_bytes(data, name).repo_id != params.repo_id:
+            raise IntegrityError("config names another repository")
+
+    def wal(data: bytes) -> None:
+        open_wal(data, last, keys)
+
+    def sealed(kind: bytes) -> Callable[[bytes], None]:
+        def check(data: bytes) -> None:
+            open_object(data, kind, keys)
+        return check
+
+    if name.startswith(_CONTENT_NAMED):
+        return by_name
+    if name.startswith(KEY_PREFIX):
+        return key
+    if name == CONFIG_NAME:
+        return config
+    if name == CLUSTER_NAME:
+        return sealed(CLUSTER_KIND)
+    if name.startswith(WAL_PREFIX):
+        return wal
+    for prefix, kind in _SEALED.items():
+        if name.startswith(prefix):
+            return sealed(kind)
+    raise IntegrityError(f"{name}: not a repository object sync knows how to check")
+
+
+async def _listing(st: Storage) -> set[str]:
+    names: set[str] = set()
+    for prefix in PREFIXES:
+        names |= {o.name for o in await st.list(prefix)}
+    if await st.exists(CONFIG_NAME):
+        names.add(CONFIG_NAME)
+    return names
+
+
+def _order(name: str) -> tuple[int, str]:
+    if name == CONFIG_NAME:
+        return len(PREFIXES), name
+    return next(i for i, p in enumerate(PREFIXES) if name.startswith(p)), name
+
+
+async def sync(ctx: EngineContext, target: str | None = None, dry_run: bool = False) -> SyncReport:
+    """Copy to every target (or ``target``) each object it lacks, from a copy that verifies."""
+    label = "sync" + (f" to {target}" if target else "") + (" (dry run)" if dry_run else "")
+    async with run_job(ctx.bus, "sync", None, label) as job:
+        repo = await ctx.open_repository(require_all=False)
+        passphrase = ctx.config.encryption.passphrase()
+        dests = ctx.storages(target)
+        async with repo.lock("shared", label):
+            job.phase("list")
+            sources = list(repo.storages)
+            listings = dict(zip([s.name for s in sources],
+                                await asyncio.gather(*(_listing(s) for s in sources)), strict=True))
+            known = {s.id for s in ctx.catalog.snapshots()}
+            report = SyncReport(dry_run, [])
+            everything = set().union(*listings.values())
+            # A manifest the catalog does not list may be one forgotten while this target was away:
+            # copying it back would undo the forget. `catalog rebuild` first makes the catalog whole.
+            unknown = {n for n in everything if n.startswith(SNAPSHOT_PREFIX) and n[len(SNAPSHOT_PREFIX):] not in known}
+            if unknown:
+                report.notes.append(f"{len(unknown)} snapshot manifest(s) held by some targets are not in the catalog "
+                                    "and were not copied (they may have been forgotten); `backstop catalog rebuild` "
+                                    "lists them if they should stay")
+            job.phase("copy")
+            for dest in dests:
+                ts = TargetSync(dest.name)
+                report.targets.append(ts)
+                if dest.name in repo.damaged:
+                    ts.skipped = f"{repo.damaged[dest.name]}"
+                    continue
+                try:
+                    have = listings[dest.name] if dest.name in listings else await _listing(dest)
+                except StorageError as exc:
+                    ts.skipped = str(exc)
+                    continue
+                lacking = sorted(everything - have - unknown, key=_order)
+                if CONFIG_NAME in have:
+                    lacking = [n for n in lacking if n != CONFIG_NAME]
+                try:
+                    await _copy(repo, passphrase, listings, dest, lacking, ts, dry_run)
+                except StorageError as exc:  # it went away meanwhile: the rest of the targets still get theirs
+                    ts.skipped = str(exc)
+            if not dry_run:
+                _update_catalog(ctx, report)
+        job.result = report.to_json()
+        return report
+
+
+async def _copy(repo: Repository, passphrase: bytes, listings: dict[str, set[str]], dest: Storage,
+                lacking: list[str], ts: TargetSync, dry_run: bool) -> None:
+    """Copy ``lacking`` to ``dest`` in order, a few at once within one prefix; config strictly last."""
+    sem = asyncio.Semaphore(_PARALLEL)
+    by_name = {s.name: s for s in repo.storages}
+
+    async def one(name: str) -> None:
+        async with sem:
+            check = verifier(name, repo.params, repo.keys, passphrase)
+            errors: list[str] = []
+            for src_name, names in listings.items():
+                if name not in names or src_name == dest.name:
+                    continue
+                src = by_name[src_name]
+                try:
+                    data = await src.get(name)
+                    await asyncio.to_thread(check, data)
+                except (BackstopError, ValueError) as exc:
+                    errors.append(f"target '{src.name}': {exc}" if not str(exc).startswith("target") else str(exc))
+                    continue
+                if not dry_run:
+                    await dest.put(name, data)
+                    if sha256_hex(await dest.get(name)) != sha256_hex(data):
+                        raise IntegrityError(f"target '{dest.name}': read-back of {name} does not match what was "
+                                             "written")
+                ts.objects += 1
+                ts.bytes += len(data)
+                if name.startswith(SNAPSHOT_PREFIX):
+                    ts.snapshots.append(name[len(SNAPSHOT_PREFIX):])
+                return
+            ts.problems.append(f"{name}: no target holds a copy that verifies ({'; '.join(errors)})")
+
+    groups: list[list[str]] = []
+    for name in lacking:
+        if groups and _order(groups[-1][0])[0] == _order(name)[0]:
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+    for group in groups:
+        if group[0] == CONFIG_NAME and ts.problems:
+            # A new target counts as initialised once config is there: not while something is missing.
+            ts.problems.append("config not written: the objects above are missing there")
+            return
+        results = await asyncio.gather(*(one(n) for n in group), return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+
+
+def _update_catalog(ctx: EngineContext, report: SyncReport) -> None:
+    """Snapshots whose manifest reached a target are held there now."""
+    added: dict[str, set[str]] = {}
+    for ts in report.targets:
+        for sid in ts.snapshots:
+            added.setdefault(sid, set()).add(ts.target)
+    if not added:
+        return
+    for rec in ctx.catalog.snapshots():
+        if rec.id in added:
+            ctx.catalog.set_snapshot_targets(rec.id, sorted(set(rec.targets) | added[rec.id]))
