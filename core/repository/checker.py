@@ -160,13 +160,7 @@ class _TargetCheck:
             rep.problems.append(f"{where}: {exc}")
             return
         self.marked = set(marks.packs)
-        for pid, mark in marks.packs.items():
-            # Checked like an indexed pack only where it holds a chunk no index lists (debris marked with no
-            # chunks, or a forgotten snapshot's copy of indexed chunks, is the next prune's to delete).
-            fresh = {cid: loc for cid, loc in mark.chunks.items() if cid not in self.index.chunks}
-            if fresh:
-                self.index.packs.setdefault(pid, mark.size)
-                self.index.chunks.update(fresh)
+        marks.fill(self.index)  # checked like indexed packs where they hold a chunk no index lists
 
     async def _packs_present(self) -> None:
         """Every indexed pack exists with its recorded size; unindexed packs are a note."""

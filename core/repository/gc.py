@@ -156,10 +156,7 @@ async def _write_marks(repo: Repository, marks: Marks) -> str | None:
 def _with_marks(index: Index, marks: Marks) -> Index:
     """``index`` plus the marked packs' chunks where the index has no other copy: what readers see."""
     out = Index(dict(index.chunks), dict(index.packs), set(index.files), dict(index.file_packs))
-    for pid, mark in marks.packs.items():
-        out.packs.setdefault(pid, mark.size)
-        for cid, loc in mark.chunks.items():
-            out.chunks.setdefault(cid, loc)
+    marks.fill(out)
     return out
 
 
@@ -259,7 +256,7 @@ async def prune(repo: Repository, grace_s: float = DEFAULT_GRACE_S, dry_run: boo
     survivors = Marks({pid: m for pid, m in marked.items() if pid not in doomed})
     changed_marks = bool(newly or rescued or doomed)
     marks_name = await _write_marks(repo, survivors) if changed_marks else None
-    dropped = (set(marked) | doomed) & set(index.packs)
+    dropped = set(marked) & set(index.packs)  # doomed packs are marked ones
     if dropped:
         young = await _young_index_objects(repo, at, grace_s)
         report.index_objects_replaced = await replace_index(repo, index, dropped, keep=young)

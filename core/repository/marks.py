@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from core.errors import IntegrityError
 from core.repository.crypto import open_object, seal_object
-from core.repository.index import IndexFile, Location
+from core.repository.index import Index, IndexFile, Location
 from core.repository.keys import DataKey
 
 MARKS_PREFIX = "marked/"
@@ -72,6 +72,18 @@ class Marks:
         except (ValueError, KeyError, TypeError):
             raise IntegrityError("marked-packs object is malformed") from None
         return out
+
+    def fill(self, index: Index) -> None:
+        """Add to ``index`` the chunks only marked packs hold, and those packs: what readers may still need.
+
+        A marked pack all of whose chunks the index has elsewhere (debris, or a forgotten snapshot's
+        copy) stays out: it is the next prune's to delete.
+        """
+        for pid, mark in self.packs.items():
+            fresh = {cid: loc for cid, loc in mark.chunks.items() if cid not in index.chunks}
+            if fresh:
+                index.packs.setdefault(pid, mark.size)
+                index.chunks.update(fresh)
 
     def as_index(self, pids: set[str] | None = None) -> IndexFile:
         """The marked packs (or ``pids`` of them) as index entries: to put them back, or to read through them."""

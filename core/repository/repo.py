@@ -428,12 +428,7 @@ class Repository:
                 continue
             index.merge(name, f, avoid)
         if marked if marked is not None else not common:
-            marks = await self.load_marks(storage)
-            for pid, mark in marks.packs.items():
-                fresh = {cid: loc for cid, loc in mark.chunks.items() if cid not in index.chunks}
-                if fresh:
-                    index.packs.setdefault(pid, mark.size)
-                    index.chunks.update(fresh)
+            (await self.load_marks(storage)).fill(index)
         return index
 
     async def load_marks(self, storage: Storage | None = None) -> Marks:
