@@ -58,6 +58,7 @@ from core.ops.keys import KeyRow, RotationResult
 from core.ops.operators import Enrolment
 from core.ops.physical_restore import PhysicalRestoreRequest, PhysicalRestoreResult
 from core.ops.rebuild import RebuildResult
+from core.ops.repair import RepairReport
 from core.ops.restore import OverwriteResult, RestoreResult
 from core.ops.retention import RetentionReport
 from core.ops.sync import SyncReport
@@ -236,6 +237,10 @@ class Engine:
     async def repair_index(self, dry_run: bool = False) -> IndexRepairReport:
         """Rebuild what damaged or missing index objects listed from the pack headers."""
         return await repair.repair_index(self.ctx, dry_run)
+
+    async def repair(self, target: str | None = None, dry_run: bool = False) -> RepairReport:
+        """Rewrite every damaged or missing copy on every target (or ``target``) from a copy that verifies."""
+        return await repair.repair(self.ctx, target, dry_run)
 
     async def sync(self, target: str | None = None, dry_run: bool = False) -> SyncReport:
         """Copy to every target (or ``target``) each repository object it lacks, from a copy that verifies."""

@@ -308,6 +308,11 @@ def test_init_restores_an_emptied_keys_directory(tmp_path, setup_factory):  # ty
     assert out.returncode == 0
     assert "key checked" not in out.stdout and "t2 repaired" in out.stdout
     assert (r2 / "keys" / "dek-00000001").read_bytes() == (r1 / "keys" / "dek-00000001").read_bytes()
+    # The approved settings were sealed while t2 could not be opened: check names the copy t2 lacks, repair writes it.
+    first = check_json(setup)
+    assert not first["ok"] and "settings/approved" in " ".join(first["targets"][1]["problems"])
+    setup.cli("repair", "--target", "t2", check=True)
+    assert (r2 / "settings" / "approved").read_bytes() == (r1 / "settings" / "approved").read_bytes()
     assert check_json(setup)["ok"]
 
 

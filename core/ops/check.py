@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 from core.context import EngineContext
 from core.jobs import run_job
-from core.repository import quarantine
+from core.repository import copies, quarantine
 from core.repository.checker import TargetReport, check_target
-from core.repository.repo import Repository
+from core.repository.index import INDEX_PREFIX
+from core.repository.keys import KEY_PREFIX
+from core.repository.manifest import SNAPSHOT_PREFIX
+from core.repository.packs import DATA_PREFIX, pack_id_from_name
+from core.repository.repo import CONFIG_NAME, Repository
 from core.repository.wal import check_wal
 
 
@@ -47,6 +52,9 @@ async def check(ctx: EngineContext, read_data: bool = False, target: str | None 
             rep.bytes_read += wal.bytes_read
             rep.problems += wal.problems
         problems, notes = compare_catalog(ctx, reports, all_targets=target is None)
+        if target is None and len(repo.storages) + len(repo.damaged_storages) > 1:
+            job.phase("compare the targets' copies")
+            notes += await compare_copies(ctx, repo, reports, read_data)
         notes += await _update_quarantine(repo, reports, held, whole=read_data and target is None)
         _record(ctx, job.id, reports, started, read_data)
         result = CheckResult(reports, read_data, problems, notes)
@@ -71,6 +79,60 @@ async def _update_quarantine(repo: Repository, reports: list[TargetReport], held
     if still:
         notes.append(f"{len(still)} pack(s) in quarantine: backups store fresh copies of their chunks instead of "
                      "referencing them")
+    return notes
+
+
+# Reported by other steps of check: manifests (compare_catalog), WAL files (check_wal), packs (check_target).
+_COVERED = (SNAPSHOT_PREFIX, copies.WAL_PREFIX)
+
+
+async def compare_copies(ctx: EngineContext, repo: Repository, reports: list[TargetReport],
+                         read_data: bool) -> list[str]:
+    """Targets against each other object by object (FORMAT.md 12.5): what one lacks or holds damaged.
+
+    Packs check_target read are not fetched again, nor packs no index lists
+    (leftovers); WAL files are compared by check_wal. Adds problems to the target reports, returns notes.
+    """
+    by_name = {r.target: r for r in reports}
+    known_sids = {s.id for s in ctx.catalog.snapshots()}
+
+    def skip(name: str) -> bool:
+        return name.startswith(SNAPSHOT_PREFIX) and name[len(SNAPSHOT_PREFIX):] not in known_sids
+
+    def known(target: str, name: str) -> copies.Copy | None:
+        rep = by_name.get(target)
+        if name.startswith(DATA_PREFIX) and rep is not None:
+            pid = pack_id_from_name(name)
+            if pid in rep.bad_packs:
+                return copies.Copy(pid, rep.bad_packs[pid])
+            if pid in rep.intact_packs:
+                return copies.Copy(pid)
+            if any(pid in r.intact_packs or pid in r.bad_packs for r in reports):
+                return None  # indexed elsewhere, not here (a damaged index object): read this copy too
+            return copies.Copy()  # indexed nowhere: a leftover of a failed write, prune's business, not read
+        if name.startswith(copies.WAL_PREFIX) and name != copies.CLUSTER_NAME:
+            return copies.Copy()  # not read again: check_wal opened every copy
+        return None
+
+    found = await copies.survey([*repo.storages, *repo.damaged_storages], repo.params, repo.keys,
+                                ctx.config.encryption.passphrase(), read=read_data, skip=skip, known=known)
+    for name, rep in ((t, by_name[t]) for t in found.targets if t in by_name):
+        # Packs and index objects a snapshot needs are named by check_target; others are leftovers for prune.
+        lacking = found.missing(name, copies.always_demanded)
+        if lacking:
+            kinds = Counter(n.split("/", 1)[0] for n in lacking)
+            what = ", ".join(f"{c} {k}" for k, c in kinds.items())
+            rep.problems.append(f"target '{name}': {len(lacking)} object(s) the other targets hold are missing here "
+                                f"({what}; first {lacking[0]}); `backstop repair --target {name}` copies them")
+        for obj, why in found.damaged(name).items():
+            if obj.startswith((INDEX_PREFIX, KEY_PREFIX, *_COVERED)) or obj == CONFIG_NAME or (
+                    obj.startswith(DATA_PREFIX) and pack_id_from_name(obj) in rep.bad_packs):
+                continue  # already named by check_target / check_wal
+            rep.problems.append(f"target '{name}': {obj} is damaged ({why}); `backstop repair --target {name}` "
+                                "rewrites it from an intact copy")
+    # Audit log copies are sealed on each target on their own (FORMAT.md 18.1): their bytes differ by design.
+    notes = [f"{obj} verifies on every target that holds it but the copies differ byte for byte"
+             for obj in found.differing() if not obj.startswith(copies.AUDIT_PREFIX)]
     return notes
 
 

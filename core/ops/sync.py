@@ -11,42 +11,16 @@ an object a target holds, intact or not, is `check` and `repair`'s business.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from core.context import EngineContext
 from core.errors import BackstopError, IntegrityError, StorageError
 from core.jobs import run_job
-from core.repository.crypto import open_object
-from core.repository.index import INDEX_PREFIX
-from core.repository.keys import KEY_PREFIX, DataKey, unwrap_data_key
+from core.repository.copies import commit_order, listing, verifier
 from core.repository.manifest import SNAPSHOT_PREFIX
-from core.repository.marks import MARKS_PREFIX
-from core.repository.quarantine import QUARANTINE_KIND
-from core.repository.repo import (
-    AUDIT_KIND,
-    AUDIT_PREFIX,
-    CONFIG_NAME,
-    OPERATOR_KIND,
-    OPERATOR_PREFIX,
-    SETTINGS_KIND,
-    SETTINGS_PREFIX,
-    RepoParams,
-    Repository,
-    sha256_hex,
-)
-from core.repository.wal import CLUSTER_KIND, CLUSTER_NAME, WAL_PREFIX, open_wal
+from core.repository.repo import CONFIG_NAME, Repository, sha256_hex
 from core.storage.base import Storage
 
-DATA_PREFIX = "data/"
-QUARANTINE_PREFIX = "quarantine/"
-# Copy order: keys first, packs before the index objects that list them, index objects before the
-# manifests that need them (the commit protocol's order, FORMAT.md 11); `config` of a new target last.
-PREFIXES = (KEY_PREFIX, DATA_PREFIX, INDEX_PREFIX, SNAPSHOT_PREFIX, MARKS_PREFIX, QUARANTINE_PREFIX, WAL_PREFIX,
-            AUDIT_PREFIX, OPERATOR_PREFIX, SETTINGS_PREFIX)
-_CONTENT_NAMED = (DATA_PREFIX, INDEX_PREFIX, SNAPSHOT_PREFIX, MARKS_PREFIX)
-_SEALED = {AUDIT_PREFIX: AUDIT_KIND, OPERATOR_PREFIX: OPERATOR_KIND, SETTINGS_PREFIX: SETTINGS_KIND,
-           QUARANTINE_PREFIX: QUARANTINE_KIND}
 _PARALLEL = 4
 
 
@@ -79,60 +53,6 @@ class SyncReport:
                 "notes": self.notes}
 
 
-def verifier(name: str, params: RepoParams, keys: dict[int, DataKey], passphrase: bytes) -> Callable[[bytes], None]:
-    """How a copy of ``name`` is checked before it is written elsewhere; raises IntegrityError when it fails."""
-    last = name.rsplit("/", 1)[-1]
-
-    def by_name(data: bytes) -> None:
-        if sha256_hex(data) != last:
-            raise IntegrityError(f"{name} is damaged (checksum mismatch)")
-
-    def key(data: bytes) -> None:
-        unwrap_data_key(data, passphrase, params.repo_id, name)
-
-    def config(data: bytes) -> None:
-        if RepoParams.from_bytes(data, name).repo_id != params.repo_id:
-            raise IntegrityError("config names another repository")
-
-    def wal(data: bytes) -> None:
-        open_wal(data, last, keys)
-
-    def sealed(kind: bytes) -> Callable[[bytes], None]:
-        def check(data: bytes) -> None:
-            open_object(data, kind, keys)
-        return check
-
-    if name.startswith(_CONTENT_NAMED):
-        return by_name
-    if name.startswith(KEY_PREFIX):
-        return key
-    if name == CONFIG_NAME:
-        return config
-    if name == CLUSTER_NAME:
-        return sealed(CLUSTER_KIND)
-    if name.startswith(WAL_PREFIX):
-        return wal
-    for prefix, kind in _SEALED.items():
-        if name.startswith(prefix):
-            return sealed(kind)
-    raise IntegrityError(f"{name}: not a repository object sync knows how to check")
-
-
-async def _listing(st: Storage) -> set[str]:
-    names: set[str] = set()
-    for prefix in PREFIXES:
-        names |= {o.name for o in await st.list(prefix)}
-    if await st.exists(CONFIG_NAME):
-        names.add(CONFIG_NAME)
-    return names
-
-
-def _order(name: str) -> tuple[int, str]:
-    if name == CONFIG_NAME:
-        return len(PREFIXES), name
-    return next(i for i, p in enumerate(PREFIXES) if name.startswith(p)), name
-
-
 async def sync(ctx: EngineContext, target: str | None = None, dry_run: bool = False) -> SyncReport:
     """Copy to every target (or ``target``) each object it lacks, from a copy that verifies."""
     label = "sync" + (f" to {target}" if target else "") + (" (dry run)" if dry_run else "")
@@ -144,7 +64,7 @@ async def sync(ctx: EngineContext, target: str | None = None, dry_run: bool = Fa
             job.phase("list")
             sources = list(repo.storages)
             listings = dict(zip([s.name for s in sources],
-                                await asyncio.gather(*(_listing(s) for s in sources)), strict=True))
+                                await asyncio.gather(*(listing(s) for s in sources)), strict=True))
             known = {s.id for s in ctx.catalog.snapshots()}
             report = SyncReport(dry_run, [])
             everything = set().union(*listings.values())
@@ -163,11 +83,11 @@ async def sync(ctx: EngineContext, target: str | None = None, dry_run: bool = Fa
                     ts.skipped = f"{repo.damaged[dest.name]}"
                     continue
                 try:
-                    have = listings[dest.name] if dest.name in listings else await _listing(dest)
+                    have = listings[dest.name] if dest.name in listings else await listing(dest)
                 except StorageError as exc:
                     ts.skipped = str(exc)
                     continue
-                lacking = sorted(everything - have - unknown, key=_order)
+                lacking = sorted(everything - have - unknown, key=commit_order)
                 if CONFIG_NAME in have:
                     lacking = [n for n in lacking if n != CONFIG_NAME]
                 try:
@@ -214,7 +134,7 @@ async def _copy(repo: Repository, passphrase: bytes, listings: dict[str, set[str
 
     groups: list[list[str]] = []
     for name in lacking:
-        if groups and _order(groups[-1][0])[0] == _order(name)[0]:
+        if groups and commit_order(groups[-1][0])[0] == commit_order(name)[0]:
             groups[-1].append(name)
         else:
             groups.append([name])

@@ -1,12 +1,12 @@
-"""`backstop init`, `check`, `repair index` and `unlock`: the repository itself."""
+"""`backstop init`, `check`, `repair` (copies, index) and `unlock`: the repository itself."""
 
 from __future__ import annotations
 
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from core.cli.context import add_command, add_group, completes, engine_command, identity
-from core.cli.output import EXIT_FAILED, EXIT_OK, check_lines, err, print_json, printable
+from core.cli.context import add_command, completes, engine_command, identity
+from core.cli.output import EXIT_FAILED, EXIT_OK, check_lines, err, print_json, printable, size
 
 if TYPE_CHECKING:
     from core.engine import Engine
@@ -41,6 +41,39 @@ async def cmd_check(engine: Engine, args: argparse.Namespace) -> int:
         for line in check_lines(res):
             print(line)
     return EXIT_OK if res.ok else EXIT_FAILED
+
+
+async def cmd_repair(engine: Engine, args: argparse.Namespace) -> int:
+    rep = await engine.repair(target=args.target, dry_run=args.dry_run)
+    if args.json:
+        print_json(rep.to_json(), indent=1)
+        return EXIT_OK if rep.ok else EXIT_FAILED
+    would = "would " if rep.dry_run else ""
+    print(f"read {rep.objects_read} object copies ({size(rep.bytes_read)})")
+    for t in rep.targets:
+        if t.skipped is not None:
+            print(printable(f"target {t.target}: SKIPPED: {t.skipped}"))
+            continue
+        n = len(t.rewritten) + len(t.copied)
+        print(f"target {t.target}: " + (f"{would}rewrite {len(t.rewritten)} damaged and {would}copy {len(t.copied)} "
+                                        f"missing object(s), {size(t.bytes)}" if n else "nothing to repair"))
+        for line in t.rewritten:
+            print(printable(f"  {would}rewrite {line}"))
+        for line in t.copied[:20]:
+            print(printable(f"  {would}copy {line}"))
+        if len(t.copied) > 20:
+            print(f"  … and {len(t.copied) - 20} more")
+        for line in t.failed:
+            print(printable(f"  FAILED {line}"))
+    for lost in rep.lost:
+        where = "; ".join(f"{k}: {v}" for k, v in lost.copies.items())
+        snaps = ", ".join(lost.snapshots) or "none"
+        print(printable(f"NO INTACT COPY {lost.name} ({where}); snapshots affected: {snaps}; {lost.advice}"))
+    for note in rep.notes:
+        print(printable(f"note: {note}"))
+    if rep.lost:
+        err("nothing was deleted; the objects above have no copy that verifies on any target")
+    return EXIT_OK if rep.ok else EXIT_FAILED
 
 
 async def cmd_repair_index(engine: Engine, args: argparse.Namespace) -> int:
@@ -94,7 +127,15 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--read-data", action="store_true", help="read, decrypt and hash every stored chunk")
     completes(p.add_argument("--target", metavar="NAME", help="check only this target"), "targets")
 
-    rep = add_group(sub, "repair", "repair the repository", common)
+    p = add_command(sub, "repair", engine_command(cmd_repair),
+                    "rewrite damaged or missing copies from a copy that verifies on another target", common,
+                    description="read every object on every target and rewrite each damaged or missing copy "
+                                "from another target's copy that verifies, then read back what was written; "
+                                "`repair index` rebuilds the index from the pack headers")
+    p.add_argument("--dry-run", action="store_true", help="only report what would be done")
+    completes(p.add_argument("--target", metavar="NAME", help="repair only this target"), "targets")
+    rep = p.add_subparsers(dest="repair_command", metavar="COMMAND")
+    rep.required = False
     p = add_command(rep, "index", engine_command(cmd_repair_index),
                     "rebuild the index from the pack headers where index objects are damaged or missing", common)
     p.add_argument("--dry-run", action="store_true", help="only report what would be done")
