@@ -193,6 +193,15 @@ class _TargetPlacement(_Strict):
 class LocalTargetConfig(_TargetPlacement, _TransferLimits):
     type: Literal["local"]
     path: Path
+    # Backstop never deletes or rewrites objects here (lock files excepted); see FORMAT.md 23.
+    append_only: bool = False
+
+
+class ObjectLockConfig(_Strict):
+    """S3 Object Lock retention Backstop sets on the objects it never rewrites (FORMAT.md 23)."""
+
+    mode: Literal["compliance", "governance"]
+    days: int = Field(ge=1, le=36500)
 
 
 class S3TargetConfig(_TargetPlacement, _TransferLimits):
@@ -209,6 +218,8 @@ class S3TargetConfig(_TargetPlacement, _TransferLimits):
     max_attempts: int = Field(default=5, ge=1, le=20)
     connect_timeout_s: float = Field(default=5.0, gt=0)
     read_timeout_s: float = Field(default=60.0, gt=0)
+    # Write-once objects get this retention; the bucket must have Object Lock enabled.
+    object_lock: ObjectLockConfig | None = None
 
 
 TargetConfig = Annotated[LocalTargetConfig | S3TargetConfig, Field(discriminator="type")]

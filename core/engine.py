@@ -262,9 +262,10 @@ class Engine:
         return await retention.apply_retention(self.ctx, db, who, dry_run, now)
 
     async def prune_repository(self, who: Identity | None = None, grace_s: float | None = None,
-                               dry_run: bool = False) -> PruneReport:
+                               dry_run: bool = False, append_only_override: str | None = None) -> PruneReport:
         """Delete packs no snapshot needs and leftovers, older than the grace period (gated unless a dry run)."""
-        return await prune.prune_repository(self.ctx, who, grace_s, dry_run)
+        return await prune.prune_repository(self.ctx, who, grace_s, dry_run,
+                                            append_only_override=append_only_override)
 
     async def list_locks(self) -> list[dict[str, object]]:
         return await locks.list_locks(self.ctx)

@@ -45,6 +45,15 @@ class TargetUnreachable(StorageError):
     """A target cannot be reached at all (server down, directory gone)."""
 
 
+class DeletionRefused(StorageError):
+    """A target keeps this object by design: Object Lock retention or an append-only target (FORMAT.md 23)."""
+
+    def __init__(self, target: str, name: str, message: str, until: float | None = None) -> None:
+        super().__init__(target, message)
+        self.name = name
+        self.until = until  # Unix time the retention ends; None for an append-only target
+
+
 class ObjectNotFound(StorageError):
     """A named object does not exist on a target."""
 

@@ -22,6 +22,9 @@ class InitResult:
 async def init(ctx: EngineContext, who: Identity | None = None) -> InitResult:
     """Create the repository on every target (idempotent)."""
     stores = ctx.storages()
+    # Every target first: a bucket that cannot lock objects must stop init before anything is written anywhere.
+    for st in stores:
+        await st.check_capabilities()
     for st in stores:
         await st.prepare()
     repo, created = await Repository.init(stores, ctx.config.encryption.passphrase(), ctx.config.repository)

@@ -11,8 +11,10 @@ from core.jobs import run_job
 from core.repository import keyring
 from core.repository.keyring import KeyStatus, KeyUsage
 from core.repository.reencrypt import ReencryptReport, reencrypt
+from core.repository.repo import Repository
 from core.security.gate import Action, Identity, default_identity
 from core.security.guard import Acting, Guard, act
+from core.storage.immutability import is_append_only
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,11 @@ async def rotate_keys(ctx: EngineContext, who: Identity | None = None, kek: bool
     if if_due and every is None:
         raise UsageError("--if-due needs a policy: set encryption.rotate_every (e.g. 90d) in the config")
     what = "+".join(k for k, on in (("kek", kek), ("dek", dek)) if on)
+    vaults = [t.name for t in ctx.config.targets if getattr(t, "append_only", False)]
+    if kek and vaults:
+        # A KEK rotation rewrites every key object in place, which an append-only target refuses (FORMAT.md 23).
+        raise UsageError(f"target '{vaults[0]}' is append-only and a KEK rotation rewrites the key objects; "
+                         "rotate with --dek only, or set append_only: false for that run on its host")
     async with Guard(ctx).session(who, require_all=True) as sec:
         approval = None
         if if_due:
@@ -93,11 +100,20 @@ def _summary(report: ReencryptReport) -> dict[str, object]:
     return {k: v for k, v in report.to_json().items() if k != "snapshots"}
 
 
+def _refuse_immutable_targets(repo: Repository, what: str) -> None:
+    """Re-encryption and retirement delete what they replace: refused up front where a target keeps everything."""
+    for st in repo.storages:
+        if is_append_only(st) or getattr(getattr(st, "config", None), "object_lock", None) is not None:
+            raise UsageError(f"{what} deletes the objects it replaces, and target '{st.name}' never deletes "
+                             "(object_lock or append_only); it is not possible on this repository")
+
+
 async def reencrypt_keys(ctx: EngineContext, who: Identity | None = None,
                          versions: set[int] | None = None) -> ReencryptReport:
     """Move everything sealed with old DEK versions (default: all but the current) to the current one."""
     who = who or default_identity()
     async with Guard(ctx).session(who, require_all=True) as sec:
+        _refuse_immutable_targets(sec.repo, "re-encryption")
         current = sec.repo.key.version
         versions = set(versions) if versions else set(sec.repo.keys) - {current}
         subject = f"data key(s) {sorted(versions)} -> {current}"
@@ -113,6 +129,7 @@ async def retire_key(ctx: EngineContext, version: int, who: Identity | None = No
     who = who or default_identity()
     async with Guard(ctx).session(who, require_all=True) as sec:
         repo = sec.repo
+        _refuse_immutable_targets(repo, "key retirement")
         if version not in repo.keys:
             raise UsageError(f"there is no data key {version}; see `backstop key list`")
         if version == repo.key.version:

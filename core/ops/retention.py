@@ -24,12 +24,14 @@ from core.context import EngineContext
 from core.errors import ConfigError
 from core.jobs import run_job
 from core.ops.forget import FORGET_LOCK, forget_allowed
+from core.repository.gc import deleting_view, locked_snapshots
 from core.repository.repo import Repository
 from core.repository.wal import WalArchive, wal_object_name, wal_objects
 from core.retention.policy import RetainedFacts, RetentionPlan, plan_retention
 from core.retention.wal import PhysicalStart, WalTrimPlan, plan_wal_trim
 from core.security.gate import Action, Identity, default_identity
 from core.security.guard import Guard, act
+from core.storage.immutability import delete_where_allowed, when, why_kept
 
 
 @dataclass
@@ -42,10 +44,14 @@ class RetentionReport:
     dry_run: bool
     forgotten: list[str] = field(default_factory=list)
     wal_deleted: int = 0
+    # FORMAT.md 23: snapshots the rules would remove but whose manifest is locked: id -> retention end.
+    locked: dict[str, float] = field(default_factory=dict)
+    wal_locked_until: float | None = None  # trimming stopped at a WAL file locked until then
 
     def to_json(self) -> dict[str, object]:
         return {"db": self.db, "dry_run": self.dry_run, **self.plan.to_json(), "forgotten": list(self.forgotten),
-                "wal": self.wal.to_json(), "wal_deleted": self.wal_deleted}
+                "wal": self.wal.to_json(), "wal_deleted": self.wal_deleted, "locked": dict(self.locked),
+                "wal_locked_until": self.wal_locked_until}
 
 
 def retention_rules(ctx: EngineContext, db: str) -> RetentionConfig:
@@ -91,12 +97,32 @@ async def wal_trim_plan(ctx: EngineContext, repo: Repository, db: str, leaving: 
     return plan_wal_trim(retained, {n for lst in listings for n, _ in lst})
 
 
-async def delete_wal(repo: Repository, names: list[str]) -> int:
-    """Delete WAL files from every target, in the order given (oldest first); returns how many."""
-    for n in names:
+async def delete_wal(repo: Repository, names: list[str]) -> tuple[int, float | None]:
+    """Delete WAL files from every target, in the order given (oldest first); returns how many, and a lock's end.
+
+    Trimming stops at the first file some target holds under Object Lock
+    retention (the rest is younger, and the archive stays contiguous);
+    append-only targets keep every file (FORMAT.md 23).
+    """
+    view = deleting_view(repo)
+    for i, n in enumerate(names):
         obj = wal_object_name(n)
-        await asyncio.gather(*(st.delete(obj) for st in repo.storages))
-    return len(names)
+        kept = [k for k in await asyncio.gather(*(why_kept(st, obj) for st in view.storages)) if k is not None]
+        if kept:
+            return i, max(k.until or 0.0 for k in kept)
+        await delete_where_allowed(repo.storages, obj)
+    return len(names), None
+
+
+async def _hold_locked(repo: Repository, report: RetentionReport) -> None:
+    """Take snapshots whose manifest is locked out of the plan: they are kept until their date, not refused."""
+    locked = await locked_snapshots(repo, report.plan.remove)
+    report.locked = {sid: k.until or 0.0 for sid, k in locked.items()}
+    for d in report.plan.decisions:
+        kept = locked.get(d.snapshot_id)
+        if kept is not None:
+            d.keep = True
+            d.reasons.append(f"locked until {when(kept.until or 0.0)} on target '{kept.target}'")
 
 
 async def apply_retention(ctx: EngineContext, db: str, who: Identity | None = None, dry_run: bool = False,
@@ -110,8 +136,9 @@ async def apply_retention(ctx: EngineContext, db: str, who: Identity | None = No
     at = now or datetime.now(UTC)
     plan = plan_for(ctx, db, rules, at)
     repo = await ctx.open_repository(require_all=True)
-    wal = await wal_trim_plan(ctx, repo, db, set(plan.remove))
-    report = RetentionReport(db, plan, wal, dry_run)
+    report = RetentionReport(db, plan, WalTrimPlan(), dry_run)
+    await _hold_locked(repo, report)
+    wal = report.wal = await wal_trim_plan(ctx, repo, db, set(plan.remove))
     if dry_run or (not plan.remove and not wal.remove):
         return report
     who = who or default_identity()
@@ -122,13 +149,14 @@ async def apply_retention(ctx: EngineContext, db: str, who: Identity | None = No
             job.phase("forget")
             # Planned again under the lock: what another process forgot or added meanwhile counts.
             plan = report.plan = plan_for(ctx, db, rules, at)
+            await _hold_locked(acting.repo, report)
             if plan.alert:
                 job.warn(plan.alert)
             if plan.remove:
                 report.forgotten = await forget_allowed(ctx, acting, plan.remove)
             job.phase("wal")
             wal = report.wal = await wal_trim_plan(ctx, acting.repo, db, set())
-            report.wal_deleted = await delete_wal(acting.repo, wal.remove)
+            report.wal_deleted, report.wal_locked_until = await delete_wal(acting.repo, wal.remove)
             acting.detail.update(wal_deleted=report.wal_deleted, wal_kept_from=wal.keep_from)
             job.result = {"forgotten": report.forgotten, "wal_deleted": report.wal_deleted, "alert": plan.alert}
     return report

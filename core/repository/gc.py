@@ -30,6 +30,7 @@ that a crash at any point loses nothing a snapshot needs:
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from dataclasses import dataclass, field
 
@@ -41,6 +42,7 @@ from core.repository.marks import MARKS_PREFIX, MarkedPack, Marks
 from core.repository.packs import DATA_PREFIX, pack_id_from_name, pack_object_name
 from core.repository.repo import Repository
 from core.storage.base import ObjectInfo
+from core.storage.immutability import Kept, delete_where_allowed, is_append_only, when, why_kept
 
 DEFAULT_GRACE_S = 24 * 3600
 
@@ -132,7 +134,7 @@ async def replace_index(repo: Repository, index: Index, drop: set[str], add: Ind
         await repo.put_all(name, data)
         await repo.verify_all(name, name[len(INDEX_PREFIX):])
     for n in sorted(old - {name}):
-        await asyncio.gather(*(st.delete(n) for st in repo.storages))
+        await delete_where_allowed(repo.storages, n)
     return len(old - {name})
 
 
@@ -140,7 +142,7 @@ async def rewrite_marks(repo: Repository, marks: Marks, remove: set[str]) -> Non
     """Replace the ``marked/`` objects by one listing every mark but ``remove`` (none at all when nothing is left)."""
     name = await _write_marks(repo, Marks({pid: m for pid, m in marks.packs.items() if pid not in remove}))
     for n in sorted(marks.files - {name}):
-        await asyncio.gather(*(st.delete(n) for st in repo.storages))
+        await delete_where_allowed(repo.storages, n)
 
 
 async def _write_marks(repo: Repository, marks: Marks) -> str | None:
@@ -197,19 +199,39 @@ class PruneReport:
     index_objects_replaced: int = 0
     dry_run: bool = False
     leftovers: list[str] = field(default_factory=list)  # temp files, unfinished uploads, stale locks removed
+    # FORMAT.md 23: doomed packs kept marked because Object Lock retention still holds them, and until when.
+    packs_locked: int = 0
+    locked_until: float | None = None  # the latest retention end among them
+    append_only_targets: list[str] = field(default_factory=list)  # left untouched (nothing deleted there)
+
+    def immutability_lines(self) -> list[str]:
+        """What prune kept because a target may not delete it, for people."""
+        lines = []
+        if self.packs_locked:
+            lines.append(f"{self.packs_locked} unneeded pack(s) are locked (Object Lock) until "
+                         f"{when(self.locked_until or 0)} at the latest: kept marked, deleted by a prune after that")
+        for name in self.append_only_targets:
+            lines.append(f"target '{name}' is append-only: nothing was deleted there (prune it on that host with "
+                         f"`backstop prune --append-only-override {name}`)")
+        return lines
 
     def to_json(self) -> dict[str, object]:
         return {"snapshots": self.snapshots, "packs_total": self.packs_total, "packs_deleted": len(self.packs_deleted),
                 "bytes_freed": self.bytes_freed, "packs_too_young": self.packs_too_young,
                 "index_objects_replaced": self.index_objects_replaced, "packs_marked": self.packs_marked,
                 "packs_waiting": self.packs_waiting, "packs_rescued": self.packs_rescued, "dry_run": self.dry_run,
-                "leftovers_removed": len(self.leftovers)}
+                "leftovers_removed": len(self.leftovers), "packs_locked": self.packs_locked,
+                "locked_until": self.locked_until, "append_only_targets": list(self.append_only_targets)}
 
 
 async def prune(repo: Repository, grace_s: float = DEFAULT_GRACE_S, dry_run: bool = False,
                 now: float | None = None) -> PruneReport:
     """Mark packs no snapshot needs; delete those marked longer than ``grace_s`` ago (caller holds the prune lock)."""
     at = time.time() if now is None else now
+    full, repo = repo, deleting_view(repo)
+    if not repo.storages:
+        # Every target is append-only: nothing may be deleted anywhere.
+        return PruneReport(0, 0, dry_run=dry_run, append_only_targets=[st.name for st in full.storages])
     sids, live = await _live_chunks(repo)
     index = await repo.load_index(common=False, marked=False)
     refuse_damaged_index(index)
@@ -219,7 +241,8 @@ async def prune(repo: Repository, grace_s: float = DEFAULT_GRACE_S, dry_run: boo
     needed = referenced_packs(readable, live, listings, repo)
     del live
     every_pack = set(index.packs).union(marks.packs, *(set(lst) for lst in listings))
-    report = PruneReport(len(sids), len(every_pack), dry_run=dry_run)
+    report = PruneReport(len(sids), len(every_pack), dry_run=dry_run,
+                         append_only_targets=[st.name for st in full.storages if is_append_only(st)])
     rescued = set(marks.packs) & set(needed)
     newly: dict[str, MarkedPack] = {}
     for pid in sorted(every_pack - set(needed) - set(marks.packs)):
@@ -241,6 +264,12 @@ async def prune(repo: Repository, grace_s: float = DEFAULT_GRACE_S, dry_run: boo
     if doomed:
         # A backup that loaded the index before these packs were marked may have finished since step 1.
         doomed -= await _needed_since(repo, sids, readable, doomed)
+    if doomed:
+        # Never try to delete a locked pack before its date: it stays marked until a later prune (FORMAT.md 23).
+        locked = await _locked_packs(repo, doomed, listings)
+        doomed -= set(locked)
+        report.packs_locked = len(locked)
+        report.locked_until = max((k.until or 0.0 for k in locked.values()), default=None)
     report.packs_marked, report.packs_rescued = len(newly), len(rescued)
     report.packs_waiting = len(set(marked) - doomed)
     report.packs_deleted = sorted(doomed)
@@ -248,6 +277,9 @@ async def prune(repo: Repository, grace_s: float = DEFAULT_GRACE_S, dry_run: boo
     report.bytes_freed = sum(first[p].size for p in doomed if p in first)
     if dry_run:
         return report
+    # New objects go to every target, append-only ones too (so backups count them for deduplication, 12.3);
+    # reads above and deletes below are on the targets that may delete.
+    repo = full
     if rescued:
         back = marks.as_index(rescued)
         name, data = back.seal(repo.key)
@@ -258,20 +290,50 @@ async def prune(repo: Repository, grace_s: float = DEFAULT_GRACE_S, dry_run: boo
     marks_name = await _write_marks(repo, survivors) if changed_marks else None
     dropped = set(marked) & set(index.packs)  # doomed packs are marked ones
     if dropped:
-        young = await _young_index_objects(repo, at, grace_s)
+        young = await _young_index_objects(deleting_view(repo), at, grace_s)
         report.index_objects_replaced = await replace_index(repo, index, dropped, keep=young)
     if changed_marks:
         for n in sorted(marks.files - {marks_name}):
-            await asyncio.gather(*(st.delete(n) for st in repo.storages))
+            await delete_where_allowed(repo.storages, n)
+    holders = deleting_view(repo).storages
     for pid in sorted(doomed):
         obj = pack_object_name(pid)
-        await asyncio.gather(*(st.delete(obj) for st, lst in zip(repo.storages, listings, strict=True) if pid in lst))
+        kept = await delete_where_allowed([st for st, lst in zip(holders, listings, strict=True) if pid in lst], obj)
+        if kept:  # locked since it was planned (by someone else): unmarked now, the next prune marks it again
+            report.packs_deleted.remove(pid)
+            report.packs_locked += 1
     # A deleted pack needs no quarantine record any more.
     held = await quarantine.load(repo)
     if held & doomed:
         await quarantine.release(repo, held & doomed)
     report.leftovers = await remove_leftovers(repo, at - grace_s)
     return report
+
+
+def deleting_view(repo: Repository) -> Repository:
+    """``repo`` restricted to the targets Backstop may delete from (append-only ones left out).
+
+    Deciding what is unneeded looks only at these: an append-only target keeps
+    forgotten manifests and replaced index objects, which must not count.
+    """
+    if not any(is_append_only(st) for st in repo.storages):
+        return repo
+    view = copy.copy(repo)
+    view.storages = [st for st in repo.storages if not is_append_only(st)]
+    return view
+
+
+async def _locked_packs(repo: Repository, packs: set[str], listings: list[dict[str, ObjectInfo]]) -> dict[str, Kept]:
+    """Of ``packs``, those some target holds under Object Lock retention still: pack id -> the latest lock."""
+    locked: dict[str, Kept] = {}
+    for pid in sorted(packs):
+        obj = pack_object_name(pid)
+        found = await asyncio.gather(*(why_kept(st, obj) for st, lst in zip(repo.storages, listings, strict=True)
+                                       if pid in lst))
+        dated = [k for k in found if k is not None and k.until is not None]
+        if dated:
+            locked[pid] = max(dated, key=lambda k: k.until or 0.0)
+    return locked
 
 
 def _mtime(obj: ObjectInfo, unknown: float) -> float:
@@ -298,13 +360,33 @@ async def remove_leftovers(repo: Repository, older_than: float) -> list[str]:
     return removed
 
 
+async def locked_snapshots(repo: Repository, sids: list[str]) -> dict[str, Kept]:
+    """Of ``sids``, the snapshots whose manifest some target holds under Object Lock retention: sid -> the latest."""
+    view = deleting_view(repo)
+    out: dict[str, Kept] = {}
+    for sid in sids:
+        found = await asyncio.gather(*(why_kept(st, f"{SNAPSHOT_PREFIX}{sid}") for st in view.storages))
+        dated = [k for k in found if k is not None and k.until is not None]
+        if dated:
+            out[sid] = max(dated, key=lambda k: k.until or 0.0)
+    return out
+
+
 async def forget(repo: Repository, sids: list[str]) -> list[str]:
     """Delete snapshot manifests from every target; returns the ids removed.
 
     A manifest that replaced another (re-encryption, 10) takes a leftover of
     the one it replaced along, so the snapshot cannot come back through
-    ``catalog rebuild``.
+    ``catalog rebuild``. A snapshot whose manifest is locked (Object Lock)
+    is refused before anything is deleted, naming the date it can go; an
+    append-only target keeps its copy (FORMAT.md 23).
     """
+    locked = await locked_snapshots(repo, sids)
+    if locked:
+        sid, kept = next(iter(locked.items()))
+        more = f" (and {len(locked) - 1} more)" if len(locked) > 1 else ""
+        raise RepositoryError(f"snapshot {sid[:8]}{more} is locked on target '{kept.target}' until "
+                              f"{when(kept.until or 0)} (object_lock); forget it after that date")
     removed: list[str] = []
     for sid in sids:
         targets = [sid]
@@ -315,6 +397,6 @@ async def forget(repo: Repository, sids: list[str]) -> list[str]:
         except RepositoryError:
             pass  # unreadable: still delete it
         for s in targets:
-            await asyncio.gather(*(st.delete(f"{SNAPSHOT_PREFIX}{s}") for st in repo.storages))
+            await delete_where_allowed(repo.storages, f"{SNAPSHOT_PREFIX}{s}")
         removed.append(sid)
     return removed

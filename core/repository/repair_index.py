@@ -29,6 +29,7 @@ from core.repository.index import INDEX_PREFIX, IndexFile, Location
 from core.repository.packs import DATA_PREFIX, fetch_pack_header, pack_id_from_name
 from core.repository.repo import Repository, sha256_hex
 from core.storage.base import Storage
+from core.storage.immutability import delete_where_allowed
 
 
 @dataclass
@@ -132,5 +133,5 @@ async def repair_index(repo: Repository, dry_run: bool = False) -> IndexRepairRe
         await quarantine.add(repo, findings, "repair index")
     # Last: what the damaged objects listed is indexed again (or was never readable).
     for name in rep.damaged_index:
-        await asyncio.gather(*(st.delete(name) for st in stores))
+        await delete_where_allowed(stores, name)  # an append-only target keeps its copy (FORMAT.md 23)
     return rep

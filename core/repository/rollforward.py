@@ -21,6 +21,7 @@ from core.repository.index import Index
 from core.repository.manifest import SNAPSHOT_PREFIX, Manifest
 from core.repository.repo import Repository, sha256_hex
 from core.storage.base import Storage
+from core.storage.immutability import is_append_only
 
 
 @dataclass
@@ -40,6 +41,8 @@ async def complete_manifests(repo: Repository, index: Index) -> RollForward:
     for sid in sorted(set().union(*held) - every):
         holders = [st for st, have in zip(repo.storages, held, strict=True) if sid in have]
         lacking = [st for st, have in zip(repo.storages, held, strict=True) if sid not in have]
+        if all(is_append_only(st) for st in holders) and not all(is_append_only(st) for st in repo.storages):
+            continue  # forgotten: an append-only target keeps what forget deleted elsewhere (FORMAT.md 23)
         data = await _intact_copy(holders, sid)
         if data is None:
             out.left[sid] = "no target holds an intact copy of its manifest"

@@ -74,5 +74,12 @@ class Storage(abc.ABC):
     async def prepare(self) -> None:  # noqa: B027  (optional: most targets need nothing)
         """Create the container (directory, bucket) if absent; used by `init`."""
 
+    async def check_capabilities(self) -> None:  # noqa: B027  (optional: most targets promise nothing special)
+        """Raise (one line, what to do) if the target cannot keep what its config promises; `init` calls it first."""
+
+    async def locked_until(self, name: str) -> float | None:
+        """When Object Lock retention on ``name`` ends (a Unix time), or None when nothing stops its deletion now."""
+        return None
+
     async def close(self) -> None:  # noqa: B027  (optional: most targets hold nothing)
         """Release connections and threads."""

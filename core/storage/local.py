@@ -14,6 +14,7 @@ from core.config import LocalTargetConfig
 from core.errors import ObjectDamaged, ObjectNotFound, StorageError, TargetUnreachable
 from core.format import utc
 from core.storage.base import ObjectInfo, Storage
+from core.storage.immutability import APPEND_ONLY_DELETABLE, APPEND_ONLY_REPLACEABLE, Kept, refused
 from core.storage.throttle import Limits
 
 # Temp files of in-flight (or crashed) writes start with this; list() hides them.
@@ -66,9 +67,29 @@ class LocalStorage(Storage):
         # Bandwidth limits shared by every call of this target (core/storage/throttle.py).
         self.limits = Limits.of(config)
         self.parallel_uploads = config.parallel_uploads
+        # FORMAT.md 23: no deletes or rewrites here, unless an operator lifts it for one run.
+        self.append_only = config.append_only
 
     def describe(self) -> str:
         return f"directory {self.root}"
+
+    def lift_append_only(self, lifted: bool = True) -> None:
+        """Allow deletes until called with ``lifted=False`` (`backstop prune --append-only-override`)."""
+        self.append_only = self.config.append_only and not lifted
+
+    def _refuse_rewrite(self, name: str, data: bytes) -> bool:
+        """On an append-only target, writing other bytes over an existing object is refused (same bytes: a no-op)."""
+        path = self._path(name)
+        try:
+            current = path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError as exc:
+            raise self._os_error(exc, "read", path) from None
+        if current == data:
+            return True  # already there: nothing to write
+        raise StorageError(self.name, f"{name} exists on this append-only target and Backstop never rewrites "
+                                      "objects there; repair it on that host (append_only: false for one run)")
 
     # -- helpers ---------------------------------------------------------
 
@@ -354,6 +375,9 @@ class LocalStorage(Storage):
 
     async def put(self, name: str, data: bytes) -> None:
         await self.limits.before_upload(len(data))
+        if self.append_only and not name.startswith(APPEND_ONLY_REPLACEABLE):
+            if await asyncio.to_thread(self._refuse_rewrite, name, data):
+                return
         await asyncio.to_thread(self._put, name, data)
 
     async def get(self, name: str) -> bytes:
@@ -372,6 +396,8 @@ class LocalStorage(Storage):
         return await asyncio.to_thread(self._list, prefix)
 
     async def delete(self, name: str) -> None:
+        if self.append_only and not name.startswith(APPEND_ONLY_DELETABLE):
+            raise refused(Kept(self.name, name, None))
         await asyncio.to_thread(self._delete, name)
 
     async def cleanup_leftovers(self, older_than: float) -> builtins.list[str]:

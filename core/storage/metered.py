@@ -191,6 +191,12 @@ class MeteredStorage(Storage):
         await self.inner.prepare()
         self.meter.forget_errors(self.name)
 
+    async def check_capabilities(self) -> None:
+        await self.inner.check_capabilities()
+
+    async def locked_until(self, name: str) -> float | None:
+        return await self.inner.locked_until(name)
+
     async def close(self) -> None:
         await self.inner.close()
 

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from core.config import S3TargetConfig
 from core.errors import ObjectDamaged, ObjectNotFound, StorageError, TargetUnreachable
 from core.storage.base import ObjectInfo, Storage
+from core.storage.immutability import Kept, is_write_once, refused, retain_until
 from core.storage.throttle import Limits
 
 # boto3 clients are generated at runtime; stubs (mypy-boto3-s3) are not a dependency.
@@ -216,6 +217,9 @@ class S3Storage(Storage):
                     self.name, f"bucket {self.config.bucket} is in another region ({code}); set 'region' in the config"
                 )
             what = f" of {name}" if name else ""
+            if code == "InvalidRequest" and self.config.object_lock is not None and action == "upload":
+                return StorageError(self.name, f"{where} refused a write with Object Lock retention{what}; the "
+                                               "bucket must have Object Lock enabled: run `backstop init` to check it")
             message = _one_line(str(err.get("Message") or ""))
             return StorageError(
                 self.name, f"S3 error {code} during {action}{what}" + (f": {message}" if message else "")
@@ -260,7 +264,8 @@ class S3Storage(Storage):
         bucket = self.config.bucket
         chunk = self.config.multipart_chunk_mib * 1024 * 1024
         upload_id: str = await self._run(
-            "upload", name, lambda c: c.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"])
+            "upload", name, lambda c: c.create_multipart_upload(Bucket=bucket, Key=key, **self._retention(name))[
+                "UploadId"])
         slots = asyncio.Semaphore(_PART_CONCURRENCY)
 
         def send(client: S3Client, number: int, body: bytes) -> dict[str, Any]:
@@ -370,6 +375,92 @@ class S3Storage(Storage):
             if exc.response.get("Error", {}).get("Code") != "NoSuchKey":
                 raise
 
+    # -- object lock (FORMAT.md 23) ------------------------------------------
+
+    def _retention(self, name: str) -> dict[str, Any]:
+        """put_object/create_multipart_upload arguments setting retention on a write-once object."""
+        lock = self.config.object_lock
+        if lock is None or not is_write_once(name):
+            return {}
+        return {"ObjectLockMode": lock.mode.upper(), "ObjectLockRetainUntilDate": retain_until(lock)}
+
+    def _versions(self, client: S3Client, key: str) -> list[str]:
+        """Every version id and delete marker id of exactly ``key`` (a lock-enabled bucket is versioned)."""
+        ids: list[str] = []
+        paginator = client.get_paginator("list_object_versions")
+        for page in paginator.paginate(Bucket=self.config.bucket, Prefix=key):
+            for entry in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]:
+                if entry.get("Key") == key and entry.get("VersionId"):
+                    ids.append(str(entry["VersionId"]))
+        return ids
+
+    def _locked_until(self, client: S3Client, name: str) -> tuple[float | None, list[str]]:
+        """The latest retention end still ahead among ``name``'s versions, and every version id."""
+        import time
+
+        from botocore.exceptions import ClientError
+
+        key = self._key(name)
+        ids = self._versions(client, key)
+        now = time.time()
+        latest: float | None = None
+        for vid in ids:
+            try:
+                head = client.head_object(Bucket=self.config.bucket, Key=key, VersionId=vid)
+            except ClientError as exc:
+                # A delete marker answers 405 (or 404) to HEAD: it carries no retention.
+                if str(exc.response.get("Error", {}).get("Code")) in _NOT_FOUND_CODES | {"405", "MethodNotAllowed"}:
+                    continue
+                raise
+            until = head.get("ObjectLockRetainUntilDate")
+            if until is not None and head.get("ObjectLockMode") and until.timestamp() > now:
+                latest = max(latest or 0.0, until.timestamp())
+        return latest, ids
+
+    def _delete_versions(self, client: S3Client, name: str) -> None:
+        """Delete every version of ``name`` for good, or raise DeletionRefused without deleting any."""
+        # A plain DELETE in a versioned bucket would only add a delete marker: the object would vanish
+        # from listings while its bytes (and the lock) stay, which is pretending.
+        until, ids = self._locked_until(client, name)
+        if until is not None:
+            raise refused(Kept(self.name, name, until))
+        key = self._key(name)
+        for vid in ids:
+            client.delete_object(Bucket=self.config.bucket, Key=key, VersionId=vid)
+
+    def _check_object_lock(self, client: S3Client, missing_ok: bool) -> None:
+        """Raise unless the bucket has Object Lock enabled and no default retention rule."""
+        from botocore.exceptions import ClientError
+
+        bucket = self.config.bucket
+        create = (f"create a new bucket with Object Lock enabled (it cannot be turned on later), or name a bucket "
+                  f"that does not exist yet and `backstop init` creates it so; or remove object_lock from target "
+                  f"'{self.name}'")
+        try:
+            client.head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            if missing_ok and str(exc.response.get("Error", {}).get("Code")) in _NOT_FOUND_CODES | {"NoSuchBucket"}:
+                return  # prepare() creates it with Object Lock enabled, then checks again
+            raise
+        try:
+            conf = client.get_object_lock_configuration(Bucket=bucket).get("ObjectLockConfiguration", {})
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code"))
+            if code in {"ObjectLockConfigurationNotFoundError", "404", "NoSuchObjectLockConfiguration"}:
+                raise StorageError(self.name, f"bucket {bucket} has no Object Lock (object_lock is set); "
+                                              f"{create}") from None
+            if code in {"NotImplemented", "501", "MethodNotAllowed", "405", "InvalidRequest"}:
+                raise StorageError(self.name, f"{self.describe()} cannot lock objects ({code}); use a server "
+                                              "that supports S3 Object Lock, or remove object_lock from the "
+                                              "target") from None
+            raise
+        if conf.get("ObjectLockEnabled") != "Enabled":
+            raise StorageError(self.name, f"bucket {bucket} has no Object Lock (object_lock is set); {create}")
+        if conf.get("Rule", {}).get("DefaultRetention"):
+            raise StorageError(self.name, f"bucket {bucket} has a default retention rule, which would lock "
+                                          "Backstop's lock and prune objects too; remove the rule (Backstop sets "
+                                          "retention per object from object_lock)")
+
     def _cleanup_leftovers(self, client: S3Client, older_than: float) -> list[str]:
         from botocore.exceptions import ClientError
 
@@ -406,6 +497,9 @@ class S3Storage(Storage):
             if str(exc.response.get("Error", {}).get("Code")) not in _NOT_FOUND_CODES | {"NoSuchBucket"}:
                 raise
         kwargs: dict[str, Any] = {"Bucket": self.config.bucket}
+        if self.config.object_lock is not None:
+            # Object Lock can only be enabled when a bucket is created (it also turns versioning on).
+            kwargs["ObjectLockEnabledForBucket"] = True
         region = self.config.region or client.meta.region_name
         # us-east-1 is the one region that rejects an explicit LocationConstraint.
         if region and region != "us-east-1" and not self.config.endpoint_url:
@@ -432,7 +526,8 @@ class S3Storage(Storage):
             await self._multipart_put(name, key, data)
             return
         await self.limits.paced_upload(len(data), lambda: self._run(
-            "upload", name, lambda c: c.put_object(Bucket=self.config.bucket, Key=key, Body=data)))
+            "upload", name, lambda c: c.put_object(Bucket=self.config.bucket, Key=key, Body=data,
+                                                   **self._retention(name))))
 
     async def get(self, name: str) -> bytes:
         return await self.limits.paced_get(lambda: self._run("download", name, lambda c: self._get(c, name, 0, None)))
@@ -455,7 +550,19 @@ class S3Storage(Storage):
         return await self._run("listing", None, lambda c: self._list(c, prefix))
 
     async def delete(self, name: str) -> None:
+        if self.config.object_lock is not None:
+            await self._run("delete", name, lambda c: self._delete_versions(c, name))
+            return
         await self._run("delete", name, lambda c: self._delete(c, name))
+
+    async def locked_until(self, name: str) -> float | None:
+        if self.config.object_lock is None:
+            return None
+        return await self._run("retention check", name, lambda c: self._locked_until(c, name)[0])
+
+    async def check_capabilities(self) -> None:
+        if self.config.object_lock is not None:
+            await self._run("object lock check", None, lambda c: self._check_object_lock(c, missing_ok=True))
 
     async def cleanup_leftovers(self, older_than: float) -> builtins.list[str]:
         return await self._run("leftover cleanup", None, lambda c: self._cleanup_leftovers(c, older_than))
@@ -466,6 +573,8 @@ class S3Storage(Storage):
 
     async def prepare(self) -> None:
         await self.ensure_bucket()
+        # A server may accept ObjectLockEnabledForBucket and ignore it: check what it says now.
+        await self.check_capabilities()
 
     async def close(self) -> None:
         parts, self._parts = self._parts, None

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from core.cli.context import add_command, completes, engine_command, identity
 from core.cli.output import EXIT_OK, Column, err, print_json, print_table, printable, size, warn
 from core.errors import UsageError
+from core.storage.immutability import when
 
 if TYPE_CHECKING:
     from core.engine import Engine
@@ -56,6 +57,9 @@ async def _forget_by_rules(engine: Engine, args: argparse.Namespace) -> int:
             print(f"WAL: nothing to delete: {wal.note}")
         else:
             print(f"WAL: nothing to delete (all {wal.kept} file(s) from {wal.keep_from} on are needed)")
+        if rep.wal_locked_until is not None:
+            print(f"WAL: trimming stopped at a file locked until {when(rep.wal_locked_until)} (object_lock); "
+                  "a later run deletes the rest")
         if rep.dry_run:
             err(f"dry run: {len(rep.plan.remove)} of {len(rep.plan.decisions)} snapshot(s) would be forgotten; "
                 "nothing was changed")
@@ -79,7 +83,8 @@ def _decision_rows(rep: Any) -> list[list[object]]:
 
 async def cmd_prune(engine: Engine, args: argparse.Namespace) -> int:
     grace = parse_grace(args.grace) if args.grace is not None else None
-    rep = await engine.prune_repository(identity(args), grace_s=grace, dry_run=args.dry_run)
+    rep = await engine.prune_repository(identity(args), grace_s=grace, dry_run=args.dry_run,
+                                        append_only_override=args.append_only_override)
     if args.json:
         print_json(rep.to_json())
         return EXIT_OK
@@ -92,6 +97,8 @@ async def cmd_prune(engine: Engine, args: argparse.Namespace) -> int:
     if rep.packs_rescued:
         print(f"  {'would put' if would else 'put'} {rep.packs_rescued} marked pack(s) back: a snapshot written "
               "while they were marked needs them")
+    for line in rep.immutability_lines():
+        print(f"  {line}")
     for line in rep.leftovers:
         print(printable(f"  removed leftover: {line}"))
     return EXIT_OK
@@ -115,3 +122,6 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="how long a pack stays marked before it is deleted, and how old an unneeded pack must be "
                         "to be marked; longer than any backup (default 24h; 0 deletes at once, unsafe beside backups)")
     p.add_argument("--dry-run", action="store_true", help="only report what would be deleted (needs no code)")
+    p.add_argument("--append-only-override", metavar="TARGET",
+                   help="also delete on this append-only target (run on the host that holds it): the snapshots "
+                        "forgotten elsewhere, then what prune deletes; audited")
