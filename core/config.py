@@ -193,6 +193,13 @@ class _TargetPlacement(_Strict):
 class LocalTargetConfig(_TargetPlacement, _TransferLimits):
     type: Literal["local"]
     path: Path
+    # `backstop archive` makes sure packs used only by snapshots older than this are present here (FORMAT.md 12.5).
+    archive_after_days: int | None = Field(default=None, ge=1)
+
+
+# S3 storage classes `backstop archive` may move packs to (STANDARD is where they start).
+ArchiveStorageClass = Literal["STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR", "GLACIER",
+                              "DEEP_ARCHIVE"]
 
 
 class S3TargetConfig(_TargetPlacement, _TransferLimits):
@@ -209,6 +216,16 @@ class S3TargetConfig(_TargetPlacement, _TransferLimits):
     max_attempts: int = Field(default=5, ge=1, le=20)
     connect_timeout_s: float = Field(default=5.0, gt=0)
     read_timeout_s: float = Field(default=60.0, gt=0)
+    # Archive tier (`backstop archive`, FORMAT.md 12.5): packs used only by snapshots older than
+    # archive_after_days go to storage_class here (copied in place); GLACIER/DEEP_ARCHIVE need a thaw to restore.
+    storage_class: ArchiveStorageClass | None = None
+    archive_after_days: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _archive_pair(self) -> S3TargetConfig:
+        if self.storage_class is not None and self.archive_after_days is None:
+            raise ValueError("storage_class needs archive_after_days (the snapshot age after which packs move there)")
+        return self
 
 
 TargetConfig = Annotated[LocalTargetConfig | S3TargetConfig, Field(discriminator="type")]
