@@ -195,6 +195,8 @@ class LocalTargetConfig(_TargetPlacement, _TransferLimits):
     path: Path
     # Backstop never deletes or rewrites objects here (lock files excepted); see FORMAT.md 23.
     append_only: bool = False
+    # `backstop archive` makes sure packs used only by snapshots older than this are present here (FORMAT.md 12.6).
+    archive_after_days: int | None = Field(default=None, ge=1)
 
 
 class ObjectLockConfig(_Strict):
@@ -202,6 +204,11 @@ class ObjectLockConfig(_Strict):
 
     mode: Literal["compliance", "governance"]
     days: int = Field(ge=1, le=36500)
+
+
+# S3 storage classes `backstop archive` may move packs to (STANDARD is where they start).
+ArchiveStorageClass = Literal["STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR", "GLACIER",
+                              "DEEP_ARCHIVE"]
 
 
 class S3TargetConfig(_TargetPlacement, _TransferLimits):
@@ -220,6 +227,16 @@ class S3TargetConfig(_TargetPlacement, _TransferLimits):
     read_timeout_s: float = Field(default=60.0, gt=0)
     # Write-once objects get this retention; the bucket must have Object Lock enabled.
     object_lock: ObjectLockConfig | None = None
+    # Archive tier (`backstop archive`, FORMAT.md 12.6): packs used only by snapshots older than
+    # archive_after_days go to storage_class here (copied in place); GLACIER/DEEP_ARCHIVE need a thaw to restore.
+    storage_class: ArchiveStorageClass | None = None
+    archive_after_days: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _archive_pair(self) -> S3TargetConfig:
+        if self.storage_class is not None and self.archive_after_days is None:
+            raise ValueError("storage_class needs archive_after_days (the snapshot age after which packs move there)")
+        return self
 
 
 TargetConfig = Annotated[LocalTargetConfig | S3TargetConfig, Field(discriminator="type")]

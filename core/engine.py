@@ -26,6 +26,7 @@ from core.insights.overview import Dashboard, build_dashboard, build_trend_serie
 from core.insights.targets import TargetHealth, summarise
 from core.insights.trends import Trends
 from core.ops import (
+    archive,
     audit,
     backup,
     check,
@@ -49,6 +50,7 @@ from core.ops import (
     verify,
     wal,
 )
+from core.ops.archive import ArchiveReport, ThawReport
 from core.ops.audit import AuditVerification
 from core.ops.check import CheckResult
 from core.ops.coverage import RecoveryPointAge, WalCoverage
@@ -241,6 +243,15 @@ class Engine:
     async def repair(self, target: str | None = None, dry_run: bool = False) -> RepairReport:
         """Rewrite every damaged or missing copy on every target (or ``target``) from a copy that verifies."""
         return await repair.repair(self.ctx, target, dry_run)
+
+    async def archive(self, dry_run: bool = False, now: float | None = None) -> ArchiveReport:
+        """Move packs only old snapshots use to each target's archive class, making sure they are there."""
+        return await archive.archive(self.ctx, dry_run, now)
+
+    async def thaw(self, snapshot: str, tier: str = "Standard", target: str | None = None,
+                   days: int = 7) -> ThawReport:
+        """Ask S3 to thaw the archived packs a restore of ``snapshot`` needs (restore_object)."""
+        return await archive.thaw(self.ctx, snapshot, tier, target, days)
 
     async def sync(self, target: str | None = None, dry_run: bool = False) -> SyncReport:
         """Copy to every target (or ``target``) each repository object it lacks, from a copy that verifies."""

@@ -66,6 +66,10 @@ class ObjectDamaged(StorageError):
     """An object a target returned is not what was stored (short read, truncated): damage, not an outage."""
 
 
+class ObjectFrozen(StorageError):
+    """The object is in an archive storage class (GLACIER, DEEP_ARCHIVE) and must be thawed before it can be read."""
+
+
 class RepositoryError(BackstopError):
     """The repository is missing, of another format, or inconsistent."""
 

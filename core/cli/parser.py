@@ -22,6 +22,7 @@ COMMANDS = (
     "core.cli.commands.catalog",  # catalog rebuild, jobs
     "core.cli.commands.housekeeping",  # forget, prune
     "core.cli.commands.sync",  # sync
+    "core.cli.commands.archive",  # archive [thaw]
     "core.cli.commands.operators",  # operator add|list|role|remove|recover
     "core.cli.commands.audit",  # audit list|verify
     "core.cli.commands.keys",  # key list|rotate|reencrypt|retire

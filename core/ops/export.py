@@ -45,6 +45,7 @@ from core.repository import quarantine
 from core.repository.manifest import SCHEMA_FILE, FileEntry, Manifest
 from core.repository.reader import StreamReader, check_complete
 from core.repository.sources import ReadSources
+from core.repository.tiers import FrozenCopies, packs_of, plan_reads
 
 FORMATS = ("custom", "directory", "plain")
 _WRITE_SIZE = 1 << 20
@@ -95,9 +96,13 @@ async def export(ctx: EngineContext, db_name: str, path: str | Path, fmt: str,
         repo.storages[:] = sources.storages  # best first (priority), failing over per object
         job.phase("prepare")
         manifest = await repo.read_manifest(snap.id)
-        index = await repo.load_index(common=False, avoid=await quarantine.load(repo))
+        frozen = await FrozenCopies.scan(repo.storages)  # archived packs (FORMAT.md 12.6)
+        index = await repo.load_index(common=False, avoid=await quarantine.load(repo) | frozen.packs())
         for f in manifest.files:
             check_complete(f, index)  # before anything is written
+        sources.frozen, notes = await plan_reads(repo.storages, frozen, packs_of(manifest.files, index), snap.id)
+        for note in notes:
+            job.warn(note)
         reader = StreamReader(repo, index, ctx.pool, on_damage=job.warn, sources=sources)
         streams = _Streams(reader, sum(f.size for f in manifest.files), job)
         run = _Export(manifest, streams, out, fmt, dbc.bin_dir)

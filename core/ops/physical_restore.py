@@ -64,6 +64,7 @@ from core.repository.manifest import PHYSICAL, Manifest, PhysicalInfo
 from core.repository.reader import StreamReader, check_complete
 from core.repository.repo import Repository
 from core.repository.sources import ReadSources, TargetShare, summarise
+from core.repository.tiers import FrozenCopies, packs_of, plan_reads
 from core.repository.wal import list_wal, read_wal
 
 BACKUP_MANIFEST = "backup_manifest"
@@ -449,11 +450,16 @@ class _Restore:
         bin_dir = _server_bin_dir(self.ctx, req.db, info.pg_version)
         cluster = LocalCluster(self.pgdata, port=req.port or free_port(), bin_dir=bin_dir)
         self._check_readable(cluster)
-        index = await self.repo.load_index(common=False, avoid=await quarantine.load(self.repo))
+        frozen = await FrozenCopies.scan(self.repo.storages)  # archived packs (FORMAT.md 12.6)
+        index = await self.repo.load_index(common=False, avoid=await quarantine.load(self.repo) | frozen.packs())
         for f in manifest.files:
             check_complete(f, index)
         sources = ReadSources.for_targets(self.repo.storages, self.ctx.config.targets,
                                           health=recent_health(self.ctx))
+        sources.frozen, notes = await plan_reads(sources.storages, frozen, packs_of(manifest.files, index),
+                                                 self.choice.record.id)
+        for note in notes:
+            job.warn(note)
         reader = self.reader = StreamReader(self.repo, index, self.ctx.pool, on_damage=job.warn, sources=sources)
         total = sum(f.size for f in manifest.files)
         job.phase("write")

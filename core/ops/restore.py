@@ -32,6 +32,7 @@ from core.repository.manifest import SCHEMA_FILE, FileEntry
 from core.repository.reader import StreamReader, check_complete
 from core.repository.repo import Repository
 from core.repository.sources import RECENT_S, ReadSources, TargetShare, summarise
+from core.repository.tiers import FrozenCopies, packs_of, plan_reads
 from core.security.gate import Action, Identity, default_identity
 from core.security.guard import Guard
 from core.storage.health import HealthWindow
@@ -218,9 +219,17 @@ class _Run:
         repo.storages[:] = sources.storages
         job.phase("prepare")
         self.manifest = manifest = await repo.read_manifest(self.snap.id)
-        self.index = index = await repo.load_index(common=False, avoid=await quarantine.load(repo))
+        # Packs in a class that must be thawed (FORMAT.md 12.6): a readable duplicate of a chunk wins, a
+        # frozen-only one is refused below in one line, before anything is read.
+        frozen = await FrozenCopies.scan(repo.storages)
+        self.index = index = await repo.load_index(common=False,
+                                                   avoid=await quarantine.load(repo) | frozen.packs())
         first = manifest.file(SCHEMA_FILE) if manifest.per_table else manifest.files[0]
         check_complete(first, index)  # names a damaged index object when it is the cause
+        # Before the first read: everything a whole restore needs; a table restore's choice is checked again below.
+        sources.frozen, _ = await plan_reads(repo.storages, frozen,
+                                             packs_of(manifest.files if self.scope.whole else [first], index),
+                                             self.snap.id)
         self.bin_dir = find_bin_dir(await server_major(self.dsn), self.configured_bin_dir)
         self.reader = reader = StreamReader(repo, index, self.ctx.pool, on_damage=job.warn, sources=sources)
         if manifest.per_table:
@@ -229,6 +238,9 @@ class _Run:
             await self._plan_single_stream(first)
         for f in self.files:
             check_complete(f, index)
+        sources.frozen, notes = await plan_reads(repo.storages, frozen, packs_of(self.files, index), self.snap.id)
+        for note in notes:
+            job.warn(note)
         for name in index.damaged:
             job.warn(f"{name[:22]}… cannot be read from any target (this snapshot does not need it); "
                      "run `backstop repair index`")

@@ -15,12 +15,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from core.errors import BackstopError, IntegrityError, ObjectNotFound, StorageError, TargetUnreachable
+from core.errors import BackstopError, IntegrityError, ObjectFrozen, ObjectNotFound, StorageError, TargetUnreachable
 from core.repository.crypto import open_chunk
 from core.repository.index import INDEX_PREFIX, Index, IndexFile
 from core.repository.manifest import SNAPSHOT_PREFIX, Manifest
 from core.repository.packs import DATA_PREFIX, pack_id_from_name, pack_object_name, read_pack_header
 from core.repository.repo import Repository
+from core.repository.tiers import needs_thaw
 from core.storage.base import Storage
 
 
@@ -119,6 +120,7 @@ class _TargetCheck:
         self.index = Index()
         self.damaged_index: list[str] = []
         self.marked: set[str] = set()  # packs prune marked for deletion
+        self.frozen: set[str] = set()  # packs in a class that must be thawed before a read (FORMAT.md 12.6)
         self.manifests: dict[str, Manifest] = {}
         self.bad_chunks: dict[str, set[bytes]] = {}  # pack -> its damaged chunks, where known that precisely
 
@@ -164,7 +166,9 @@ class _TargetCheck:
 
     async def _packs_present(self) -> None:
         """Every indexed pack exists with its recorded size; unindexed packs are a note."""
-        present = {pack_id_from_name(o.name): o.size for o in await self.st.list(DATA_PREFIX)}
+        listing = await self.st.list(DATA_PREFIX)
+        present = {pack_id_from_name(o.name): o.size for o in listing}
+        self.frozen = {pack_id_from_name(o.name) for o in listing if needs_thaw(o.storage_class)}
         for pid, size in self.index.packs.items():
             if pid not in present:
                 self.rep.bad_packs[pid] = "missing"
@@ -215,15 +219,19 @@ class _TargetCheck:
         by_pack: dict[str, dict[bytes, tuple[int, int, int]]] = {}
         for cid, loc in index.chunks.items():
             by_pack.setdefault(loc.pack_id, {})[cid] = (loc.key_version, loc.offset, loc.length)
-        todo = [p for p in index.packs if p not in rep.bad_packs]
+        todo = [p for p in index.packs if p not in rep.bad_packs and p not in self.frozen]
         total = sum(index.packs[p] for p in todo)
         done = 0
         loop = asyncio.get_running_loop()
+        frozen = [p for p in index.packs if p in self.frozen and p not in rep.bad_packs]
         for pid in todo:
             try:
                 data = await self.st.get(pack_object_name(pid))
             except ObjectNotFound:
                 rep.bad_packs[pid] = "missing"  # deleted since the listing
+                continue
+            except ObjectFrozen:
+                frozen.append(pid)  # archived since the listing
                 continue
             rep.objects_checked += 1
             rep.bytes_read += len(data)
@@ -237,6 +245,9 @@ class _TargetCheck:
                 rep.intact_packs.add(pid)
             if on_progress:
                 on_progress(done, total)
+        if frozen:
+            rep.notes.append(f"{self.where}: {len(frozen)} pack(s) are in an archive class that must be thawed and "
+                             "were not read (their size was checked); `backstop archive thaw` makes them readable")
 
     def _affects(self, cid: bytes) -> str | None:
         """The damaged pack a snapshot needing chunk ``cid`` would read it from, if any."""

@@ -19,6 +19,7 @@ from core.repository.manifest import Manifest
 from core.repository.packs import DATA_PREFIX, pack_id_from_name
 from core.repository.repo import Repository
 from core.repository.rollforward import complete_manifests
+from core.repository.tiers import needs_thaw
 
 
 @dataclass
@@ -63,6 +64,9 @@ async def backup_index(repo: Repository) -> DedupIndex:
                                 "its chunks are stored again")
     out.quarantined = held
     index.drop_packs(held)
+    # A pack in a class that must be thawed (FORMAT.md 12.6) is never referenced anew: a new snapshot
+    # stores those chunks again rather than depend on a copy a restore could not read without a thaw.
+    index.drop_packs({pack_id_from_name(o.name) for lst in listings for o in lst if needs_thaw(o.storage_class)})
     rolled = await complete_manifests(repo, index)
     for sid, where in rolled.completed.items():
         out.warnings.append(f"snapshot {sid[:8]}, left on some targets only by an interrupted backup, was completed "

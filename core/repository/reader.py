@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from core.errors import IntegrityError, StorageError
+from core.errors import IntegrityError, ObjectFrozen, StorageError
 from core.repository.crypto import open_chunk
 from core.repository.index import Index, Location
 from core.repository.manifest import FileEntry
@@ -107,7 +107,8 @@ class StreamReader:
         name = pack_object_name(run.pack_id)
         loop = asyncio.get_running_loop()
         errors = []
-        for st in self.sources.order():
+        frozen: list[ObjectFrozen] = []
+        for st in self.sources.order(run.pack_id):
             try:
                 data = await st.get_range(name, run.start, run.end - run.start)
                 if len(data) != run.end - run.start:
@@ -116,6 +117,8 @@ class StreamReader:
                 self.sources.served(st, len(data))
                 return chunks
             except (StorageError, IntegrityError) as exc:
+                if isinstance(exc, ObjectFrozen):
+                    frozen.append(exc)
                 unreachable = not is_damage(exc)
                 self.sources.failed(st, str(exc))
                 msg = (f"target '{st.name}' could not be read ({exc}); reading {name} from the next target"
@@ -129,6 +132,8 @@ class StreamReader:
                         self.findings.append(Finding(run.pack_id, st.name, str(exc)))
                     if self.on_damage:
                         self.on_damage(msg)
+        if frozen and len(frozen) == len(errors):
+            raise frozen[0]  # archived everywhere (FORMAT.md 12.6): its message says how to thaw it
         raise IntegrityError(f"no intact copy of {name} on any target: " + "; ".join(errors))
 
     async def stream(self, entry: FileEntry) -> AsyncIterator[bytes]:

@@ -56,6 +56,8 @@ class ReadSources:
     priority: Mapping[str, int] = field(default_factory=dict)
     errors: Mapping[str, int] = field(default_factory=dict)  # recent errors per target (health)
     first: str | None = None  # read first whatever its priority (a restore plan's choice)
+    # Per target, packs to read elsewhere first: they are in a class that must be thawed there (tiers.py).
+    frozen: dict[str, set[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         pos = {st.name: i for i, st in enumerate(self.storages)}
@@ -71,11 +73,17 @@ class ReadSources:
         """From the configured targets' ``priority`` (lower is preferred) and recent ``health`` windows."""
         return cls(list(storages), {t.name: t.priority for t in targets}, recent_errors(health), first)
 
-    def order(self) -> list[Storage]:
-        """Targets to try for the next object: healthy ones by rank, then the demoted ones as a last resort."""
+    def order(self, pack_id: str | None = None) -> list[Storage]:
+        """Targets to try for the next object: healthy ones by rank, then the demoted ones as a last resort.
+
+        Targets holding ``pack_id`` frozen (a class that needs a thaw) come after every other one.
+        """
         healthy = [st for st in self.storages if st.name not in self._demoted]
         by_name = {st.name: st for st in self.storages}
-        return healthy + [by_name[n] for n in self._demoted]
+        out = healthy + [by_name[n] for n in self._demoted]
+        if pack_id is not None and self.frozen:
+            out.sort(key=lambda st: pack_id in self.frozen.get(st.name, ()))
+        return out
 
     def served(self, st: Storage, nbytes: int) -> None:
         share = self.shares.setdefault(st.name, TargetShare(st.name))

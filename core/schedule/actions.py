@@ -9,6 +9,8 @@
 - ``drill``: a test restore of ``db``'s newest snapshot into a scratch database, recorded as a drill, then dropped.
 - ``sync``: `backstop sync`: every target gets what it lacks (left out of a quorum write, or new); a target
   still down or an object with no intact copy fails the run, so it shows on the dashboard.
+- ``archive``: `backstop archive`: packs only old snapshots use go to each target's ``storage_class``
+  (``archive_after_days``); a target left incomplete fails the run.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ class EngineRunner:
             return await self._drill(schedule, slot)
         if action == "sync":
             return await self._sync()
+        if action == "archive":
+            return await self._archive()
         raise UsageError(f"schedule {schedule.name}: unknown action {action!r}")
 
     async def _backup(self, s: ScheduleConfig) -> dict[str, object]:
@@ -104,6 +108,14 @@ class EngineRunner:
             bad = next(t for t in rep.targets if t.skipped is not None or t.problems)
             why = bad.skipped if bad.skipped is not None else bad.problems[0]
             raise StorageError(bad.target, f"sync left it incomplete: {why}; run `backstop sync` once it is back")
+        return rep.to_json()
+
+    async def _archive(self) -> dict[str, object]:
+        rep = await self.engine.archive()
+        if not rep.ok:
+            bad = next(t for t in rep.targets if t.skipped is not None or t.problems)
+            why = bad.skipped if bad.skipped is not None else bad.problems[0]
+            raise StorageError(bad.target, f"archive left it incomplete: {why}; run `backstop archive` again")
         return rep.to_json()
 
     async def _drill(self, s: ScheduleConfig, slot: datetime) -> dict[str, object]:

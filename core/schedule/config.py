@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-ACTIONS = ("backup", "verify", "retention", "key-rotation", "drill", "sync")
-Action = Literal["backup", "verify", "retention", "key-rotation", "drill", "sync"]
+ACTIONS = ("backup", "verify", "retention", "key-rotation", "drill", "sync", "archive")
+Action = Literal["backup", "verify", "retention", "key-rotation", "drill", "sync", "archive"]
 # Actions that act on one configured database (``db:`` required).
 DB_ACTIONS = ("backup", "drill")
 

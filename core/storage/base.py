@@ -17,6 +17,8 @@ class ObjectInfo:
     # prune keeps unreferenced packs younger than its grace period. Not part of equality:
     # the same object listed twice is the same object.
     mtime: float | None = field(default=None, compare=False)
+    # The S3 storage class as listed (None: the target has no classes); FORMAT.md 12.6.
+    storage_class: str | None = field(default=None, compare=False)
 
 
 class Storage(abc.ABC):

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from core.config import S3TargetConfig
-from core.errors import ObjectDamaged, ObjectNotFound, StorageError, TargetUnreachable
+from core.errors import ObjectDamaged, ObjectFrozen, ObjectNotFound, StorageError, TargetUnreachable
 from core.storage.base import ObjectInfo, Storage
 from core.storage.immutability import Kept, is_write_once, refused, retain_until
 from core.storage.throttle import Limits
@@ -212,6 +212,9 @@ class S3Storage(Storage):
                     f"credentials were refused by {where} ({code}) during {action}; "
                     "check the AWS credential chain (environment, ~/.aws, profile) and the bucket policy",
                 )
+            if code == "InvalidObjectState" and name is not None:
+                return ObjectFrozen(self.name, f"{name} is in an archive storage class and must be thawed before "
+                                               "it is read; see `backstop archive thaw`")
             if code in _REGION_CODES:
                 return StorageError(
                     self.name, f"bucket {self.config.bucket} is in another region ({code}); set 'region' in the config"
@@ -361,7 +364,8 @@ class S3Storage(Storage):
                     continue
                 modified = obj.get("LastModified")
                 found.append(ObjectInfo(name=key[cut:], size=int(obj["Size"]),
-                                        mtime=modified.timestamp() if modified is not None else None))
+                                        mtime=modified.timestamp() if modified is not None else None,
+                                        storage_class=obj.get("StorageClass") or "STANDARD"))
         found.sort(key=lambda o: o.name)
         return found
 
@@ -566,6 +570,48 @@ class S3Storage(Storage):
 
     async def cleanup_leftovers(self, older_than: float) -> builtins.list[str]:
         return await self._run("leftover cleanup", None, lambda c: self._cleanup_leftovers(c, older_than))
+
+    # -- storage classes (FORMAT.md 12.6) ----------------------------------
+
+    # Objects here have an S3 storage class (core/repository/tiers.py looks for this).
+    storage_classes = True
+
+    async def set_storage_class(self, name: str, storage_class: str, etag: str | None = None) -> None:
+        """Change the object's storage class by copying it onto itself (server side; only if still ``etag``)."""
+        key = self._key(name)
+        kwargs: dict[str, Any] = {"Bucket": self.config.bucket, "Key": key, "StorageClass": storage_class,
+                                  "CopySource": {"Bucket": self.config.bucket, "Key": key},
+                                  # SeaweedFS 4.x refuses an in-place copy that changes only the class under
+                                  # the default COPY directive; REPLACE works on it and on AWS (we set no metadata).
+                                  "MetadataDirective": "REPLACE"}
+        if etag:
+            kwargs["CopySourceIfMatch"] = etag
+        await self._run("storage class change", name, lambda c: c.copy_object(**kwargs))
+
+    async def object_class(self, name: str) -> tuple[str, str | None, str | None]:
+        """The object's storage class, its ``Restore`` header (a thaw's state) and its ETag."""
+        def head(c: S3Client) -> tuple[str, str | None, str | None]:
+            h = c.head_object(Bucket=self.config.bucket, Key=self._key(name))
+            return h.get("StorageClass") or "STANDARD", h.get("Restore"), h.get("ETag")
+        return await self._run("class check", name, head)
+
+    async def thaw(self, name: str, days: int, tier: str) -> str:
+        """Ask for a temporary readable copy of an archived object (restore_object); 'started', 'running' or 'ready'."""
+        from botocore.exceptions import ClientError
+
+        def call(c: S3Client) -> str:
+            try:
+                c.restore_object(Bucket=self.config.bucket, Key=self._key(name),
+                                 RestoreRequest={"Days": days, "GlacierJobParameters": {"Tier": tier}})
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code")
+                if code == "RestoreAlreadyInProgress":
+                    return "running"
+                if code == "ObjectAlreadyInActiveTierError":
+                    return "ready"
+                raise
+            return "started"
+        return await self._run("thaw (restore_object)", name, call)
 
     async def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist (used by `backstop init`)."""
