@@ -18,7 +18,7 @@ from core.errors import BackstopError, IntegrityError, StorageError
 from core.jobs import run_job
 from core.repository.copies import commit_order, listing, verifier
 from core.repository.manifest import SNAPSHOT_PREFIX
-from core.repository.repo import CONFIG_NAME, Repository, sha256_hex
+from core.repository.repo import CONFIG_NAME, Repository
 from core.storage.base import Storage
 
 _PARALLEL = 4

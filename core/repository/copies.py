@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from core.errors import BackstopError, IntegrityError, ObjectNotFound, StorageError
+from core.errors import BackstopError, IntegrityError, ObjectFrozen, ObjectNotFound, StorageError
 from core.repository.crypto import open_object
 from core.repository.index import INDEX_PREFIX
 from core.repository.keys import KEY_PREFIX, DataKey, unwrap_data_key
@@ -142,8 +142,9 @@ class Survey:
         return [t for t, c in self.objects.get(name, {}).items() if c.sha256 is not None and c.problem is None]
 
     def without_intact_copy(self) -> list[str]:
-        """Objects no target holds a verified copy of (only meaningful once read)."""
-        return sorted((n for n in self.objects if not self.intact_on(n)), key=commit_order)
+        """Objects every copy of which failed its check (only meaningful once read; frozen copies are not failed)."""
+        return sorted((n for n, c in self.objects.items() if all(x.problem is not None for x in c.values())),
+                      key=commit_order)
 
     def differing(self) -> list[str]:
         """Objects whose verified copies are not byte for byte the same on every target."""
@@ -206,6 +207,8 @@ async def survey(storages: list[Storage], params: RepoParams, keys: dict[int, Da
                 data = await st.get(name)
             except ObjectNotFound:
                 copy.problem = "listed but gone when read"
+            except ObjectFrozen:
+                pass  # archived (FORMAT.md 12.6): not damage, and not a source until thawed
             except StorageError as exc:
                 copy.problem = str(exc)
             else:
