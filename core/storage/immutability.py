@@ -14,11 +14,14 @@ import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
-from core.config import ObjectLockConfig
 from core.errors import DeletionRefused
 from core.format import utc
 from core.storage.base import Storage
+
+if TYPE_CHECKING:  # the CLI imports this module for `when`: keep pydantic out of `backstop --help`
+    from core.config import ObjectLockConfig
 
 # Written once and never replaced or deleted in normal operation: safe to lock.
 # (Packs and manifests are deleted only by prune/forget, which plan around locks;
