@@ -139,11 +139,12 @@ async def test_damaged_pack_on_preferred_target_is_read_elsewhere_and_quarantine
     assert any("quarantined" in w for w in doc["warnings"]), doc["warnings"]
     assert (tmp_path / "repo" / "quarantine" / victim.name).is_file()
 
-    # The human line says who served what, and why the preferred one was left.
+    # The human line says who served what, and why the preferred one was left. local1 may serve nothing this time:
+    # the quarantined pack can be the first read to come back, before any other read on local1 completes.
     proc = setup.cli("restore", "--db", "warranty", "--into", f"{name}_r2")
     assert proc.returncode == 0, proc.stderr
     line = proc.stdout.splitlines()[-1]
-    assert line.startswith("read ") and "% from local1" in line and "% from offsite-eu" in line, line
+    assert line.startswith("read ") and "% from offsite-eu" in line, line
     assert "after local1 failed:" in line, line
 
 
