@@ -10,7 +10,7 @@ from core.context import EngineContext
 from core.errors import BackstopError, IntegrityError, StorageError
 from core.jobs import run_job
 from core.repository import copies, quarantine
-from core.repository.copies import Survey, commit_order
+from core.repository.copies import Survey, commit_groups, commit_order
 from core.repository.index import INDEX_PREFIX
 from core.repository.keys import KEY_PREFIX
 from core.repository.manifest import SNAPSHOT_PREFIX
@@ -195,13 +195,7 @@ async def _rewrite(repo: Repository, passphrase: bytes, found: Survey, by_name: 
                 return
             tr.failed.append(f"{name}: no copy verified when read again ({'; '.join(errors) or 'none left'})")
 
-    groups: list[list[str]] = []
-    for name in todo:
-        if groups and commit_order(groups[-1][0])[0] == commit_order(name)[0]:
-            groups[-1].append(name)
-        else:
-            groups.append([name])
-    for group in groups:
+    for group in commit_groups(todo):
         if group[0] == CONFIG_NAME and tr.failed and CONFIG_NAME not in damaged:
             tr.failed.append("config not written: a target counts as initialised once it holds it, and objects "
                              "above are still missing there")

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from core.context import EngineContext
 from core.errors import BackstopError, IntegrityError, StorageError
 from core.jobs import run_job
-from core.repository.copies import commit_order, listing, verifier
+from core.repository.copies import commit_groups, commit_order, listing, verifier
 from core.repository.manifest import SNAPSHOT_PREFIX
 from core.repository.repo import CONFIG_NAME, Repository
 from core.storage.base import Storage
@@ -133,13 +133,7 @@ async def _copy(repo: Repository, passphrase: bytes, listings: dict[str, set[str
                 return
             ts.problems.append(f"{name}: no target holds a copy that verifies ({'; '.join(errors)})")
 
-    groups: list[list[str]] = []
-    for name in lacking:
-        if groups and commit_order(groups[-1][0])[0] == commit_order(name)[0]:
-            groups[-1].append(name)
-        else:
-            groups.append([name])
-    for group in groups:
+    for group in commit_groups(lacking):
         if group[0] == CONFIG_NAME and ts.problems:
             # A new target counts as initialised once config is there: not while something is missing.
             ts.problems.append("config not written: the objects above are missing there")

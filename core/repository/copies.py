@@ -101,6 +101,17 @@ def commit_order(name: str) -> tuple[int, str]:
     return next(i for i, p in enumerate(PREFIXES) if name.startswith(p)), name
 
 
+def commit_groups(names: list[str]) -> list[list[str]]:
+    """``names`` (in commit order) cut into runs of one prefix: each run may be written at once, runs in turn."""
+    groups: list[list[str]] = []
+    for name in names:
+        if groups and commit_order(groups[-1][0])[0] == commit_order(name)[0]:
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+    return groups
+
+
 @dataclass
 class Copy:
     """One target's copy of one object."""

@@ -27,6 +27,8 @@ from core.schedule.config import ScheduleConfig
 
 if TYPE_CHECKING:
     from core.engine import Engine
+    from core.ops.archive import ArchiveReport
+    from core.ops.sync import SyncReport
 
 log = logging.getLogger("backstop.daemon")
 
@@ -104,18 +106,12 @@ class EngineRunner:
 
     async def _sync(self) -> dict[str, object]:
         rep = await self.engine.sync()
-        if not rep.ok:
-            bad = next(t for t in rep.targets if t.skipped is not None or t.problems)
-            why = bad.skipped if bad.skipped is not None else bad.problems[0]
-            raise StorageError(bad.target, f"sync left it incomplete: {why}; run `backstop sync` once it is back")
+        _complete_or_raise(rep, "sync", "run `backstop sync` once it is back")
         return rep.to_json()
 
     async def _archive(self) -> dict[str, object]:
         rep = await self.engine.archive()
-        if not rep.ok:
-            bad = next(t for t in rep.targets if t.skipped is not None or t.problems)
-            why = bad.skipped if bad.skipped is not None else bad.problems[0]
-            raise StorageError(bad.target, f"archive left it incomplete: {why}; run `backstop archive` again")
+        _complete_or_raise(rep, "archive", "run `backstop archive` again")
         return rep.to_json()
 
     async def _drill(self, s: ScheduleConfig, slot: datetime) -> dict[str, object]:
@@ -133,3 +129,12 @@ class EngineRunner:
                 log.warning("schedule %s: could not drop the drill database %s: %s; drop it by hand", s.name, into,
                             exc)
         return {"snapshot": res.snapshot_id, "into": into, "duration_s": res.duration_s, "bytes": res.bytes}
+
+
+def _complete_or_raise(rep: SyncReport | ArchiveReport, what: str, advice: str) -> None:
+    """A sync or archive report with a target skipped or left with problems fails the run, naming the first."""
+    if rep.ok:
+        return
+    bad = next(t for t in rep.targets if t.skipped is not None or t.problems)
+    why = bad.skipped if bad.skipped is not None else bad.problems[0]
+    raise StorageError(bad.target, f"{what} left it incomplete: {why}; {advice}")
