@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Protocol, runtime_checkable
 
+from core.drills.model import DrillReport
 from core.events import JobEvent
 from core.records import (
     AuditEntry,
@@ -375,6 +376,25 @@ class Catalog(Protocol):
 
     def restores(self, db: str | None = None, limit: int = 500) -> list[RestoreRecord]:
         """Measured restores and drills (of one database), newest first."""
+        ...
+
+    # -- drill reports (core/drills) --
+
+    def add_drill(self, report: DrillReport) -> None:
+        """Record a drill's report (replacing one of the same id); its MAC and sealed copy come after."""
+        ...
+
+    def set_drill_seal(self, drill_id: str, mac: str, sealed: str) -> None:
+        """Record a drill report's keyed MAC and the repository object holding its sealed copy."""
+        ...
+
+    def drill(self, drill_id: str) -> tuple[DrillReport, str | None, str | None] | None:
+        """A drill's report, MAC and sealed object name; None when no drill has that id."""
+        ...
+
+    def drills(self, db: str | None = None, since: float = 0.0, until: float | None = None,
+               limit: int = 1000) -> list[DrillReport]:
+        """Drill reports started in [since, until) (of one database), newest first."""
         ...
 
     # -- security settings --

@@ -29,6 +29,7 @@ from core.catalog.sqlite_queries import (
 )
 from core.catalog.sqlite_schedule import ScheduleTables
 from core.catalog.sqlite_security import SecurityTables, transaction
+from core.drills.model import DrillReport
 from core.errors import ConfigError, NotFound
 from core.events import (
     JobEvent,
@@ -321,6 +322,42 @@ class SqliteCatalog(SecurityTables, ScheduleTables, HealthTables):
             (job_id, snapshot_id, db, into, json.dumps(tables), started_at, duration_s, nbytes, int(ok), error,
              kind, target),
         )
+
+    # -- drill reports ------------------------------------------------------------
+
+    def add_drill(self, report: DrillReport) -> None:
+        """Record a drill's report (replacing one of the same id, MAC and seal cleared)."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO drills (id, db, kind, started_at, verdict, target, report, mac, sealed)"
+            " VALUES (?,?,?,?,?,?,?,NULL,NULL)",
+            (report.id, report.db, report.kind, report.started_at, report.verdict, report.target,
+             json.dumps(report.to_json(), sort_keys=True)))
+
+    def set_drill_seal(self, drill_id: str, mac: str, sealed: str) -> None:
+        """Record a drill report's keyed MAC and sealed repository object."""
+        self._db.execute("UPDATE drills SET mac=?, sealed=? WHERE id=?", (mac, sealed, drill_id))
+
+    def drill(self, drill_id: str) -> tuple[DrillReport, str | None, str | None] | None:
+        """A drill's report, MAC and sealed object name."""
+        row = self._db.execute("SELECT report, mac, sealed FROM drills WHERE id=?", (drill_id,)).fetchone()
+        if row is None:
+            return None
+        return DrillReport.from_json(json.loads(row[0])), row[1], row[2]
+
+    def drills(self, db: str | None = None, since: float = 0.0, until: float | None = None,
+               limit: int = 1000) -> list[DrillReport]:
+        """Drill reports started in [since, until), newest first."""
+        sql = "SELECT report FROM drills WHERE started_at >= ?"
+        args: list[object] = [since]
+        if until is not None:
+            sql += " AND started_at < ?"
+            args.append(until)
+        if db:
+            sql += " AND db=?"
+            args.append(db)
+        sql += " ORDER BY started_at DESC LIMIT ?"
+        args.append(limit)
+        return [DrillReport.from_json(json.loads(r[0])) for r in self._db.execute(sql, args)]
 
     def restores(self, db: str | None = None, limit: int = 500) -> list[RestoreRecord]:
         """Measured restores and drills, newest first."""

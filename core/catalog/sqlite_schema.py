@@ -225,8 +225,24 @@ _TARGET_HEALTH = """
 Migration = str | Callable[[sqlite3.Connection], None]
 
 # Append only: position i is schema version i + 1.
+# Drill reports (core/drills): the whole report as JSON, its keyed MAC and the repository object it is sealed in.
+_DRILLS = """
+    CREATE TABLE drills (
+        id TEXT PRIMARY KEY,
+        db TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        verdict TEXT NOT NULL,
+        target TEXT NOT NULL,
+        report TEXT NOT NULL,
+        mac TEXT,
+        sealed TEXT
+    );
+    CREATE INDEX drills_started ON drills (started_at);
+"""
+
 MIGRATIONS: list[Migration] = [_INITIAL, _SECURITY, _TIME_INDEXES, _restore_kinds, _physical_snapshots,
-                               _SCHEDULES, _TARGET_HEALTH]
+                               _SCHEDULES, _TARGET_HEALTH, _DRILLS]
 
 # Each table as the migrations leave it today, with its indexes: what `catalog rebuild` recreates a dropped
 # table from.
@@ -304,6 +320,11 @@ TABLES: dict[str, str] = {
             bytes_written INTEGER NOT NULL, bytes_read INTEGER NOT NULL, latency_sum REAL NOT NULL,
             histogram TEXT NOT NULL);
         CREATE INDEX IF NOT EXISTS target_calls_end ON target_calls (window_end);
+    """,
+    "drills": """
+        CREATE TABLE drills (id TEXT PRIMARY KEY, db TEXT NOT NULL, kind TEXT NOT NULL, started_at REAL NOT NULL,
+            verdict TEXT NOT NULL, target TEXT NOT NULL, report TEXT NOT NULL, mac TEXT, sealed TEXT);
+        CREATE INDEX IF NOT EXISTS drills_started ON drills (started_at);
     """,
     "target_state": """
         CREATE TABLE target_state (target TEXT PRIMARY KEY, last_write_ok_at REAL, last_read_ok_at REAL,

@@ -31,6 +31,9 @@ COMMANDS = (
     "core.cli.commands.wal",  # wal status
     "core.cli.commands.targets",  # targets (per-target health)
     "core.cli.commands.schedule",  # daemon, schedule list|run
+    "core.cli.commands.drill",  # drill run|list|report|verify
+    "core.cli.commands.metrics",  # metrics
+    "core.cli.commands.insights",  # insights
     "core.cli.wal",  # wal-push, wal-fetch (main() takes a fast path to them)
     "core.cli.commands.completion",  # completion bash|zsh (and the hidden __complete)
 )
