@@ -27,6 +27,7 @@ from core.catalog.sqlite import SqliteCatalog
 from core.catalog.sqlite_queries import SqliteChangeFeed, SqliteQueries
 from core.catalog.sqlite_schema import MIGRATIONS, TABLES
 from core.catalog.store import Catalog as StoreCatalog
+from core.drills.model import DrillCheck, DrillReport, DrillStep
 from core.errors import NotFound
 from core.events import JobFinished, JobStarted, JobWarning, PhaseChanged, Progress
 from core.queries import Queries
@@ -196,6 +197,24 @@ def test_catalog_contract(contract) -> None:  # type: ignore[no-untyped-def]
     assert not cat.has_snapshot(_snap(0).id) and cat.verifications(new_id) and cat.restores()[0].snapshot_id == new_id
     cat.delete_snapshot(new_id)
     assert not cat.has_snapshot(new_id)
+
+    # Drill reports: kept whole, sealed later, listed by time window and database.
+    def report(i: int, db: str, verdict: str) -> DrillReport:
+        return DrillReport(id=f"{db}-{i}", db=db, kind="logical", snapshot_id=_snap(2).id,
+                           snapshot_finished_at="2026-01-01T00:00:00+00:00", target="local1", sources=[],
+                           point_reached="2026-01-01T00:00:00+00:00", started_at=now - 100 + i, finished_at=now,
+                           recovery_s=3.5, rto_s=3600, scheduled_by="schedule:q", verdict=verdict,
+                           checks=[DrillCheck("table public.t", verdict == "passed", "1 row")],
+                           steps=[DrillStep("restore", 3.5)])
+
+    for i, (db, verdict) in enumerate((("warranty", "passed"), ("billing", "failed"), ("warranty", "failed"))):
+        cat.add_drill(report(i, db, verdict))
+    assert [d.id for d in cat.drills()] == ["warranty-2", "billing-1", "warranty-0"]
+    assert [d.id for d in cat.drills(db="warranty", since=now - 100, until=now - 98)] == ["warranty-0"]
+    got, mac, sealed = cat.drill("billing-1") or (None, None, None)
+    assert got == report(1, "billing", "failed") and (mac, sealed) == (None, None) and cat.drill("nope") is None
+    cat.set_drill_seal("billing-1", "ab" * 32, "drills/billing-1")
+    assert cat.drill("billing-1")[1:] == ("ab" * 32, "drills/billing-1")  # type: ignore[index]
 
     # Security settings and the audit log.
     cat.set_security_value("settings:security", "{}")

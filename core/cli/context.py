@@ -40,10 +40,18 @@ def add_command(sub: Any, name: str, handler: Handler | None, help: str, common:
 
 
 def add_group(sub: Any, name: str, help: str, common: argparse.ArgumentParser, description: str | None = None) -> Any:
-    """A command with subcommands of its own (``backstop operator add ...``); returns their subparsers."""
+    """A command with subcommands of its own (``backstop operator add ...``); returns their subparsers.
+
+    Two command modules may add to one group (``drill``: runs in one, reports in the other): the second
+    call returns the subparsers the first one made.
+    """
+    existing = sub.choices.get(name)
+    if existing is not None:
+        return existing.backstop_subparsers
     p = add_command(sub, name, None, help, common, description)
     s = p.add_subparsers(dest=f"{name}_command", metavar="COMMAND")
     s.required = True
+    p.backstop_subparsers = s  # type: ignore[attr-defined]  # read back by a second call above
     return s
 
 

@@ -31,7 +31,8 @@ COMMANDS = (
     "core.cli.commands.wal",  # wal status
     "core.cli.commands.targets",  # targets (per-target health)
     "core.cli.commands.schedule",  # daemon, schedule list|run
-    "core.cli.commands.drill",  # drill run|list|report|verify
+    "core.cli.commands.drill_runs",  # drill run|list
+    "core.cli.commands.drill_reports",  # drill report|verify
     "core.cli.commands.metrics",  # metrics
     "core.cli.commands.insights",  # insights
     "core.cli.wal",  # wal-push, wal-fetch (main() takes a fast path to them)
