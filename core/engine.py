@@ -342,6 +342,15 @@ class Engine:
         """Each schedule's next run and newest recorded slot (blocking catalog reads: call it from a thread)."""
         return schedule_overview(self.config.schedules, self.catalog, now or datetime.now(UTC))
 
+    def metrics_text(self) -> bytes:
+        """One scrape of the Prometheus metrics as exposition text (blocking catalog reads: call it from a thread)."""
+        from core.metrics.collector import BackstopCollector, exposition, spool_newest_push
+
+        collector = BackstopCollector(lambda: (self.catalog, self.config),
+                                      wal_pushed_at=spool_newest_push(self.config_path or (
+                                          self.config_source[1] if self.config_source else None)))
+        return exposition(collector)
+
     def settings_overview(self, now: datetime | None = None) -> SettingsOverview:
         """Schedules, retention and its effect now, targets and pending changes (blocking: call it from a thread)."""
         return settings_overview.settings_overview(self.ctx, self.settings, now or datetime.now(UTC))

@@ -49,13 +49,15 @@ async def run_job(bus: EventBus, kind: str, db: str | None, description: str) ->
     try:
         yield job
     except BackstopError as exc:
-        bus.publish(JobFinished(job.id, outcome="failed", error=str(exc)))
+        # The class (core/errors.py) is what the metrics count failures by (core/metrics/).
+        bus.publish(JobFinished(job.id, outcome="failed", error=str(exc), result={"error_class": type(exc).__name__}))
         raise
     except (asyncio.CancelledError, KeyboardInterrupt):
         bus.publish(JobFinished(job.id, outcome="abandoned", error="interrupted (SIGTERM or Ctrl-C); cleaned up"))
         raise
     except BaseException as exc:
         # Unexpected errors and cancellation still close the job record.
-        bus.publish(JobFinished(job.id, outcome="failed", error=f"{type(exc).__name__}: {exc}"))
+        bus.publish(JobFinished(job.id, outcome="failed", error=f"{type(exc).__name__}: {exc}",
+                                result={"error_class": type(exc).__name__}))
         raise
     bus.publish(JobFinished(job.id, outcome="succeeded", result=job.result))

@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING
 from core.records import (
     AuditTable,
     DatabaseSummary,
+    DurationHistogram,
     JobRecord,
     RestoreRecord,
+    ScheduleRunStats,
     SnapshotRow,
     TargetCheck,
     VerificationRecord,
@@ -30,6 +32,7 @@ from core.records import (
 
 if TYPE_CHECKING:
     from core.catalog.base import CatalogQueries, ChangeFeed
+    from core.drills.model import DrillReport
     from core.storage.health import HealthWindow, TargetHealthState
 
 
@@ -175,6 +178,26 @@ class Queries:
     def drills(self, limit: int = 5000) -> list[RestoreRecord]:
         """Recorded drills (test restores), oldest first."""
         return self._q.restores(limit=limit, kind="drill")
+
+    # -- aggregates for the metrics endpoint -----------------------------------------------------------
+
+    def job_duration_histograms(self, bounds: Sequence[float]) -> list[DurationHistogram]:
+        return self._q.job_duration_histograms(bounds)
+
+    def job_failure_counts(self) -> dict[tuple[str, str], int]:
+        return self._q.job_failure_counts()
+
+    def schedule_run_stats(self) -> list[ScheduleRunStats]:
+        return self._q.schedule_run_stats()
+
+    def newest_restorable(self) -> dict[str, tuple[str, str | None]]:
+        return self._q.newest_restorable()
+
+    def latest_drills(self) -> list[DrillReport]:
+        return self._q.latest_drills()
+
+    def drill_counts(self) -> dict[tuple[str, str], int]:
+        return self._q.drill_counts()
 
     # -- the audit log, for display ---------------------------------------------------------------
 

@@ -289,3 +289,28 @@ class ScheduleRun:
     finished_at: float | None = None
     error: str | None = None
     result: dict[str, Any] | None = None
+
+
+# -- aggregates for the metrics endpoint (core/metrics/): computed by the catalog, a handful of rows each ----------
+
+
+@dataclass(frozen=True)
+class DurationHistogram:
+    """How long the finished jobs of one kind took, counted into fixed buckets by the catalog."""
+
+    kind: str
+    bounds: tuple[float, ...]  # upper bounds in seconds, ascending (+Inf implied)
+    cumulative: tuple[int, ...]  # jobs that took at most each bound (one count per bound)
+    count: int  # every finished job of the kind (the +Inf bucket)
+    sum_s: float  # their durations added up
+
+
+@dataclass(frozen=True)
+class ScheduleRunStats:
+    """The runs of one schedule in one state: how many, and when the newest of them finished."""
+
+    name: str
+    action: str
+    state: str  # one of SCHEDULE_RUN_STATES
+    runs: int
+    last_finished_at: float | None  # None when none of them finished (waiting, missed)

@@ -318,6 +318,15 @@ def test_catalog_contract(contract) -> None:  # type: ignore[no-untyped-def]
     assert (health.stored_bytes, health.stored_objects, health.stored_measured_at) == (4096, 2, now - 2)
     assert [r.kind for r in q.restores()] == ["restore", "drill"]
     assert [r.into for r in q.restores(kind="drill")] == ["w_drill_1"] and q.restores(db="billing") == []
+    # The metrics endpoint's aggregates (core/metrics/): j1 (a backup) took 10 s.
+    (hist,) = q.job_duration_histograms([5.0, 60.0])
+    assert (hist.kind, hist.cumulative, hist.count, hist.sum_s) == ("backup", (0, 1), 1, pytest.approx(10.0))
+    assert q.job_failure_counts() == {}
+    assert [(r.name, r.state, r.runs) for r in q.schedule_run_stats()] == [("nightly", "missed", 1),
+                                                                           ("nightly", "succeeded", 1)]
+    assert q.newest_restorable() == {"billing": (_snap(1).finished_at, None), "warranty": (_snap(2).finished_at, None)}
+    assert [(d.id, d.verdict) for d in q.latest_drills()] == [("billing-1", "failed"), ("warranty-2", "failed")]
+    assert q.drill_counts() == {("billing", "failed"): 1, ("warranty", "failed"): 1, ("warranty", "passed"): 1}
     table = q.audit_table()
     assert table is not None and table.columns[:2] == ("seq", "ts")
     arows = q.audit_rows(list(q.audit_rowids()))

@@ -45,10 +45,12 @@ from core.records import (
     AuditEntry,
     AuditTable,
     DatabaseSummary,
+    DurationHistogram,
     JobRecord,
     OperatorRow,
     RestoreRecord,
     ScheduleRun,
+    ScheduleRunStats,
     SnapshotRecord,
     SnapshotRow,
     TargetCheck,
@@ -260,6 +262,34 @@ class CatalogQueries(Protocol):
     def missed_runs_since(self, since: float, action: str = "backup") -> list[tuple[str, float]]:
         """Scheduled runs of ``action`` recorded as missed whose slot is after ``since``: (database, or the
         schedule's name when it has none; due time), oldest first."""
+        ...
+
+    # -- aggregates for the metrics endpoint (core/metrics/): computed by the database, never row by row --
+
+    def job_duration_histograms(self, bounds: Sequence[float]) -> list[DurationHistogram]:
+        """Per job kind, the finished jobs counted into the (ascending) ``bounds`` in seconds, by kind."""
+        ...
+
+    def job_failure_counts(self) -> dict[tuple[str, str], int]:
+        """Failed and abandoned jobs: (kind, class) -> count. The class is the error's class name as the job
+        recorded it, ``interrupted`` for an abandoned job, ``unknown`` for a failure recorded without one."""
+        ...
+
+    def schedule_run_stats(self) -> list[ScheduleRunStats]:
+        """Per schedule and state, how many runs and when the newest of them finished, by name and state."""
+        ...
+
+    def newest_restorable(self) -> dict[str, tuple[str, str | None]]:
+        """Per database: (its newest restorable snapshot's finished_at, the newest restorable physical snapshot
+        of its cluster's finished_at or None), ISO 8601."""
+        ...
+
+    def latest_drills(self) -> list[DrillReport]:
+        """Each database's newest drill report, by database."""
+        ...
+
+    def drill_counts(self) -> dict[tuple[str, str], int]:
+        """Recorded drills: (database, verdict) -> count."""
         ...
 
 

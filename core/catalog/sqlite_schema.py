@@ -241,8 +241,14 @@ _DRILLS = """
     CREATE INDEX drills_started ON drills (started_at);
 """
 
+# The metrics endpoint's aggregates (core/metrics/): job durations by kind, failures by state, from indexes alone.
+_METRICS_INDEXES = """
+    CREATE INDEX IF NOT EXISTS jobs_kind_duration ON jobs (kind, finished_at - started_at);
+    CREATE INDEX IF NOT EXISTS jobs_state_kind ON jobs (state, kind);
+"""
+
 MIGRATIONS: list[Migration] = [_INITIAL, _SECURITY, _TIME_INDEXES, _restore_kinds, _physical_snapshots,
-                               _SCHEDULES, _TARGET_HEALTH, _DRILLS]
+                               _SCHEDULES, _TARGET_HEALTH, _DRILLS, _METRICS_INDEXES]
 
 # Each table as the migrations leave it today, with its indexes: what `catalog rebuild` recreates a dropped
 # table from.
@@ -267,6 +273,8 @@ TABLES: dict[str, str] = {
             bytes_total INTEGER, rate REAL NOT NULL DEFAULT 0, error TEXT, description TEXT NOT NULL DEFAULT '',
             host TEXT NOT NULL DEFAULT '', pid INTEGER NOT NULL DEFAULT 0, result TEXT);
         CREATE INDEX IF NOT EXISTS jobs_started ON jobs (started_at);
+        CREATE INDEX IF NOT EXISTS jobs_kind_duration ON jobs (kind, finished_at - started_at);
+        CREATE INDEX IF NOT EXISTS jobs_state_kind ON jobs (state, kind);
     """,
     "job_events": """
         CREATE TABLE job_events (id INTEGER PRIMARY KEY, job_id TEXT NOT NULL, ts REAL NOT NULL,

@@ -17,7 +17,7 @@ from core.insights.alerts import Alert, build_alerts, iso_to_epoch, missing_copy
 from core.insights.kpis import DAY, Kpi, completion_from_counts, counts_by_age, integrity_from_counts, recovery_time
 from core.insights.targets import summarise, target_health_alerts
 from core.insights.trends import Trends, build_trends
-from core.records import JobRecord
+from core.records import JobRecord, RestoreRecord
 
 DEFAULT_RTO_S = 3600.0
 
@@ -42,23 +42,35 @@ def default_rto(config: BackstopConfig) -> float:
     return min(rto_targets(config).values(), default=DEFAULT_RTO_S)
 
 
-def build_dashboard(reader: CatalogQueries, config: BackstopConfig, now: float, *, trend_days: int = 14,
-                    pending_settings: Sequence[str] = ()) -> Dashboard:
-    """KPIs, alerts and running jobs as of ``now`` (``pending_settings``: guarded sections awaiting approval)."""
+def build_kpis(reader: CatalogQueries, config: BackstopConfig, now: float, *, trend_days: int = 14,
+               missed: Sequence[tuple[str, float]] | None = None,
+               restores: Sequence[RestoreRecord] | None = None) -> tuple[Kpi, Kpi, Kpi]:
+    """The three KPIs as of ``now``, as the dashboard and the metrics endpoint show them (``missed``, ``restores``:
+    the missed runs and the restores of the last 90 days, when the caller read them already)."""
     days = max(trend_days, 7)
     total = reader.snapshot_count()
     covered = reader.snapshots_verified_since(now - 30 * DAY)
-    restores = reader.restores(since=now - 90 * DAY)
-    rto = rto_targets(config)
-    missed = reader.missed_runs_since(now - days * DAY)
+    if restores is None:
+        restores = reader.restores(since=now - 90 * DAY)
+    if missed is None:
+        missed = reader.missed_runs_since(now - days * DAY)
     missed_by_age = {age: n for age, (_, n) in counts_by_age(((False, due) for _, due in missed), now).items()}
-    kpis = (
+    return (
         # Scheduled backups that never started (core/schedule/) count against completion.
         completion_from_counts(reader.backup_counts_by_age(now, days), missed_by_age, trend_days=trend_days),
         integrity_from_counts(reader.verification_counts_by_age(now, days), snapshots_total=total,
                               snapshots_verified_recently=covered, trend_days=trend_days),
-        recovery_time(restores, now, rto_s=rto, default_rto_s=default_rto(config), trend_days=trend_days),
+        recovery_time(restores, now, rto_s=rto_targets(config), default_rto_s=default_rto(config),
+                      trend_days=trend_days),
     )
+
+
+def build_dashboard(reader: CatalogQueries, config: BackstopConfig, now: float, *, trend_days: int = 14,
+                    pending_settings: Sequence[str] = ()) -> Dashboard:
+    """KPIs, alerts and running jobs as of ``now`` (``pending_settings``: guarded sections awaiting approval)."""
+    days = max(trend_days, 7)
+    missed = reader.missed_runs_since(now - days * DAY)
+    kpis = build_kpis(reader, config, now, trend_days=trend_days, missed=missed)
     # Snapshots of the last 30 days left unverified (older ones weigh on the coverage KPI);
     # the newest hour is skipped: its verification may be running.
     cutoff = iso_at(now - 3600)

@@ -7,6 +7,8 @@
   drill drops its scratch database), is recorded as abandoned, and the daemon exits 0.
 - SIGHUP: the config file is read again; an invalid one is reported and the old one stays in force.
   Runs in progress finish with the old config.
+- ``--metrics-listen HOST:PORT``: /metrics is served from a thread (core/metrics/) until the daemon stops;
+  each scrape reads the catalog of the config in force.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ from core.schedule.clock import RealClock
 from core.schedule.scheduler import Scheduler
 
 if TYPE_CHECKING:
+    from core.catalog.base import Catalog
+    from core.config import BackstopConfig
     from core.engine import Engine
+    from core.metrics.server import MetricsServer
 
 log = logging.getLogger("backstop.daemon")
 # The longest the daemon sleeps between looks at the schedules (a clock stepped by NTP is noticed by then).
@@ -73,9 +78,11 @@ def setup_daemon_logging(timestamps: bool = False) -> None:
 class Daemon:
     """The long-running scheduler process around :class:`Scheduler`."""
 
-    def __init__(self, config_path: Path | None, once: bool = False) -> None:
+    def __init__(self, config_path: Path | None, once: bool = False, metrics_listen: str | None = None) -> None:
         self.config_path = config_path
         self.once = once
+        self.metrics_listen = metrics_listen
+        self._current: Engine | None = None  # the engine in force (a reload replaces it): what /metrics reads
         self._wake = asyncio.Event()
         self._stop = False
         self._reload = False
@@ -104,6 +111,12 @@ class Daemon:
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT (or, with ``once``, until the due runs of one look are done); exit status."""
         engine = await self._engine()
+        self._current = engine
+        try:
+            metrics = self._serve_metrics()
+        except BaseException:
+            await engine.close()
+            raise
         config = engine.config
         sched = Scheduler(config.schedules, engine.catalog, EngineRunner(engine), RealClock())
         loop = asyncio.get_running_loop()
@@ -119,7 +132,7 @@ class Daemon:
             while not self._stop:
                 if self._reload:
                     self._reload = False
-                    engine = await self._apply_reload(sched, engine)
+                    engine = self._current = await self._apply_reload(sched, engine)
                 await sched.tick()
                 if self.once:
                     await sched.wait_idle()
@@ -134,6 +147,8 @@ class Daemon:
                     pass
         finally:
             sd_notify("STOPPING=1")
+            if metrics is not None:
+                metrics.stop()
             if sched.busy:
                 log.info("stopping: abandoning %d run(s) in progress", len(sched.running))
             await sched.stop()
@@ -143,6 +158,21 @@ class Daemon:
             await engine.close()
             log.info("stopped")
         return 0
+
+    def _serve_metrics(self) -> MetricsServer | None:
+        """Start /metrics when asked to (--metrics-listen); a busy port is a UsageError (exit 2)."""
+        if not self.metrics_listen:
+            return None
+        from core.metrics.collector import BackstopCollector, spool_newest_push
+        from core.metrics.server import MetricsServer
+
+        def source() -> tuple[Catalog, BackstopConfig]:
+            assert self._current is not None
+            return self._current.catalog, self._current.config
+
+        config_path = self._current.config_path if self._current is not None else self.config_path
+        collector = BackstopCollector(source, wal_pushed_at=spool_newest_push(config_path))
+        return MetricsServer(self.metrics_listen, collector).start()
 
     def _on_stop(self) -> None:
         self._stop = True
@@ -179,7 +209,8 @@ class Daemon:
         return new
 
 
-def run_daemon(config_path: str | None, once: bool = False, timestamps: bool = False) -> int:
+def run_daemon(config_path: str | None, once: bool = False, timestamps: bool = False,
+               metrics_listen: str | None = None) -> int:
     """The `backstop daemon` command: set up logging and run the daemon's event loop."""
     setup_daemon_logging(timestamps)
-    return asyncio.run(Daemon(Path(config_path) if config_path else None, once).run())
+    return asyncio.run(Daemon(Path(config_path) if config_path else None, once, metrics_listen).run())

@@ -19,7 +19,7 @@ _COLUMNS = (Column("NAME", 14), Column("ACTION", 13), Column("DB", 12), Column("
 def cmd_daemon(args: argparse.Namespace) -> int:
     from core.schedule.daemon import run_daemon
 
-    return run_daemon(args.config, once=args.once, timestamps=args.timestamps)
+    return run_daemon(args.config, once=args.once, timestamps=args.timestamps, metrics_listen=args.metrics_listen)
 
 
 def _when(ts: float | None) -> str:
@@ -67,6 +67,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--once", action="store_true",
                    help="look at the schedules once, run what is due, wait for it and exit (for tests and cron)")
     p.add_argument("--timestamps", action="store_true", help="prefix log lines with the time (not under systemd)")
+    p.add_argument("--metrics-listen", metavar="HOST:PORT", default=None,
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics while the daemon runs "
+                        "(e.g. 127.0.0.1:9187; see `backstop metrics`)")
     s = add_group(sub, "schedule", "list the schedules or run one now", common)
     p = add_command(s, "list", engine_command(cmd_schedule_list),
                     "each schedule's next run, last run and last outcome", common)
