@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from core.records import (
     AuditTable,
     DatabaseSummary,
+    JobFailure,
     JobRecord,
     RestoreRecord,
     SnapshotRow,
@@ -30,6 +31,7 @@ from core.records import (
 
 if TYPE_CHECKING:
     from core.catalog.base import CatalogQueries, ChangeFeed
+    from core.drills.model import DrillReport
     from core.storage.health import HealthWindow, TargetHealthState
 
 
@@ -142,6 +144,9 @@ class Queries:
     def missed_runs_since(self, since: float, action: str = "backup") -> list[tuple[str, float]]:
         return self._q.missed_runs_since(since, action)
 
+    def job_failures_since(self, since: float) -> list[JobFailure]:
+        return self._q.job_failures_since(since)
+
     # -- verifications, restores and drills -----------------------------------------------------
 
     def verification_rowids(self, words: Sequence[str] = ()) -> array:
@@ -175,6 +180,10 @@ class Queries:
     def drills(self, limit: int = 5000) -> list[RestoreRecord]:
         """Recorded drills (test restores), oldest first."""
         return self._q.restores(limit=limit, kind="drill")
+
+    def drill_reports(self, db: str | None = None, since: float = 0.0, limit: int = 1000) -> list[DrillReport]:
+        """Drill reports (core/drills), newest first."""
+        return self._q.drill_reports(db, since, limit)
 
     # -- the audit log, for display ---------------------------------------------------------------
 
