@@ -22,6 +22,7 @@ from core.config import BackstopConfig
 from core.context import EngineContext
 from core.errors import UsageError
 from core.events import EventBus
+from core.insights.digest import Insights, build_insights
 from core.insights.overview import Dashboard, build_dashboard, build_trend_series
 from core.insights.targets import TargetHealth, summarise
 from core.insights.trends import Trends
@@ -392,6 +393,10 @@ class Engine:
     def trends(self, now: float | None = None, days: int = 30) -> Trends:
         """Restore times, backup durations, stored sizes and failures (blocking: call it from a thread)."""
         return build_trend_series(self.queries, self.config, time.time() if now is None else now, days=days)
+
+    def insights(self, now: float | None = None, days: int = 30, db: str | None = None) -> Insights:
+        """Failure patterns, retention cost in bytes and recovery-time forecasts (blocking: call it from a thread)."""
+        return build_insights(self.queries, self.config, time.time() if now is None else now, days=days, db=db)
 
     def target_health(self, now: float | None = None, window_s: float = 86_400.0) -> list[TargetHealth]:
         """Each configured target's latency, errors, bytes and newest successes, as recorded by every command

@@ -41,6 +41,26 @@ class StorageError(BackstopError):
         self.target = target
 
 
+def target_named(message: str | None) -> str | None:
+    """The one target a message names in StorageError's form (``target 'NAME': ...``); None when none or several
+    ('all' names no one target)."""
+    import re
+
+    names = set(re.findall(r"target '([^']+)'", message or "")) - {"all"}
+    return names.pop() if len(names) == 1 else None
+
+
+def error_target(exc: BaseException) -> str | None:
+    """The target an error (or the error it wraps) blames: its ``target``, else the one its message names."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        target = getattr(seen, "target", None)
+        if isinstance(target, str) and target != "all":
+            return target
+        seen = seen.__cause__ or seen.__context__
+    return target_named(str(exc))
+
+
 class TargetUnreachable(StorageError):
     """A target cannot be reached at all (server down, directory gone)."""
 

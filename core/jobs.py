@@ -7,7 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from core.errors import BackstopError
+from core.errors import BackstopError, error_target
 from core.events import EventBus, JobFinished, JobStarted, JobWarning, PhaseChanged, Progress, RateMeter
 
 
@@ -41,6 +41,15 @@ class Job:
         self.bus.publish(JobWarning(self.id, message=message))
 
 
+def failure_facts(exc: BaseException) -> dict[str, object]:
+    """What a failed job keeps in its result for the failure insights: the error's class and the target it blames."""
+    facts: dict[str, object] = {"error_class": type(exc).__name__}
+    target = error_target(exc)
+    if target is not None:
+        facts["target"] = target
+    return facts
+
+
 @asynccontextmanager
 async def run_job(bus: EventBus, kind: str, db: str | None, description: str) -> AsyncIterator[Job]:
     """Publish start and finish (with outcome) around a block of work."""
@@ -49,8 +58,7 @@ async def run_job(bus: EventBus, kind: str, db: str | None, description: str) ->
     try:
         yield job
     except BackstopError as exc:
-        # The class (core/errors.py) is what the metrics count failures by (core/metrics/).
-        bus.publish(JobFinished(job.id, outcome="failed", error=str(exc), result={"error_class": type(exc).__name__}))
+        bus.publish(JobFinished(job.id, outcome="failed", error=str(exc), result=failure_facts(exc)))
         raise
     except (asyncio.CancelledError, KeyboardInterrupt):
         bus.publish(JobFinished(job.id, outcome="abandoned", error="interrupted (SIGTERM or Ctrl-C); cleaned up"))
@@ -58,6 +66,6 @@ async def run_job(bus: EventBus, kind: str, db: str | None, description: str) ->
     except BaseException as exc:
         # Unexpected errors and cancellation still close the job record.
         bus.publish(JobFinished(job.id, outcome="failed", error=f"{type(exc).__name__}: {exc}",
-                                result={"error_class": type(exc).__name__}))
+                                result=failure_facts(exc)))
         raise
     bus.publish(JobFinished(job.id, outcome="succeeded", result=job.result))

@@ -22,6 +22,7 @@ from core.records import (
     AuditTable,
     DatabaseSummary,
     DurationHistogram,
+    JobFailure,
     JobRecord,
     RestoreRecord,
     ScheduleRunStats,
@@ -145,6 +146,9 @@ class Queries:
     def missed_runs_since(self, since: float, action: str = "backup") -> list[tuple[str, float]]:
         return self._q.missed_runs_since(since, action)
 
+    def job_failures_since(self, since: float) -> list[JobFailure]:
+        return self._q.job_failures_since(since)
+
     # -- verifications, restores and drills -----------------------------------------------------
 
     def verification_rowids(self, words: Sequence[str] = ()) -> array:
@@ -198,6 +202,10 @@ class Queries:
 
     def drill_counts(self) -> dict[tuple[str, str], int]:
         return self._q.drill_counts()
+
+    def drill_reports(self, db: str | None = None, since: float = 0.0, limit: int = 1000) -> list[DrillReport]:
+        """Drill reports (core/drills), newest first."""
+        return self._q.drill_reports(db, since, limit)
 
     # -- the audit log, for display ---------------------------------------------------------------
 

@@ -92,6 +92,24 @@ class JobRecord:
 
 
 @dataclass(frozen=True)
+class JobFailure:
+    """A failed or abandoned job with what the failure insights group it by.
+
+    ``error_class`` and ``target`` come from the job's result (core/jobs.py
+    records them since issue 13); older rows have None there.
+    """
+
+    job_id: str
+    kind: str
+    db: str | None
+    state: str  # failed or abandoned
+    started_at: float
+    error: str | None
+    error_class: str | None = None  # a class of core/errors.py (or another exception's name)
+    target: str | None = None  # the storage target the error blames
+
+
+@dataclass(frozen=True)
 class VerificationRecord:
     """One verification of a target (after a backup or on demand)."""
 

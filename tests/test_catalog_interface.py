@@ -304,6 +304,9 @@ def test_catalog_contract(contract) -> None:  # type: ignore[no-untyped-def]
     assert q.job("j1").state == "succeeded" and q.job("nope") is None
     assert len(q.job_events("j1")) == 5 and len(q.job_events("j1", after_id=1, limit=2)) == 2
     assert [j.id for j in q.finished_jobs_since(0, "backup")] == ["j1"] and q.failed_jobs_since(0) == []
+    assert q.job_failures_since(0) == []
+    assert [d.id for d in q.drill_reports()] == ["warranty-2", "billing-1", "warranty-0"]
+    assert [d.id for d in q.drill_reports(db="warranty", since=now - 99)] == ["warranty-2"]
     assert q.backup_counts_by_age(now, 7) == {0: (1, 0)}
     vids = q.verification_rowids()
     assert len(vids) == 2 and len(q.verification_rowids(("failed",))) == 1

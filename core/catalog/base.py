@@ -46,6 +46,7 @@ from core.records import (
     AuditTable,
     DatabaseSummary,
     DurationHistogram,
+    JobFailure,
     JobRecord,
     OperatorRow,
     RestoreRecord,
@@ -200,6 +201,14 @@ class CatalogQueries(Protocol):
 
     def backup_counts_by_age(self, now: float, days: int) -> dict[int, tuple[int, int]]:
         """Finished backup jobs started in the last ``days`` days: whole days ago -> (succeeded, failed)."""
+        ...
+
+    def job_failures_since(self, since: float) -> list[JobFailure]:
+        """Failed or abandoned jobs started since ``since`` with their error class and target, oldest first."""
+        ...
+
+    def drill_reports(self, db: str | None = None, since: float = 0.0, limit: int = 1000) -> list[DrillReport]:
+        """Drill reports started since ``since`` (of one database), newest first (as :meth:`Catalog.drills`)."""
         ...
 
     # -- verifications and restores --

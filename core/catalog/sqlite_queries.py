@@ -29,6 +29,7 @@ from core.records import (
     AuditTable,
     DatabaseSummary,
     DurationHistogram,
+    JobFailure,
     JobRecord,
     RestoreRecord,
     ScheduleRunStats,
@@ -358,6 +359,26 @@ class SqliteQueries:
         return [JobRecord(*r) for r in self._db().execute(
             f"SELECT {_JOB_COLS} FROM jobs WHERE started_at >= ? AND +state IN ('failed', 'abandoned')"
             " ORDER BY started_at", (since,))]  # +state: the time window's index, as before the (state, kind) one
+
+    def job_failures_since(self, since: float) -> list[JobFailure]:
+        """Failed or abandoned jobs started since ``since``, with the class and target their result names."""
+        return [JobFailure(*r) for r in self._db().execute(
+            "SELECT id, kind, db, state, started_at, error,"
+            " CASE WHEN json_valid(result) THEN json_extract(result, '$.error_class') END,"
+            " CASE WHEN json_valid(result) THEN json_extract(result, '$.target') END"
+            " FROM jobs WHERE started_at >= ? AND +state IN ('failed', 'abandoned') ORDER BY started_at", (since,))]
+
+    def drill_reports(self, db: str | None = None, since: float = 0.0, limit: int = 1000) -> list[DrillReport]:
+        """Drill reports started since ``since`` (of one database), newest first."""
+        if not self.has_table("drills"):
+            return []  # a catalog from before drill reports, opened read-only
+        sql = "SELECT report FROM drills WHERE started_at >= ?"
+        args: list[object] = [since]
+        if db:
+            sql += " AND db=?"
+            args.append(db)
+        rows = self._db().execute(sql + " ORDER BY started_at DESC LIMIT ?", (*args, limit))
+        return [DrillReport.from_json(json.loads(r[0])) for r in rows]
 
     def missed_runs_since(self, since: float, action: str = "backup") -> list[tuple[str, float]]:
         """Scheduled runs of ``action`` recorded as missed with a slot after ``since``: (db or name, due)."""

@@ -6,13 +6,13 @@ Pure functions: the engine reads the records, these shape them into series
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from core.format import duration
 from core.insights.alerts import iso_to_epoch
+from core.insights.forecast import fit
 from core.insights.kpis import DAY
 from core.records import JobRecord, RestoreRecord
 
@@ -82,18 +82,18 @@ def restore_trend(restores: Sequence[RestoreRecord], rto_s: Mapping[str, float],
 
 
 def _forecast(points: Sequence[RestorePoint], rto: float, now: float) -> str:
-    """Least-squares line through the recent successful restores, extended to the RTO."""
+    """Least-squares line through the recent successful restores against time, extended to the RTO.
+
+    The fleet-wide fallback; the per-database forecast against size and growth is
+    :func:`core.insights.forecast.forecast` (what the console and `backstop insights` show).
+    """
     recent = list(points)[-30:]
     if len(recent) < 3:
         return "forecast: needs at least 3 measured restores"
-    xs = [(p.at - now) / DAY for p in recent]
-    ys = [p.duration_s for p in recent]
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    if sxx == 0:
+    line = fit([(p.at - now) / DAY for p in recent], [p.duration_s for p in recent])
+    if line is None:
         return "forecast: restores all at one moment; no trend yet"
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx  # seconds per day
-    today = my - slope * mx
+    today, slope = line  # seconds now, seconds per day
     if today >= rto:
         return f"forecast: restores already take about {duration(today)}, over the RTO of {duration(rto)}"
     if slope <= 0:

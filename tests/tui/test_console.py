@@ -48,9 +48,12 @@ async def test_each_screen_shows_its_data(make_app: MakeApp) -> None:
             "2": ["r00000000001", "RUN", "logical backup of warranty on backup-02 pid 4242", "started:"],
             "3": ["All (56)", "billing (28)", "local1:ok offsite:ok", "never verified"],
             "4": ["(repo)", "FAILED", "pack data/7f/7f3a", "read-back"],
-            "5": ["RTO 30m 00s", "forecast:", "Backup duration (56 backups, 30d)", "failures by kind: backup 2"],
+            "5": ["RTO 30m 00s", "forecast: warranty: recovery time reaches the RTO of 30m 00s on 2028-12-06",
+                  "Backup duration (56 backups, 30d)", "failures by kind: backup 2",
+                  "warranty: keeping every snapshot (28 snapshot(s)) costs 642.2 MiB", "by class: PostgresError 3"],
             "6": ["What happened?", "Accidental deletion", "Ransomware / compromise", "Restore drill"],
-            "7": ["warranty_drill_", "1 drill(s)"],
+            "7": ["warranty_drill_", "3 drill(s), 2 passed", "billing-20261117T090000Z", "6m 35s/1h 00m",
+                  "proven: warranty: local1 11-16 09:00 · offsite NEVER"],
             "8": ["restore.overwrite", "refused", "operator.add", "V verifies it"],
         }
         for key, wanted in expectations.items():

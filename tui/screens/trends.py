@@ -1,10 +1,12 @@
-"""5 Trends: restore times against the RTO, backup durations, stored sizes, failures."""
+"""5 Trends: restore times against the RTO and the forecast, backup durations, stored sizes and retention cost,
+failures and their pattern."""
 
 from __future__ import annotations
 
 import statistics
 from typing import ClassVar
 
+from core.insights.digest import Insights
 from core.insights.trends import Trends
 from textual import work
 from textual.app import ComposeResult
@@ -50,9 +52,12 @@ class TrendsScreen(ConsoleScreen):
                          id="incr-title")
             yield Sparkline([], id="incr-spark", classes="trend-spark")
             yield Static("", id="size-note", classes="chart-note")
+            yield Static("Retention cost (estimated repository bytes)", classes="section-title")
+            yield Static("", id="retention-cost", classes="chart-note")
             yield Static("Failed jobs by hour of day (UTC)", classes="section-title")
             yield Sparkline([], id="fail-spark", classes="trend-spark")
             yield Static("", id="fail-note", classes="chart-note")
+            yield Static("", id="fail-pattern", classes="chart-note")
 
     def reload(self) -> None:
         self.load_trends()
@@ -60,17 +65,19 @@ class TrendsScreen(ConsoleScreen):
     @work(thread=True, group="trends", exclusive=True, exit_on_error=False, description="trends: compute series")
     def load_trends(self) -> None:
         trends = self.engine.trends(self.now(), days=self.days)
+        insights = self.engine.insights(self.now(), days=self.days)
         if not get_current_worker().is_cancelled:
-            self.app.call_from_thread(self.show, trends)
+            self.app.call_from_thread(self.show, trends, insights)
 
-    def show(self, t: Trends) -> None:
-        """Draw every chart."""
+    def show(self, t: Trends, ins: Insights | None = None) -> None:
+        """Draw every chart (``ins``: the forecast, retention cost and failure pattern lines)."""
         recent = t.restores.points[-RESTORE_BARS:]
         rows = [(f"{fmt.when(p.at)[:5]} {p.db}", p.duration_s,
                  fmt.duration(p.duration_s) + ("" if p.ok else " FAIL")) for p in recent]
         self.query_one("#restore-chart", BarChart).set_data(rows, t.restores.rto_s,
                                                             f"RTO {fmt.duration(t.restores.rto_s)}")
-        self.query_one("#restore-forecast", Static).update(t.restores.forecast)
+        forecast = [f"forecast: {f.line}" for f in ins.forecasts] if ins else []
+        self.query_one("#restore-forecast", Static).update("\n".join(forecast) or t.restores.forecast)
         durations = [p.duration_s for p in t.backups]
         self.query_one("#backup-spark", Sparkline).data = durations or [0.0]
         self.query_one("#backup-title", Static).update(f"Backup duration ({len(durations)} backups, {self.days}d)")
@@ -90,6 +97,14 @@ class TrendsScreen(ConsoleScreen):
         self.query_one("#fail-spark", Sparkline).data = [float(x) for x in t.failures_by_hour]
         kinds = ", ".join(f"{k} {n}" for k, n in t.failures_by_kind) or "none"
         self.query_one("#fail-note", Static).update(f"failures by kind: {kinds}  (00h … 23h left to right)")
+        if ins is not None:
+            self.query_one("#retention-cost", Static).update(
+                "\n".join(r.advice for r in ins.retention) or "no databases configured")
+            f = ins.failures
+            targets = ", ".join(f"{k} {n}" for k, n in f.by_target) or "none named"
+            classes = ", ".join(f"{k} {n}" for k, n in f.by_class) or "none"
+            pattern = f"pattern: {f.pattern}" if f.pattern else "no pattern stands out"
+            self.query_one("#fail-pattern", Static).update(f"by target: {targets}\nby class: {classes}\n{pattern}")
         self.set_status(f"last {self.days} days · w changes the window")
 
     def action_window(self) -> None:
