@@ -400,7 +400,7 @@ class BackstopConfig(_Strict):
             dup = {n for n in names if names.count(n) > 1}
             if dup:
                 raise ValueError(f"{kind}: duplicate name {sorted(dup)[0]!r}")
-        check_schedules(self.schedules, [d.name for d in self.databases])
+        check_schedules(self.schedules, [d.name for d in self.databases], [t.name for t in self.targets])
         self._check_policy()
         return self
 

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from core.catalog.base import Catalog
 from core.catalog.sqlite import SqliteCatalog
 from core.config import BackstopConfig
 from core.context import EngineContext
+from core.drills.model import DrillReport
+from core.drills.runner import DrillRequest, run_drill
 from core.errors import UsageError
 from core.events import EventBus
 from core.insights.digest import Insights, build_insights
@@ -220,6 +223,13 @@ class Engine:
             self, request: table_at_moment.TableAtMomentRequest) -> table_at_moment.TableAtMomentResult:
         """Tables as they were at a moment (physical snapshot + WAL in a scratch cluster) into a new database."""
         return await table_at_moment.restore_table_at_moment(self.ctx, request)
+
+    async def drill(self, request: DrillRequest) -> DrillReport:
+        """Run a restore drill (a job of kind 'drill'): restore into scratch space, check, measure, clean up, record."""
+        if request.config_path is None:
+            path = self.config_path or (self.config_source[1] if self.config_source else None)
+            request = replace(request, config_path=path)
+        return await run_drill(self.ctx, request)
 
     async def export(self, db_name: str, path: str, fmt: str, snapshot: str = "latest") -> ExportResult:
         """Write a snapshot as a pg_dump archive (custom, directory) or SQL script (plain) to a new path."""

@@ -139,6 +139,10 @@ class RestoreRefused(BackstopError):
     exit_code = 2
 
 
+class DrillFailed(BackstopError):
+    """A restore drill failed a check or a step (its report says which)."""
+
+
 class NotFound(BackstopError):
     """A snapshot, database or job that was asked for does not exist."""
 

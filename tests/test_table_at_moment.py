@@ -32,6 +32,7 @@ import yaml
 from core.config import RestoreConfig, load_config
 from core.engine import Engine
 from core.errors import PostgresError, RestoreRefused, UsageError
+from core.ops import scratch as scratch_space
 from core.ops import table_at_moment as tam
 from core.ops.physical_restore import RecoveryPoint
 from core.ops.table_at_moment import CopiedTable, TableAtMomentRequest, TableAtMomentResult
@@ -241,7 +242,7 @@ async def test_too_little_scratch_space_is_refused_before_anything_is_written(
         scene: Scene, into: str, monkeypatch: pytest.MonkeyPatch) -> None:
     usage = shutil.disk_usage(scene.scratch)
     # A full disk cannot be made cheaply (nor safely on a shared machine): the free figure is faked.
-    monkeypatch.setattr(tam.shutil, "disk_usage", lambda path: usage._replace(free=4096))
+    monkeypatch.setattr(scratch_space.shutil, "disk_usage", lambda path: usage._replace(free=4096))
     engine = Engine(load_config(scene.setup.path))
     try:
         with pytest.raises(RestoreRefused) as info:

@@ -93,6 +93,10 @@ class PhysicalRestoreRequest:
     port: int | None = None
     archive_mode: str = "off"
     wait_timeout_s: float = WAIT_TIMEOUT_S
+    kind: str = "restore"  # what the catalog records it as: 'restore', or 'drill' (a physical drill)
+    # Read the base backup from this target only (a drill proving it); WAL still comes through restore_command,
+    # which reads from any target holding it.
+    only_target: str | None = None
 
 
 @dataclass(frozen=True)
@@ -404,7 +408,7 @@ async def restore_physical(ctx: EngineContext, req: PhysicalRestoreRequest) -> P
         snapshot_id = ""
         try:
             job.phase("prepare")
-            repo = await ctx.open_repository(require_all=False)
+            repo = await ctx.open_repository(require_all=False, target=req.only_target)
             for name, msg in {**repo.unreachable, **repo.damaged}.items():
                 job.warn(f"target '{name}' skipped: {msg}")
             repo.storages[:] = ReadSources.for_targets(  # best first
@@ -421,14 +425,14 @@ async def restore_physical(ctx: EngineContext, req: PhysicalRestoreRequest) -> P
             if snapshot_id:
                 ctx.catalog.add_restore(job_id=job.id, snapshot_id=snapshot_id, db=req.db, into=str(pgdata),
                                         tables=[], started_at=started_at, duration_s=time.monotonic() - t0,
-                                        nbytes=0, ok=False, error=str(exc), kind="restore",
+                                        nbytes=0, ok=False, error=str(exc), kind=req.kind,
                                         target=repo.storages[0].name if repo and repo.storages else None)
             raise
         await restore.quarantine_findings()
         duration = time.monotonic() - t0
         ctx.catalog.add_restore(job_id=job.id, snapshot_id=snapshot_id, db=req.db, into=str(pgdata), tables=[],
                                 started_at=started_at, duration_s=duration, nbytes=result.bytes, ok=True, error=None,
-                                kind="restore", target=repo.storages[0].name if repo.storages else None)
+                                kind=req.kind, target=repo.storages[0].name if repo.storages else None)
         point = result.recovery
         job.result = {"snapshot": snapshot_id, "pgdata": str(pgdata), "bytes": result.bytes,
                       "duration_s": round(duration, 3), **({"lsn": point.lsn, "commit_time": point.commit_time}

@@ -27,25 +27,17 @@ physical snapshot and the archived WAL reach any moment. So:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import getpass
-import os
 import re
-import shutil
-import signal
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import conninfo_to_dict
 
 from core.context import EngineContext
-from core.errors import BackstopError, PostgresError, RestoreRefused, UsageError
-from core.format import size
+from core.errors import PostgresError, RestoreRefused, UsageError
 from core.jobs import Job, run_job
 from core.ops.physical_restore import (
     WAIT_TIMEOUT_S,
@@ -57,8 +49,8 @@ from core.ops.physical_restore import (
     restore_physical,
 )
 from core.ops.restore import Scope
+from core.ops.scratch import ScratchSpace, login_role
 from core.postgres import logical
-from core.postgres.cluster import SUPERUSER, LocalCluster, free_port
 from core.postgres.copy_restore import copy_in
 from core.postgres.names import Relation, show_relation
 from core.postgres.parallel_restore import restore_sections
@@ -69,17 +61,8 @@ from core.postgres.snapshot import copy_settings
 from core.postgres.tools import find_bin_dir, server_major
 from core.repository.wal import list_wal
 
-# Recovery keeps restored WAL in pg_wal until a restartpoint recycles it: up to max_wal_size, by
-# default 1 GB, i.e. 64 segments of 16 MiB. The scratch space must hold that beside the snapshot.
-WAL_MARGIN_SEGMENTS = 64
 # Rows travel in pieces of about this size: fewer awaits per row on both connections.
 COPY_PIECE_BYTES = 256 << 10
-SCRATCH_PREFIX = "backstop-scratch-"
-_SOCKET_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1
-_STOP_TIMEOUT_S = 60.0
-# Only the scratch cluster's own socket, in a directory only its account and root can enter.
-_SCRATCH_HBA = ("# Written by Backstop for a scratch cluster: Unix socket only, in a private directory.\n"
-                "local all all trust\n")
 
 
 @dataclass(frozen=True)
@@ -120,23 +103,6 @@ class TableAtMomentResult:
                 "recovery": self.point.to_json(),
                 "tables": [{"table": t.table, "rows": t.rows, "bytes": t.bytes} for t in self.tables],
                 "duration_s": round(self.duration_s, 3), "warnings": self.warnings, "left_out": self.left_out}
-
-
-def scratch_root(ctx: EngineContext) -> Path:
-    """Where scratch clusters go: ``restore.scratch_dir``, else the system's temp directory."""
-    configured = ctx.config.restore.scratch_dir
-    return Path(configured).absolute() if configured is not None else Path(tempfile.gettempdir())
-
-
-def check_space(root: Path, snapshot_bytes: int, seg_size: int, what: str) -> int:
-    """Refuse, in one line naming both figures, when ``root`` cannot hold the snapshot plus WAL; returns the need."""
-    needed = snapshot_bytes + WAL_MARGIN_SEGMENTS * seg_size
-    free = shutil.disk_usage(root).free
-    if free < needed:
-        raise RestoreRefused(f"not enough scratch space in {root} for {what}: it needs about {needed} bytes "
-                             f"({size(needed)}: the snapshot plus WAL) and {free} bytes ({size(free)}) are free; "
-                             "free some space or set restore.scratch_dir in the config to a larger disk")
-    return needed
 
 
 async def restore_table_at_moment(ctx: EngineContext, req: TableAtMomentRequest) -> TableAtMomentResult:
@@ -185,17 +151,6 @@ class _Copied:
     left_out: list[str]
 
 
-@dataclass
-class ScratchCluster(LocalCluster):
-    """The restored copy, entered as ``role`` through the Unix socket in ``socket_dir`` only."""
-
-    socket_dir: Path = Path("/nonexistent")
-    role: str = SUPERUSER
-
-    def dsn(self, dbname: str = "postgres") -> str:
-        return make_conninfo("", host=str(self.socket_dir), port=str(self.port), user=self.role, dbname=dbname)
-
-
 class _Run:
     """One table-at-a-moment restore: scratch cluster, schema, rows; and what to clean up."""
 
@@ -204,9 +159,7 @@ class _Run:
         self.ctx, self.req, self.dsn, self.configured_bin_dir, self.scope, self.job = (
             ctx, req, dsn, bin_dir, scope, job)
         self.snapshot_id = ""
-        self.work: Path | None = None  # the scratch directory: data directory and socket
-        self.socket_dir: Path | None = None  # when the work directory's path is too long for a socket
-        self.cluster: ScratchCluster | None = None
+        self.scratch = ScratchSpace(ctx)
         self.created = False  # NEW_DB exists because of us
         self.shown: list[str] = []
         self.fed = 0
@@ -218,20 +171,12 @@ class _Run:
         choice = await choose_snapshot(self.ctx, repo, _WalPaths(repo, await list_wal(repo)), req.db, req.snapshot,
                                        req.target)
         self.snapshot_id = choice.record.id
-        root = scratch_root(self.ctx)
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise RestoreRefused(f"cannot use scratch directory {root}: {exc.strerror}; set restore.scratch_dir "
-                                 "in the config to a writable directory") from None
-        check_space(root, sum(f.size for f in choice.manifest.files), choice.info.wal_segment_size, what)
-        self.work = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=root))  # 0700
-        pgdata = self.work / "pgdata"
+        pgdata = self.scratch.create(sum(f.size for f in choice.manifest.files), choice.info.wal_segment_size, what)
         job.phase("scratch restore")
         await restore_physical(self.ctx, PhysicalRestoreRequest(
             db=req.db, pgdata=pgdata, config_path=req.config_path, snapshot=choice.record.id, target=req.target,
             start=False))
-        cluster = self.cluster = self._scratch_cluster(pgdata)
+        cluster = self.scratch.cluster_for(pgdata)
         job.phase("recover")
         try:
             point = await _start_and_wait(cluster, req.target, WAIT_TIMEOUT_S)
@@ -239,39 +184,9 @@ class _Run:
             raise PostgresError(f"the scratch cluster did not reach {req.target.describe()}: "
                                 f"{_without_keep_advice(str(exc))}; it was removed") from None
         dbname = str(conninfo_to_dict(self.dsn).get("dbname") or req.db)
-        cluster.role = await _login_role(cluster, self.dsn, dbname)
+        cluster.role = await login_role(cluster, self.dsn, dbname)
         tables, left_out = await self._copy(cluster.dsn(dbname))
         return _Copied(point, tables, left_out)
-
-    def _scratch_cluster(self, pgdata: Path) -> ScratchCluster:
-        """The restored data directory as a cluster only we can enter (see the module docstring)."""
-        assert self.work is not None
-        port = free_port()
-        sock = self.work
-        if len(f"{sock}/.s.PGSQL.{port}") > _SOCKET_PATH_MAX:
-            sock = self.socket_dir = Path(tempfile.mkdtemp(prefix="backstop-sock-", dir="/tmp"))
-        hba = pgdata / "pg_hba.conf"
-        hba.unlink(missing_ok=True)
-        hba.write_text(_SCRATCH_HBA)
-        hba.chmod(0o600)
-        settings = {
-            "hba_file": str(hba),  # the copy's postgresql.conf may name the production one
-            "listen_addresses": "",  # no TCP at all
-            "unix_socket_directories": str(sock),
-            "logging_collector": "off",  # recovery is followed in server.log (core/postgres/recovery.py)
-            "log_destination": "stderr",
-            "ssl": "off",  # production certificates may live outside the data directory
-            "shared_buffers": "128MB",  # production's may not fit beside it on this host
-            "huge_pages": "try",
-            "hot_standby": "on",  # a paused recovery must be readable
-            "synchronous_standby_names": "",
-            "archive_mode": "off",  # also in the recovery settings: never into the source's archive
-        }
-        cluster = ScratchCluster(pgdata, port=port, settings=settings, socket_dir=sock)
-        if cluster.owner is not None:
-            for p in (hba, sock):
-                os.chown(p, *cluster.owner)
-        return cluster
 
     async def _copy(self, scratch_dsn: str) -> tuple[list[CopiedTable], list[str]]:
         """Schema and rows of the chosen tables from the scratch cluster's database into NEW_DB."""
@@ -310,30 +225,7 @@ class _Run:
 
     def remove_scratch(self) -> None:
         """Stop the scratch cluster and remove its directory, whatever happened (synchronous: runs when cancelled)."""
-        if self.cluster is not None:
-            _stop(self.cluster)
-        for d in (self.work, self.socket_dir):
-            if d is not None:
-                shutil.rmtree(d, ignore_errors=True)
-                if d.exists():
-                    self.job.warn(f"scratch directory {d} could not be removed completely; remove it by hand")
-
-
-def _stop(cluster: LocalCluster) -> None:
-    """Stop fast; if pg_ctl cannot, end the postmaster itself (immediate shutdown), so nothing outlives us."""
-    try:
-        cluster.stop(timeout=_STOP_TIMEOUT_S)
-        return
-    except BackstopError:
-        pass
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        pid = int((cluster.data_dir / "postmaster.pid").read_text().splitlines()[0])
-        os.kill(pid, signal.SIGQUIT)  # PostgreSQL's immediate shutdown: children end with it
-        deadline = time.monotonic() + _STOP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            os.kill(pid, 0)  # ProcessLookupError (an OSError) once it is gone
-            time.sleep(0.1)
-        os.kill(pid, signal.SIGKILL)
+        self.scratch.remove(self.job.warn)
 
 
 _KEEP_ADVICE = re.compile(r";[^;]*(?:kept for inspection|directory kept|remove it before)[^;]*")
@@ -349,23 +241,6 @@ def _named(exc: PostgresError, sel: Selection) -> PostgresError:
     why = sel.why(exc.toc_entry) if exc.toc_entry is not None else ""
     head = f"cannot create {why}: " if why else ""
     return PostgresError(f"{head}{exc}; the new database was dropped", toc_entry=exc.toc_entry)
-
-
-async def _login_role(cluster: ScratchCluster, live_dsn: str, dbname: str) -> str:
-    """A role that exists in the restored copy: the usual superuser, the dsn's role, or this OS user's."""
-    candidates = [SUPERUSER, str(conninfo_to_dict(live_dsn).get("user") or ""), getpass.getuser(), cluster.os_user]
-    tried: list[str] = []
-    for role in dict.fromkeys(c for c in candidates if c):
-        tried.append(role)
-        try:
-            conn = await psycopg.AsyncConnection.connect(
-                make_conninfo(cluster.dsn(dbname), user=role), connect_timeout=10, autocommit=True)
-        except psycopg.OperationalError:
-            continue
-        await conn.close()
-        return role
-    raise PostgresError(f"cannot log in to the scratch cluster as any of {', '.join(tried)}; put the role backups "
-                        "use into the database's dsn (user=...)")
 
 
 _ROW_TABLES = """

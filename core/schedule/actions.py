@@ -6,7 +6,9 @@
 - ``retention``: the retention rules of every database that has a ``retention:`` section
   (core/ops/retention.py), then a prune of what no snapshot needs.
 - ``key-rotation``: `backstop key rotate --if-due` (the ``encryption.rotate_every`` policy).
-- ``drill``: a test restore of ``db``'s newest snapshot into a scratch database, recorded as a drill, then dropped.
+- ``drill``: a restore drill of ``db`` (core/drills/runner.py): ``snapshot`` latest or random, from ``target`` or
+  the target drilled longest ago, into scratch space that is removed afterwards (a scratch database; for ``type``
+  physical a scratch cluster); recorded with its report. A failed drill fails the run.
 - ``sync``: `backstop sync`: every target gets what it lacks (left out of a quorum write, or new); a target
   still down or an object with no intact copy fails the run, so it shows on the dashboard.
 - ``archive``: `backstop archive`: packs only old snapshots use go to each target's ``storage_class``
@@ -18,10 +20,10 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING
 
-from core.errors import BackstopError, IntegrityError, StorageError, UsageError
+from core.errors import DrillFailed, IntegrityError, StorageError, UsageError
 from core.records import SnapshotRecord
 from core.schedule.config import ScheduleConfig
 
@@ -63,7 +65,7 @@ class EngineRunner:
             res = await self.engine.rotate_keys(if_due=True)
             return {"rotated": res.rotated, "reason": res.reason, "dek_version": res.dek_version}
         if action == "drill":
-            return await self._drill(schedule, slot)
+            return await self._drill(schedule)
         if action == "sync":
             return await self._sync()
         if action == "archive":
@@ -114,21 +116,19 @@ class EngineRunner:
         _complete_or_raise(rep, "archive", "run `backstop archive` again")
         return rep.to_json()
 
-    async def _drill(self, s: ScheduleConfig, slot: datetime) -> dict[str, object]:
-        from core.postgres.logical import drop_database
+    async def _drill(self, s: ScheduleConfig) -> dict[str, object]:
+        from core.drills.runner import DrillRequest
 
         assert s.db is not None
-        into = f"{s.db}_drill_{slot.astimezone(UTC).strftime('%Y%m%d%H%M%S')}"
-        try:
-            res = await self.engine.restore(s.db, into, kind="drill")
-        finally:
-            # The scratch database goes whatever happened; failing to drop it does not fail a drill that passed.
-            try:
-                await drop_database(self.engine.config.database(s.db).dsn, into)
-            except BackstopError as exc:
-                log.warning("schedule %s: could not drop the drill database %s: %s; drop it by hand", s.name, into,
-                            exc)
-        return {"snapshot": res.snapshot_id, "into": into, "duration_s": res.duration_s, "bytes": res.bytes}
+        report = await self.engine.drill(DrillRequest(db=s.db, target=s.target, snapshot=s.snapshot or "latest",
+                                                      kind=s.type, scheduled_by=f"schedule:{s.name}"))
+        if not report.passed:
+            bad = next((c for c in report.checks if not c.ok), None)
+            why = report.error or (f"{bad.name}: {bad.detail}" if bad else "no check ran")
+            raise DrillFailed(f"drill {report.id} failed ({why}); see `backstop drill report {report.id}`")
+        return {"drill": report.id, "verdict": report.verdict, "target": report.target,
+                "snapshot": report.snapshot_id, "recovery_s": round(report.recovery_s, 3),
+                "rto_s": report.rto_s, "scratch_removed": report.scratch_removed}
 
 
 def _complete_or_raise(rep: SyncReport | ArchiveReport, what: str, advice: str) -> None:

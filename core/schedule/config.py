@@ -21,6 +21,8 @@ ACTIONS = ("backup", "verify", "retention", "key-rotation", "drill", "sync", "ar
 Action = Literal["backup", "verify", "retention", "key-rotation", "drill", "sync", "archive"]
 # Actions that act on one configured database (``db:`` required).
 DB_ACTIONS = ("backup", "drill")
+# A drill schedule without ``cron``: quarterly, 02:00 on the first of January, April, July and October.
+DRILL_CRON = "0 2 1 1,4,7,10 *"
 
 _WINDOW_RE = re.compile(r"^\s*([01]\d|2[0-3]):([0-5]\d)\s*-\s*([01]\d|2[0-3]):([0-5]\d)\s*$")
 _SAMPLE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
@@ -50,7 +52,8 @@ def parse_window(text: str) -> tuple[time, time]:
 
 
 class ScheduleConfig(BaseModel):
-    """One schedule: ``{name, action, cron, [db, type, window, timezone, jitter, sample, misfire]}``."""
+    """One schedule: ``{name, action, cron, [db, type, window, timezone, jitter, sample, misfire, snapshot,
+    target]}`` (a drill's ``cron`` defaults to :data:`DRILL_CRON`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -72,6 +75,17 @@ class ScheduleConfig(BaseModel):
     sample: str | None = None
     # Without a window: a slot not started within this (or before the next slot) is missed.
     misfire: timedelta = timedelta(hours=1)
+    # Drill: which snapshot (the newest, or a random one within the retention window; default latest) and
+    # which target to read from (default: rotate, the target drilled longest ago first).
+    snapshot: Literal["latest", "random"] | None = None
+    target: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drill_cron(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("action") == "drill" and data.get("cron") is None:
+            return {**data, "cron": DRILL_CRON}
+        return data
 
     @field_validator("jitter", "misfire", mode="before")
     @classmethod
@@ -125,6 +139,9 @@ class ScheduleConfig(BaseModel):
             raise ValueError(f"action {self.action} needs db: the configured database it works on")
         if self.sample is not None and self.action != "verify":
             raise ValueError("sample applies to action verify only")
+        for key in ("snapshot", "target"):
+            if getattr(self, key) is not None and self.action != "drill":
+                raise ValueError(f"{key} applies to action drill only")
         if self.misfire <= timedelta(0):
             raise ValueError("misfire must be a positive duration")
         return self
@@ -149,7 +166,8 @@ class ScheduleConfig(BaseModel):
         return float(m.group(1)) / 100
 
 
-def check_schedules(schedules: Sequence[ScheduleConfig], databases: Sequence[str]) -> None:
+def check_schedules(schedules: Sequence[ScheduleConfig], databases: Sequence[str],
+                    targets: Sequence[str] | None = None) -> None:
     """Cross-checks with the rest of the config: unique names, configured databases (ValueError naming the key)."""
     seen: set[str] = set()
     for i, s in enumerate(schedules):
@@ -159,3 +177,6 @@ def check_schedules(schedules: Sequence[ScheduleConfig], databases: Sequence[str
         if s.db is not None and s.db not in databases:
             known = ", ".join(databases) or "none"
             raise ValueError(f"schedules.{i}.db: no database named {s.db!r} in databases (configured: {known})")
+        if targets is not None and s.target is not None and s.target not in targets:
+            known = ", ".join(targets) or "none"
+            raise ValueError(f"schedules.{i}.target: no target named {s.target!r} in targets (configured: {known})")
