@@ -23,6 +23,7 @@ from core.config import BackstopConfig
 from core.context import EngineContext
 from core.drills.model import DrillReport
 from core.drills.runner import DrillRequest, run_drill
+from core.drills.seal import DrillVerification
 from core.errors import UsageError
 from core.events import EventBus
 from core.insights.digest import Insights, build_insights
@@ -35,6 +36,7 @@ from core.ops import (
     backup,
     check,
     coverage,
+    drill_reports,
     export,
     forget,
     init,
@@ -271,6 +273,21 @@ class Engine:
     async def wal_status(self, spool: Spool | None = None, pgdata: Path | None = None) -> WalStatus:
         """The WAL archive per timeline, its gaps and freshness, the push backlog and push latencies."""
         return await wal.status(self.ctx, spool, pgdata)
+
+    # -- drill reports ----------------------------------------------------------------------
+
+    async def drill_report(self, ref: str | None = None, quarter: str | None = None, db: str | None = None,
+                           fmt: str = "md") -> str:
+        """One drill's report (id or unique prefix) or a quarter's drills (``2026Q4``), as md, html or json text."""
+        return await drill_reports.report_document(self.ctx, ref, quarter, db, fmt)
+
+    async def drill_verify(self, ref: str) -> DrillVerification:
+        """Check a drill report's MAC and its sealed copy on every target (from the sealed copy alone without a row)."""
+        return await drill_reports.verify(self.ctx, ref)
+
+    async def drill_publish(self, report: DrillReport) -> tuple[str, str]:
+        """Record a finished drill's report, key it with a MAC and seal it into the repository; (mac, object)."""
+        return await drill_reports.publish(self.ctx, report)
 
     # -- gated administration -------------------------------------------------------------
 

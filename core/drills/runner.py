@@ -29,6 +29,7 @@ it: the report's ``sources`` check says so.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
 import socket
@@ -51,6 +52,8 @@ from core.records import SnapshotRecord
 if TYPE_CHECKING:
     from core.postgres.recovery import RecoveryTarget
     from core.repository.repo import Repository
+
+log = logging.getLogger("backstop.drills")
 
 KINDS = ("logical", "physical")
 SNAPSHOT_CHOICES = ("latest", "random")
@@ -153,6 +156,7 @@ async def run_drill(ctx: EngineContext, request: DrillRequest) -> DrillReport:
                 raise DrillFailed(_failure_line(report))
     except DrillFailed:
         pass
+    await _seal(ctx, report)
     return report
 
 
@@ -173,8 +177,22 @@ def _finish(ctx: EngineContext, report: DrillReport) -> None:
 
 
 def _keep(ctx: EngineContext, report: DrillReport) -> None:
-    """Record the report in the catalog (the sealing into the repository joins here)."""
+    """Record the report in the catalog, whatever happened (sealed afterwards by :func:`_seal` when it can be)."""
     ctx.catalog.add_drill(report)
+
+
+async def _seal(ctx: EngineContext, report: DrillReport) -> None:
+    """Seal the report into the repository with its MAC; if that fails it stays in the catalog, unsealed, and says so.
+
+    Outside the drill's job and steps: sealing is bookkeeping, not recovery time.
+    """
+    from core.drills.seal import publish
+
+    try:
+        await publish(ctx, report)
+    except BackstopError as exc:
+        log.warning("drill report %s is in the catalog but not sealed into the repository: %s; `backstop drill "
+                    "verify %s` says so until it is", report.id, exc, report.id)
 
 
 def _failure_line(report: DrillReport) -> str:

@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from core.context import EngineContext
+from core.errors import StorageError
 from core.jobs import run_job
 from core.repository import copies, quarantine
 from core.repository.checker import TargetReport, check_target
@@ -14,7 +15,7 @@ from core.repository.index import INDEX_PREFIX
 from core.repository.keys import KEY_PREFIX
 from core.repository.manifest import SNAPSHOT_PREFIX
 from core.repository.packs import DATA_PREFIX, pack_id_from_name
-from core.repository.repo import CONFIG_NAME, Repository
+from core.repository.repo import CONFIG_NAME, DRILL_PREFIX, Repository
 from core.repository.wal import check_wal
 
 
@@ -52,6 +53,8 @@ async def check(ctx: EngineContext, read_data: bool = False, target: str | None 
             rep.bytes_read += wal.bytes_read
             rep.problems += wal.problems
         problems, notes = compare_catalog(ctx, reports, all_targets=target is None)
+        if target is None:
+            notes += await compare_drills(ctx, repo)
         if target is None and len(repo.storages) + len(repo.damaged_storages) > 1:
             job.phase("compare the targets' copies")
             notes += await compare_copies(ctx, repo, reports, read_data)
@@ -133,6 +136,27 @@ async def compare_copies(ctx: EngineContext, repo: Repository, reports: list[Tar
     # Audit log copies are sealed on each target on their own (FORMAT.md 18.1): their bytes differ by design.
     notes = [f"{obj} verifies on every target that holds it but the copies differ byte for byte"
              for obj in found.differing() if not obj.startswith(copies.AUDIT_PREFIX)]
+    return notes
+
+
+async def compare_drills(ctx: EngineContext, repo: Repository) -> list[str]:
+    """Drill reports the catalog lists against their sealed copies in the repository (FORMAT.md 18.4): notes."""
+    held: set[str] = set()
+    for st in repo.storages:
+        try:
+            held |= {o.name for o in await st.list(DRILL_PREFIX)}
+        except StorageError:
+            continue  # named by the target's own checks; the others still tell
+    rows = ctx.catalog.drills(limit=1_000_000)
+    notes = []
+    unsealed = [r.id for r in rows if f"{DRILL_PREFIX}{r.id}" not in held]
+    if unsealed:
+        notes.append(f"{len(unsealed)} drill report(s) in the catalog have no sealed copy on any target (first "
+                     f"{unsealed[0]}); `backstop drill verify ID` says why")
+    unknown = held - {f"{DRILL_PREFIX}{r.id}" for r in rows}
+    if unknown:
+        notes.append(f"{len(unknown)} drill report(s) in the repository are not in the catalog: `backstop catalog "
+                     "rebuild` adds them")
     return notes
 
 

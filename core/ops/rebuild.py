@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from core.context import EngineContext
+from core.drills import seal as drill_seal
 from core.errors import BackstopError
 from core.ops.backup import physical_fields, refresh_status
 from core.physical.status import WAITING
@@ -25,6 +26,7 @@ class RebuildResult:
     security: list[str] = field(default_factory=list)  # audit log, operators, schema repairs
     warnings: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)  # interrupted commits finished, damage quarantined
+    drills: int = 0  # drill reports taken back from their sealed copies (missing from the catalog, or differing)
 
 
 async def rebuild_catalog(ctx: EngineContext, who: Identity | None = None) -> RebuildResult:
@@ -66,6 +68,8 @@ async def rebuild_catalog(ctx: EngineContext, who: Identity | None = None) -> Re
         ctx.catalog.delete_snapshot(sid)
         result.removed.append(sid)
     result.security = await state.rebuild(ctx.catalog, ctx.config, repo, who or default_identity())
+    result.drills, drill_warnings = await drill_seal.rebuild(ctx, repo)
+    result.warnings += drill_warnings
     return result
 
 

@@ -23,6 +23,8 @@ from core.repository.repo import (
     AUDIT_KIND,
     AUDIT_PREFIX,
     CONFIG_NAME,
+    DRILL_KIND,
+    DRILL_PREFIX,
     OPERATOR_KIND,
     OPERATOR_PREFIX,
     SETTINGS_KIND,
@@ -37,10 +39,10 @@ QUARANTINE_PREFIX = "quarantine/"
 # Commit order (FORMAT.md 11): keys, packs before the index objects that list them, index objects before the
 # manifests that need them; `config` (not a prefix) after everything, so a new target counts as initialised last.
 PREFIXES = (KEY_PREFIX, DATA_PREFIX, INDEX_PREFIX, SNAPSHOT_PREFIX, MARKS_PREFIX, QUARANTINE_PREFIX, WAL_PREFIX,
-            AUDIT_PREFIX, OPERATOR_PREFIX, SETTINGS_PREFIX)
+            AUDIT_PREFIX, OPERATOR_PREFIX, SETTINGS_PREFIX, DRILL_PREFIX)
 _CONTENT_NAMED = (DATA_PREFIX, INDEX_PREFIX, SNAPSHOT_PREFIX, MARKS_PREFIX)
 _SEALED = {AUDIT_PREFIX: AUDIT_KIND, OPERATOR_PREFIX: OPERATOR_KIND, SETTINGS_PREFIX: SETTINGS_KIND,
-           QUARANTINE_PREFIX: QUARANTINE_KIND}
+           QUARANTINE_PREFIX: QUARANTINE_KIND, DRILL_PREFIX: DRILL_KIND}
 # Objects read at once per target: enough to keep a far S3 region busy, few enough for memory (packs are MiBs).
 READ_PARALLEL = 4
 
@@ -169,7 +171,7 @@ Known = Callable[[str, str], Copy | None]
 # Always wanted on every target: nothing deletes them in normal operation (manifests, packs, index objects and WAL
 # files are wanted only while a snapshot or the archive needs them: see `core/ops/repair.py`). `marked/` and
 # `quarantine/` are bookkeeping whose deletes may have reached only some targets: never copied back.
-ALWAYS_DEMANDED = (KEY_PREFIX, AUDIT_PREFIX, OPERATOR_PREFIX, SETTINGS_PREFIX)
+ALWAYS_DEMANDED = (KEY_PREFIX, AUDIT_PREFIX, OPERATOR_PREFIX, SETTINGS_PREFIX, DRILL_PREFIX)
 
 
 def always_demanded(name: str) -> bool:

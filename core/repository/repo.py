@@ -52,7 +52,11 @@ OPERATOR_KIND = b"operator"
 # The approved schedules/retention/encryption settings (core/settings): one object, replaced on approval.
 SETTINGS_PREFIX = "settings/"
 SETTINGS_KIND = b"settings"
-RECORD_KINDS = {AUDIT_PREFIX: AUDIT_KIND, OPERATOR_PREFIX: OPERATOR_KIND, SETTINGS_PREFIX: SETTINGS_KIND}
+# Sealed drill reports (core/drills/seal.py): ``drills/<report id>``, written once (FORMAT.md 18.4).
+DRILL_PREFIX = "drills/"
+DRILL_KIND = b"drill"
+RECORD_KINDS = {AUDIT_PREFIX: AUDIT_KIND, OPERATOR_PREFIX: OPERATOR_KIND, SETTINGS_PREFIX: SETTINGS_KIND,
+                DRILL_PREFIX: DRILL_KIND}
 FORMAT_VERSION = 1
 # Holders rewrite their lock this often; one not rewritten for STALE_LOCK_SECONDS
 # was left by a crashed process and no longer blocks.

@@ -17,9 +17,11 @@ async def cmd_catalog_rebuild(engine: Engine, args: argparse.Namespace) -> int:
     res = await engine.rebuild_catalog()
     if args.json:
         print_json({"snapshots": res.snapshots, "removed": res.removed, "security": res.security,
-                    "repaired": res.repaired, "warnings": res.warnings}, indent=1)
+                    "repaired": res.repaired, "warnings": res.warnings, "drills": res.drills}, indent=1)
         return EXIT_OK
     print(f"catalog rebuilt: {res.snapshots} snapshot(s) read from the repository")
+    if res.drills:
+        print(f"  {res.drills} drill report(s) taken back from their sealed copies")
     for sid in res.removed:
         print(f"  removed snapshot {sid[:8]}: no target holds it")
     for line in [*res.repaired, *res.security]:
