@@ -123,6 +123,7 @@ def run_demo(sandbox: str | Path | None, claims: int = 50_000, reset: bool = Fal
 async def _build_history(engine: Engine, repository: Path) -> None:
     """A first sandbox gets a history for the console's charts: real backups of growing data, measured restores
     and drills into scratch databases (dropped afterwards), and one backup that failed for a real cause."""
+    from core.drills.runner import DrillRequest
     from core.postgres.logical import drop_database
     from core.sandbox.warranty import append_claims
 
@@ -142,12 +143,14 @@ async def _build_history(engine: Engine, repository: Path) -> None:
     finally:
         unplugged.rename(repository)
     for k, sid in enumerate(snapshots):
-        for kind in ("restore", "drill"):
-            # lead: switch to Engine.drill after merge (the drills then leave reports; these are test restores)
-            scratch = f"{DB_NAME}_demo_{kind}_{k}"
-            res = await engine.restore(DB_NAME, scratch, snapshot=sid, kind=kind)
-            await drop_database(dsn, scratch)
-            _say(f"history: {kind} of snapshot {sid[:8]} into {scratch} took {res.duration_s:.1f} s (dropped since)")
+        scratch = f"{DB_NAME}_demo_restore_{k}"
+        res = await engine.restore(DB_NAME, scratch, snapshot=sid)
+        await drop_database(dsn, scratch)
+        _say(f"history: restore of snapshot {sid[:8]} into {scratch} took {res.duration_s:.1f} s (dropped since)")
+        # A real drill: restore into scratch, table digests and amcheck, RTO, a sealed report with its MAC.
+        report = await engine.drill(DrillRequest(DB_NAME, snapshot=sid, scheduled_by="demo"))
+        _say(f"history: drill {report.id} of snapshot {sid[:8]}: {report.verdict}, recovered in "
+             f"{report.recovery_s:.1f} s (`backstop drill report {report.id}`)")
 
 
 async def _backup_and_show(cfg_path: Path, history: bool = False) -> int:
