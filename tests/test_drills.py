@@ -12,7 +12,6 @@ import json
 import os
 import random
 import re
-from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from core.engine import Engine
 from core.errors import ConfigError
 from core.events import JobEvent, JobStarted, PhaseChanged
 from core.records import SnapshotRecord
-from core.repository.manifest import SCHEMA_FILE, FileEntry
+from core.repository.manifest import SCHEMA_FILE
 from core.repository.tiers import packs_of
 from core.schedule.actions import EngineRunner
 from core.schedule.clock import FakeClock
@@ -44,8 +43,6 @@ from tests.test_table_at_moment import _postmasters
 pitr = pitr_tests.pitr
 
 # The manifests of this branch record table digests (the integrity work): only then can a drill pass.
-DIGESTS = "digest" in {f.name for f in fields(FileEntry)}
-NO_DIGESTS = "needs table digests (integrity branch)"
 REPO = {"pack_target_mib": 1, "chunk_avg_kib": 64}
 
 
@@ -140,8 +137,6 @@ async def test_scheduled_drills_rotate_across_targets(tmp_path: Path, pg_cluster
     assert _scratch_left(pg_cluster.dsn()) == []
     # The measured restores are recorded as drills too (the KPIs read them).
     assert restores == [("drill", "local1"), ("drill", "offsite")]
-    if not DIGESTS:
-        pytest.xfail(NO_DIGESTS)
     assert [d.verdict for d in drills] == [PASSED, PASSED] and all(c.ok for d in drills for c in d.checks)
     assert [r.state for r in runs] == ["succeeded", "succeeded"]
     assert [(r.result or {}).get("drill") for r in runs] == [d.id for d in drills]
@@ -196,7 +191,6 @@ async def test_a_failed_restore_removes_the_scratch_database_and_is_recorded(  #
 # -- altered data fails the drill, naming the table --------------------------------------------------------------
 
 
-@pytest.mark.xfail(reason="needs table digests (integrity branch)", strict=False)
 async def test_a_changed_row_fails_the_drill_naming_the_table(tmp_path: Path, make_warranty_db,  # type: ignore[no-untyped-def]
                                                                 setup_factory) -> None:
     name, dsn = make_warranty_db(claims=1000)
@@ -242,8 +236,6 @@ def test_drill_run_and_list_from_the_cli(tmp_path: Path, pg_cluster, make_warran
     table = setup.cli("drill", "list")
     assert doc["id"] in table.stdout and "1h" in table.stdout
     assert _scratch_left(pg_cluster.dsn()) == []
-    if not DIGESTS:
-        pytest.xfail(NO_DIGESTS)
     assert run.returncode == 0 and doc["verdict"] == PASSED
 
 
@@ -289,6 +281,4 @@ def test_a_physical_drill_recovers_a_scratch_cluster_and_removes_it(pitr: Pitr, 
     assert list(scratch.iterdir()) == [] and not _postmasters(scratch)
     listed = json.loads(setup.cli("--json", "drill", "list", "--db", DB, check=True).stdout)
     assert [(r["id"], r["kind"]) for r in listed] == [(doc["id"], "physical")]
-    if not DIGESTS:
-        pytest.xfail("needs pg_verifybackup and amcheck checks (integrity branch)")
     assert run.returncode == 0 and doc["verdict"] == PASSED and all(c["ok"] for c in doc["checks"])

@@ -32,6 +32,7 @@ from core.repository.index import INDEX_PREFIX, Index
 from core.repository.manifest import LOGICAL, MANIFEST_FORMAT, PHYSICAL, SCHEMA_FILE, FileEntry, Manifest, PhysicalInfo
 from core.repository.policy import hold_to_policy, quorum_policy
 from core.repository.repo import Repository
+from core.repository.table_digest import CopyDigest
 from core.repository.wal import WalArchive
 from core.repository.writer import StreamWriter
 
@@ -160,11 +161,12 @@ async def _dump_tables(ctx: EngineContext, repo: Repository, index: Index, bin_d
 
 
 def _copy_table(writer: StreamWriter, worker: SnapshotWorker, table: TableSource) -> FileEntry:
-    """One table's rows as one stream (the worker's thread)."""
+    """One table's rows as one stream (the worker's thread), with its row count and digest (FORMAT.md 10.3)."""
     reader = worker.open(table)
+    digest = CopyDigest()  # what a drill compares the restored table with
     try:
         try:
-            entry = writer.write(reader, f"table/{table.schema}/{table.name}", COPY_FORMAT)
+            entry = writer.write(reader, f"table/{table.schema}/{table.name}", COPY_FORMAT, observe=digest.update)
         except BaseException:
             if isinstance(reader, PsqlCopyReader):
                 reader.kill()  # its exit status then does not hide what stopped the stream
@@ -176,6 +178,8 @@ def _copy_table(writer: StreamWriter, worker: SnapshotWorker, table: TableSource
         raise PostgresError(f"COPY of {table.qualified} failed: {first_line(exc)}") from None
     entry.relation = [table.schema, table.name]
     entry.columns = list(table.columns)
+    counted = digest.result()
+    entry.rows, entry.digest = counted.rows, counted.digest
     return entry
 
 

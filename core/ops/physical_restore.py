@@ -362,23 +362,42 @@ async def _verify_backup(bin_dir: Path, pgdata: Path, major: int) -> str:
     restore itself) would add nothing. pg_verifybackup still checks the manifest's own checksum, that every
     file it lists is there with its size and that nothing else is.
     """
+    tool = verifybackup_tool(bin_dir, major)
+    if tool is None:
+        return "skipped: pg_verifybackup is not installed"
+    problem = await run_verifybackup(tool, pgdata, checksums=False)
+    if problem is not None:
+        raise IntegrityError(f"pg_verifybackup found the restored files differ from the backup's manifest: "
+                             f"{problem}; the data directory was removed; run `backstop check --read-data`")
+    return "ok"
+
+
+def verifybackup_tool(bin_dir: Path, major: int) -> Path | None:
+    """The pg_verifybackup beside the server binaries, else one of ``major`` installed elsewhere; None if none."""
     tool = bin_dir / "pg_verifybackup"
-    if not tool.exists():
-        try:
-            tool = find_bin_dir(major or None, tools=("pg_verifybackup",)) / "pg_verifybackup"
-        except PostgresError:
-            return "skipped: pg_verifybackup is not installed"
+    if tool.exists():
+        return tool
+    try:
+        return find_bin_dir(major or None, tools=("pg_verifybackup",)) / "pg_verifybackup"
+    except PostgresError:
+        return None
+
+
+async def run_verifybackup(tool: Path, pgdata: Path, *, checksums: bool) -> str | None:
+    """Run pg_verifybackup over ``pgdata``; None when it passes, else the first line of its complaint.
+
+    Always ``--no-parse-wal``: a restored data directory has no WAL of its own (recovery fetches it through
+    backstop's restore_command from the archive, which `backstop check` verifies).
+    """
+    args = [str(tool), "--no-parse-wal", *([] if checksums else ["--skip-checksums"]), str(pgdata)]
     proc = await asyncio.create_subprocess_exec(
-        str(tool), "--no-parse-wal", "--skip-checksums", str(pgdata), stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         env={k: v for k, v in os.environ.items() if not k.startswith("PG")})
     out, errs = await proc.communicate()
-    if proc.returncode != 0:
-        lines = [ln.strip() for ln in (errs + out).decode(errors="replace").splitlines() if ln.strip()]
-        raise IntegrityError(f"pg_verifybackup found the restored files differ from the backup's manifest: "
-                             f"{lines[0] if lines else f'exit status {proc.returncode}'}; the data directory was "
-                             "removed; run `backstop check --read-data`")
-    return "ok"
+    if proc.returncode == 0:
+        return None
+    lines = [ln.strip() for ln in (errs + out).decode(errors="replace").splitlines() if ln.strip()]
+    return lines[0] if lines else f"exit status {proc.returncode}"
 
 
 class _Progress:

@@ -73,6 +73,19 @@ def copy_settings(encoding: str) -> list[sql.Composed]:
     return out
 
 
+def copy_out_settings(encoding: str) -> list[sql.Composed]:
+    """:func:`copy_settings` for reading rows out (a backup's streams, a drill's digests of the restored copy).
+
+    Also pins the settings that change the text of a row but not its value
+    (a timestamptz's offset, bytea's notation), so that the bytes, and a
+    table's digest (FORMAT.md 10.3), depend on the data alone: a drill reads
+    the restored copy months later, maybe where the server's or role's
+    defaults differ. Loading keeps the database's own, as pg_restore does.
+    """
+    return [*copy_settings(encoding), *(sql.SQL("SET {} = {}").format(sql.Identifier(k), sql.Literal(v)) for k, v in (
+        ("TimeZone", "UTC"), ("bytea_output", "hex")))]
+
+
 @dataclass(frozen=True)
 class TableSource:
     """A table whose rows a backup copies."""
@@ -222,12 +235,12 @@ class SnapshotWorker:
         try:
             self.conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10,
                                         application_name="backstop")
-            for setting in copy_settings(encoding):
+            for setting in copy_out_settings(encoding):
                 self.conn.execute(setting)
             # SET TRANSACTION SNAPSHOT must be the transaction's first statement.
             self.conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             self.conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_id)))
-            self._settings = [s.as_string(self.conn) for s in copy_settings("")]
+            self._settings = [s.as_string(self.conn) for s in copy_out_settings("")]
         except psycopg.Error as exc:
             raise PostgresError(f"a backup worker cannot join the snapshot ({redact(dsn)}): {first_line(exc)}; "
                                 "check max_connections (the backup opens `jobs` + 2 connections)") from None

@@ -37,6 +37,10 @@ class FileEntry:
     # and, for a symlink, its target. Written only when set, like the two above.
     mode: int | None = None
     link: str | None = None
+    # A table's data stream: its row count and order-independent digest (core/repository/table_digest.py),
+    # what a drill compares the restored table with. Written only when set.
+    rows: int | None = None
+    digest: str | None = None
 
 
 @dataclass
@@ -53,7 +57,7 @@ class PhysicalInfo:
     tablespaces: list[str] = field(default_factory=list)  # always empty: extra tablespaces are refused for now
 
 
-_FILE_OPTIONAL = ("relation", "columns", "mode", "link")
+_FILE_OPTIONAL = ("relation", "columns", "mode", "link", "rows", "digest")
 
 
 @dataclass

@@ -100,8 +100,9 @@ class _Prefixed:
 class _Stream:
     """One stream being written: its hash, chunk list, and the chunks still being sealed."""
 
-    def __init__(self, writer: StreamWriter, name: str, fmt: str) -> None:
-        self.w, self.name, self.fmt = writer, name, fmt
+    def __init__(self, writer: StreamWriter, name: str, fmt: str,
+                 observe: Callable[[memoryview], None] | None = None) -> None:
+        self.w, self.name, self.fmt, self.observe = writer, name, fmt, observe
         self.sha = hashlib.sha256()
         self.refs: list[str] = []
         self.size = 0
@@ -116,6 +117,8 @@ class _Stream:
         if not len(view):
             return
         self.sha.update(view)
+        if self.observe is not None:
+            self.observe(view)
         cid = chunk_id(view, w.key.id_key)
         self.refs.append(cid.hex())
         self.size += len(view)
@@ -200,7 +203,8 @@ class StreamWriter:
 
     # Runs in a worker thread.
     def write(self, reader: BinaryStreamReader, name: str, fmt: str,
-              head: Callable[[bytes], int] | None = None, block_size: int | None = None) -> FileEntry:
+              head: Callable[[bytes], int] | None = None, block_size: int | None = None,
+              observe: Callable[[memoryview], None] | None = None) -> FileEntry:
         """Consume ``reader`` to EOF and return the file's manifest entry.
 
         ``head`` sees the stream's first bytes and says how many of them form
@@ -212,8 +216,12 @@ class StreamWriter:
         of content-defined chunks (physical snapshots, FORMAT.md 10.2): a
         relation file's pages stay where they are, so a block whose pages did
         not change gets the same chunk id in every backup.
+
+        ``observe`` sees the whole stream, chunk by chunk in order (a table's
+        row digest, core/repository/table_digest.py); the view is only valid
+        during the call.
         """
-        stream = _Stream(self, name, fmt)
+        stream = _Stream(self, name, fmt, observe)
         if block_size is not None:
             try:
                 _cut_fixed(reader, block_size, stream)
