@@ -241,6 +241,14 @@ async def check_indexes(dsn: str, *, heapallindexed: bool = True) -> DrillCheck 
 # -- physical data directories ---------------------------------------------------------------------------------
 
 
+def verified_check(verified: str) -> DrillCheck:
+    """The check for what a physical restore's own pg_verifybackup said (``ok``, or why it was skipped)."""
+    if verified == "ok":
+        return DrillCheck("pg_verifybackup", True, "every file's checksum matches the backup's manifest (read back "
+                                                   "as restored, before recovery)")
+    return DrillCheck("pg_verifybackup", False, verified)
+
+
 async def verify_data_dir(bin_dir: Path, pgdata: Path, *, checksums: bool = True) -> DrillCheck:
     """pg_verifybackup over a restored physical data directory (its backup_manifest).
 

@@ -318,13 +318,13 @@ class _Drill:
             report.scratch = str(space.work)
             res = await restore_physical(self.ctx, PhysicalRestoreRequest(
                 db=report.db, pgdata=pgdata, config_path=self.request.config_path, snapshot=snap.id, target=target,
-                kind="drill", only_target=report.target))
+                kind="drill", only_target=report.target, verify_checksums=True))
             report.sources = [s.to_json() for s in res.sources]
+            # pg_verifybackup ran inside the restore, on the files as written and before the recovery settings
+            # and the scratch cluster's own pg_hba.conf changed them; a mismatch would have raised there.
+            verified = integrity.verified_check(res.verified)
+            verify_s = res.verify_s
             cluster = space.cluster_for(pgdata)
-            # Before the server starts: recovery rewrites files pg_verifybackup checks against the backup_manifest.
-            v0 = time.monotonic()
-            verified = await integrity.verify_data_dir(cluster.bin_dir, pgdata)
-            verify_s = time.monotonic() - v0
             point = await _start_and_wait(cluster, target, WAIT_TIMEOUT_S)
             report.recovery_s = round(time.monotonic() - t - verify_s, 3)
             report.steps.append(DrillStep("recover", report.recovery_s))

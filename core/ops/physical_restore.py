@@ -97,6 +97,9 @@ class PhysicalRestoreRequest:
     # Read the base backup from this target only (a drill proving it); WAL still comes through restore_command,
     # which reads from any target holding it.
     only_target: str | None = None
+    # pg_verifybackup reads every file's checksum back (a drill's proof), not only presence and size; done while
+    # the files are as the backup wrote them, before the recovery settings are added.
+    verify_checksums: bool = False
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,7 @@ class PhysicalRestoreResult:
     port: int | None
     start_command: str
     recovery: RecoveryPoint | None = None
+    verify_s: float = 0.0  # how long pg_verifybackup took
     warnings: list[str] = field(default_factory=list)
     # What each target served (stored bytes and objects read) and how it failed, in read order.
     sources: list[TargetShare] = field(default_factory=list)
@@ -354,8 +358,10 @@ def _server_bin_dir(ctx: EngineContext, db: str, pg_version: str) -> Path:
     return found
 
 
-async def _verify_backup(bin_dir: Path, pgdata: Path, major: int) -> str:
+async def _verify_backup(bin_dir: Path, pgdata: Path, major: int, checksums: bool = False) -> str:
     """``pg_verifybackup --no-parse-wal --skip-checksums`` of the freshly written files; raises on a mismatch.
+
+    ``checksums``: read every file back against the manifest's checksums too (a drill proves it that way).
 
     Each file's SHA-256 was compared with the snapshot's while it was written, and at backup time with the
     one the server put in this backup_manifest: reading every byte back a second time (as much as the
@@ -365,7 +371,7 @@ async def _verify_backup(bin_dir: Path, pgdata: Path, major: int) -> str:
     tool = verifybackup_tool(bin_dir, major)
     if tool is None:
         return "skipped: pg_verifybackup is not installed"
-    problem = await run_verifybackup(tool, pgdata, checksums=False)
+    problem = await run_verifybackup(tool, pgdata, checksums=checksums)
     if problem is not None:
         raise IntegrityError(f"pg_verifybackup found the restored files differ from the backup's manifest: "
                              f"{problem}; the data directory was removed; run `backstop check --read-data`")
@@ -492,13 +498,15 @@ class _Restore:
         try:
             job.phase("verify")
             major = int(info.pg_version) // 10000 if info.pg_version.isdigit() else 0
+            v0 = time.monotonic()
             if any(f.name.removeprefix("./") == BACKUP_MANIFEST for f in manifest.files):
-                verified = await _verify_backup(bin_dir, self.pgdata, major)
+                verified = await _verify_backup(bin_dir, self.pgdata, major, req.verify_checksums)
             else:
                 verified = "skipped: the snapshot has no backup_manifest"
                 job.warn(f"pg_verifybackup skipped: snapshot {self.choice.record.short_id} has no backup_manifest")
             note = (f"Backstop: recovery of snapshot {self.choice.record.short_id} to "
                     f"{req.target.describe()} (restored {datetime.now().astimezone().isoformat(timespec='seconds')})")
+            verify_s = time.monotonic() - v0
             write_recovery_files(self.pgdata, recovery_settings(restore_command(req.config_path), req.target,
                                                                 req.archive_mode), note, cluster.owner)
         except BaseException:
@@ -506,7 +514,7 @@ class _Restore:
             raise
         result = PhysicalRestoreResult(
             snapshot_id=self.choice.record.id, db=req.db, pgdata=str(self.pgdata), target=req.target,
-            files=written.files, bytes=written.bytes, duration_s=0.0, verified=verified,
+            files=written.files, bytes=written.bytes, duration_s=0.0, verified=verified, verify_s=verify_s,
             wal_from=self.choice.first_wal, started=req.start, port=cluster.port if req.start else None,
             start_command=cluster.start_command(), sources=sources.report())
         if not req.start:
