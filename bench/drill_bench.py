@@ -119,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         db_bytes = bb.database_bytes(cluster.dsn(DB))
         print(f"database {DB}: {db_bytes / 2**20:.0f} MiB, built in {built:.0f} s", flush=True)
         bs = Backstop.create(work / "backstop", cluster, passphrase, acct, logs / "init.log")
+        # A physical drill's restore_command (`backstop wal-fetch`) runs as the server's account with the
+        # operator's config: that account must read it, its passphrase and its spool.
+        acct.give(passphrase, bs.ops_config.parent)
         set_archive_command(cluster, bs.archive_command())
         wait_archived(cluster)
         for kind in ("logical", "physical"):
