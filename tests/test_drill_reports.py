@@ -263,3 +263,17 @@ def test_a_target_failing_the_write_leaves_the_report_sealed_on_the_other(tmp_pa
     assert _engine(setup, retire) >= 2  # both targets' copies of the first report (audit copies may add more)
     assert not (tmp_path / "a" / "keys" / "dek-00000001").exists()
     assert _verified(setup, report.id, later.id) == [["local1", "near"]] * 2
+
+
+def test_a_drill_that_failed_before_choosing_a_snapshot_still_renders() -> None:
+    from dataclasses import replace
+
+    from core.drills.report import html_report, markdown
+
+    early = replace(_report("2026-11-02T02:00:00"), snapshot_id="", snapshot_finished_at="", point_reached="",
+                    verdict=FAILED, error="no restorable logical snapshot of warranty to drill", checks=[],
+                    steps=[DrillStep("choose", 0.1)])
+    assert early.snapshot_age_s is None
+    md = markdown((early, None, None))
+    assert "none chosen" in md and "FAILED" in md and "no restorable logical snapshot" in md
+    assert "none chosen" in html_report((early, None, None))

@@ -12,6 +12,7 @@ import json
 import os
 import random
 import re
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -141,6 +142,15 @@ async def test_scheduled_drills_rotate_across_targets(tmp_path: Path, pg_cluster
     assert [r.state for r in runs] == ["succeeded", "succeeded"]
     assert [(r.result or {}).get("drill") for r in runs] == [d.id for d in drills]
     assert all((r.result or {}).get("verdict") == PASSED for r in runs)
+
+    # Each report was sealed into the repository with its MAC, which verifies; an edited report does not.
+    for d in drills:
+        ok = setup.cli("drill", "verify", d.id)
+        assert ok.returncode == 0 and "MAC verifies" in ok.stdout and "local1" in ok.stdout, ok.stdout + ok.stderr
+    with sqlite3.connect(setup.dir / "catalog.db") as db:
+        db.execute("UPDATE drills SET report = json_set(report, '$.recovery_s', 0.5) WHERE id = ?", (drills[0].id,))
+    edited = setup.cli("drill", "verify", drills[0].id)
+    assert edited.returncode == 1 and "recovery_s" in edited.stdout + edited.stderr, edited.stdout + edited.stderr
 
 
 # -- a failed restore cleans up and is recorded -----------------------------------------------------------------

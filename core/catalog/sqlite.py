@@ -24,6 +24,7 @@ from core.catalog.sqlite_queries import (
     VERIFICATION_COLS,
     SqliteChangeFeed,
     SqliteQueries,
+    drill_rows,
     restore_record,
     verification_record,
 )
@@ -347,17 +348,7 @@ class SqliteCatalog(SecurityTables, ScheduleTables, HealthTables):
     def drills(self, db: str | None = None, since: float = 0.0, until: float | None = None,
                limit: int = 1000) -> list[DrillReport]:
         """Drill reports started in [since, until), newest first."""
-        sql = "SELECT report FROM drills WHERE started_at >= ?"
-        args: list[object] = [since]
-        if until is not None:
-            sql += " AND started_at < ?"
-            args.append(until)
-        if db:
-            sql += " AND db=?"
-            args.append(db)
-        sql += " ORDER BY started_at DESC LIMIT ?"
-        args.append(limit)
-        return [DrillReport.from_json(json.loads(r[0])) for r in self._db.execute(sql, args)]
+        return drill_rows(self._db, db, since, until, limit)
 
     def restores(self, db: str | None = None, limit: int = 500) -> list[RestoreRecord]:
         """Measured restores and drills, newest first."""

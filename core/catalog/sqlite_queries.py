@@ -47,6 +47,22 @@ RESTORE_COLS = "id, job_id, snapshot_id, db, into_db, tables, started_at, durati
 AUDIT_TABLE = "audit_log"
 
 
+def drill_rows(conn: sqlite3.Connection, db: str | None, since: float, until: float | None,
+               limit: int) -> list[DrillReport]:
+    """Drill reports started in [since, until) (of one database), newest first."""
+    sql = "SELECT report FROM drills WHERE started_at >= ?"
+    args: list[object] = [since]
+    if until is not None:
+        sql += " AND started_at < ?"
+        args.append(until)
+    if db:
+        sql += " AND db=?"
+        args.append(db)
+    sql += " ORDER BY started_at DESC LIMIT ?"
+    args.append(limit)
+    return [DrillReport.from_json(json.loads(r[0])) for r in conn.execute(sql, args)]
+
+
 def restore_record(r: Sequence[Any]) -> RestoreRecord:
     """A restores row (columns as :data:`RESTORE_COLS`) as a record."""
     return RestoreRecord(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7], r[8], bool(r[9]), r[10], r[11],
@@ -372,13 +388,7 @@ class SqliteQueries:
         """Drill reports started since ``since`` (of one database), newest first."""
         if not self.has_table("drills"):
             return []  # a catalog from before drill reports, opened read-only
-        sql = "SELECT report FROM drills WHERE started_at >= ?"
-        args: list[object] = [since]
-        if db:
-            sql += " AND db=?"
-            args.append(db)
-        rows = self._db().execute(sql + " ORDER BY started_at DESC LIMIT ?", (*args, limit))
-        return [DrillReport.from_json(json.loads(r[0])) for r in rows]
+        return drill_rows(self._db(), db, since, None, limit)
 
     def missed_runs_since(self, since: float, action: str = "backup") -> list[tuple[str, float]]:
         """Scheduled runs of ``action`` recorded as missed with a slot after ``since``: (db or name, due)."""

@@ -70,10 +70,12 @@ class DrillReport:
         return self.verdict == PASSED
 
     @property
-    def snapshot_age_s(self) -> float:
-        """How old the snapshot was when the drill started."""
+    def snapshot_age_s(self) -> float | None:
+        """How old the snapshot was when the drill started; None when the drill failed before choosing one."""
         from datetime import datetime
 
+        if not self.snapshot_finished_at:
+            return None
         return self.started_at - datetime.fromisoformat(self.snapshot_finished_at).timestamp()
 
     def to_json(self) -> dict[str, Any]:

@@ -50,14 +50,20 @@ def _rto_line(r: DrillReport) -> str:
            f"({_share(r.recovery_s, r.rto_s)} of it)"
 
 
+def _snapshot_line(r: DrillReport) -> str:
+    age = r.snapshot_age_s
+    if age is None:
+        return "none chosen (the drill failed before it chose one)"
+    return f"{r.snapshot_id} (finished {r.snapshot_finished_at}; {duration(age)} old at drill time)"
+
+
 def _facts(r: DrillReport) -> list[tuple[str, str]]:
     """(label, value) rows of the report's header table."""
     return [
         ("Verdict", r.verdict.upper()),
         ("Database", f"{r.db} ({r.kind} drill)"),
         ("Target tested", r.target),
-        ("Snapshot", f"{r.snapshot_id} (finished {r.snapshot_finished_at}; {duration(r.snapshot_age_s)} old at "
-                     "drill time)"),
+        ("Snapshot", _snapshot_line(r)),
         ("Point in time reached", r.point_reached or "-"),
         ("Recovery time", _rto_line(r)),
         ("Started", _when(r.started_at)),
