@@ -25,8 +25,8 @@ if TYPE_CHECKING:  # the CLI imports this module for `when`: keep pydantic out o
 
 # Written once and never replaced or deleted in normal operation: safe to lock.
 # (Packs and manifests are deleted only by prune/forget, which plan around locks;
-# WAL only by retention's trim, audit copies and keys never.)
-WRITE_ONCE_PREFIXES = ("keys/", "data/", "snapshots/", "wal/", "audit/")
+# WAL only by retention's trim, audit copies, drill reports and keys never.)
+WRITE_ONCE_PREFIXES = ("keys/", "data/", "snapshots/", "wal/", "audit/", "drills/")
 WRITE_ONCE_NAMES = ("config",)
 
 # Rewritten or deleted in normal operation, so never locked: locks/ (released after every backup),
