@@ -117,6 +117,8 @@ async def test_drill_checks_against_a_restored_copy(tmp_path: Path, pg_cluster: 
     name, dsn = make_warranty_db(claims=600)
     _sql(dsn, ODD_TABLE)
     _sql(dsn, ODD_ROWS)
+    # A table without columns still has rows (COPY writes an empty line for each).
+    _sql(dsn, "CREATE TABLE public.no_columns (); INSERT INTO public.no_columns SELECT FROM generate_series(1, 3)")
     # Session settings that change the text of a row (a restore re-applies them to its copy; see below).
     _sql(dsn, f"ALTER DATABASE {name} SET TimeZone = 'Pacific/Chatham'")
     _sql(dsn, f"ALTER DATABASE {name} SET bytea_output = 'escape'")
@@ -146,6 +148,7 @@ async def test_drill_checks_against_a_restored_copy(tmp_path: Path, pg_cluster: 
     assert [c.name for c in checks] == sorted(c.name for c in checks) and len(checks) == len(tables)
     assert all(c.ok for c in checks), [c for c in checks if not c.ok]
     assert 'table public."Odd Name"' in {c.name for c in checks}
+    assert next(c for c in checks if c.name == "table public.no_columns").detail == "3 rows, digest matches"
     assert next(c for c in checks if c.name == "table warranty.claims").detail == "600 rows, digest matches"
 
     # Read back the way large tables are (through psql), in parallel: the same bytes, the same verdict.

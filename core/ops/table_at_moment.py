@@ -57,7 +57,7 @@ from core.postgres.parallel_restore import restore_sections
 from core.postgres.recovery import RecoveryTarget
 from core.postgres.schema_archive import SchemaArchive, read_schema
 from core.postgres.selection import Selection, select, tables_in
-from core.postgres.snapshot import copy_settings
+from core.postgres.snapshot import column_list, copy_settings
 from core.postgres.tools import find_bin_dir, server_major
 from core.repository.wal import list_wal
 
@@ -314,8 +314,7 @@ async def _copy_table(scratch_dsn: str, into_dsn: str, rel: Relation, columns: l
     try:
         for setting in copy_settings(encoding):
             await source.execute(setting)
-        stmt = sql.SQL("COPY {} ({}) TO STDOUT").format(
-            sql.Identifier(schema, name), sql.SQL(", ").join(map(sql.Identifier, columns)))
+        stmt = sql.SQL("COPY {}{} TO STDOUT").format(sql.Identifier(schema, name), column_list(columns))
 
         async def rows() -> AsyncIterator[bytes]:
             piece = bytearray()

@@ -9,7 +9,7 @@ from psycopg import sql
 
 from core.errors import PostgresError
 from core.postgres.logical import connect
-from core.postgres.snapshot import copy_settings
+from core.postgres.snapshot import column_list, copy_settings
 from core.postgres.tools import first_line
 
 
@@ -17,8 +17,7 @@ async def copy_in(dsn: str, relation: list[str], columns: list[str], encoding: s
                   stream: AsyncIterator[bytes]) -> int:
     """Feed ``stream`` (a table's COPY text) into ``relation`` of the database at ``dsn``; returns the bytes fed."""
     schema, name = relation
-    stmt = sql.SQL("COPY {} ({}) FROM STDIN").format(
-        sql.Identifier(schema, name), sql.SQL(", ").join(map(sql.Identifier, columns)))
+    stmt = sql.SQL("COPY {}{} FROM STDIN").format(sql.Identifier(schema, name), column_list(columns))
     fed = 0
     conn = await connect(dsn, "the database being restored")
     try:

@@ -100,9 +100,16 @@ class TableSource:
         return f"{self.schema}.{self.name}"
 
     def copy_to(self) -> sql.Composed:
-        """``COPY schema.table (columns) TO STDOUT``, identifiers quoted."""
-        return sql.SQL("COPY {} ({}) TO STDOUT").format(
-            sql.Identifier(self.schema, self.name), sql.SQL(", ").join(map(sql.Identifier, self.columns)))
+        """``COPY schema.table (columns) TO STDOUT``, identifiers quoted (no list for a table without columns)."""
+        return sql.SQL("COPY {}{} TO STDOUT").format(sql.Identifier(self.schema, self.name), column_list(self.columns))
+
+
+def column_list(columns: list[str] | tuple[str, ...]) -> sql.Composable:
+    """`` (a, b)`` for COPY; nothing for a table without columns (``COPY t ()`` is a syntax error, and a
+    zero-column table still has rows: one empty line each)."""
+    if not columns:
+        return sql.SQL("")
+    return sql.SQL(" ({})").format(sql.SQL(", ").join(map(sql.Identifier, columns)))
 
 
 class ExportedSnapshot:
