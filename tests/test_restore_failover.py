@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +42,9 @@ class StopAfterFirstPack(FaultyStorage):
         super().__init__(inner, switch)
         self.server = server
         self.stopped_at: float | None = None
+        # Set once the server is really down: the read that stops it may be cancelled (its target demoted, the
+        # restore done) while the stop still runs in its thread.
+        self.down = threading.Event()
         self.failed_once = False
         self.asked_after_failure = 0  # pack reads started after one had failed: none once it is demoted
 
@@ -53,8 +57,13 @@ class StopAfterFirstPack(FaultyStorage):
             raise
         if name.startswith("data/") and self.stopped_at is None:
             self.stopped_at = time.monotonic()
-            await asyncio.to_thread(self.server.stop)  # the region goes down mid-restore
+            await asyncio.to_thread(self._stop)  # the region goes down mid-restore
         return data
+
+
+    def _stop(self) -> None:
+        self.server.stop()
+        self.down.set()
 
 
 def _setup(setup_factory: Callable[..., Setup], targets: list[dict[str, Any]], dsn: str) -> Setup:
@@ -82,7 +91,7 @@ async def test_preferred_server_stopped_mid_restore(pg_cluster: LocalCluster, ma
     async with Engine(setup.config, storages=[plain, hooked]) as engine:
         res = await engine.restore("warranty", f"{name}_r")
     took = time.monotonic() - t0
-    assert hooked.stopped_at is not None and not preferred.running
+    assert hooked.stopped_at is not None and hooked.down.wait(60) and not preferred.running
 
     assert await fingerprint(pg_cluster.dsn(f"{name}_r")) == source
     shares = {s.target: s for s in res.sources}
