@@ -7,7 +7,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from core.context import EngineContext
-from core.errors import StorageError
 from core.jobs import run_job
 from core.repository import copies, quarantine
 from core.repository.checker import TargetReport, check_target
@@ -141,12 +140,7 @@ async def compare_copies(ctx: EngineContext, repo: Repository, reports: list[Tar
 
 async def compare_drills(ctx: EngineContext, repo: Repository) -> list[str]:
     """Drill reports the catalog lists against their sealed copies in the repository (FORMAT.md 18.4): notes."""
-    held: set[str] = set()
-    for st in repo.storages:
-        try:
-            held |= {o.name for o in await st.list(DRILL_PREFIX)}
-        except StorageError:
-            continue  # named by the target's own checks; the others still tell
+    held = await repo.names_anywhere(DRILL_PREFIX)
     rows = ctx.catalog.drills(limit=1_000_000)
     notes = []
     unsealed = [r.id for r in rows if f"{DRILL_PREFIX}{r.id}" not in held]

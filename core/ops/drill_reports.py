@@ -11,7 +11,7 @@ from core.context import EngineContext
 from core.drills import report as render
 from core.drills import seal
 from core.drills.model import DrillReport
-from core.errors import BackstopError, NotFound, UsageError
+from core.errors import NotFound, UsageError
 from core.repository.repo import DRILL_PREFIX
 
 FORMATS = ("md", "html", "json")
@@ -57,12 +57,7 @@ async def _resolve_anywhere(ctx: EngineContext, ref: str) -> str:
     except NotFound:
         pass
     repo = await ctx.open_repository(require_all=False)
-    ids: set[str] = set()
-    for st in repo.storages:
-        try:
-            ids |= {o.name[len(DRILL_PREFIX):] for o in await st.list(DRILL_PREFIX)}
-        except BackstopError:
-            continue  # another target may list it
+    ids = {n[len(DRILL_PREFIX):] for n in await repo.names_anywhere(DRILL_PREFIX)}
     found = _match(ref, sorted(ids)) if ref else None
     if found is None:
         raise NotFound(f"no drill report {ref!r} in the catalog or the repository; `backstop drill list` shows them")

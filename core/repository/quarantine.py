@@ -21,7 +21,7 @@ import json
 import time
 from dataclasses import dataclass
 
-from core.errors import BackstopError, IntegrityError, ObjectDamaged, ObjectNotFound, StorageError
+from core.errors import BackstopError, IntegrityError, ObjectDamaged, ObjectNotFound
 from core.repository.crypto import open_object, seal_object
 from core.repository.repo import Repository
 
@@ -49,12 +49,7 @@ def object_name(pack_id: str) -> str:
 
 async def load(repo: Repository) -> set[str]:
     """Ids of quarantined packs, from every reachable target (a listing; nothing is decrypted)."""
-    found: set[str] = set()
-    for st in repo.storages:
-        try:
-            found |= {o.name[len(QUARANTINE_PREFIX):] for o in await st.list(QUARANTINE_PREFIX)}
-        except StorageError:
-            continue  # the other targets still tell
+    found = {n[len(QUARANTINE_PREFIX):] for n in await repo.names_anywhere(QUARANTINE_PREFIX)}
     return {p for p in found if len(p) == 64}
 
 

@@ -390,6 +390,17 @@ class Repository:
         stores = [*self.storages, *self._dropped_storages]
         await asyncio.gather(*(s.delete(name) for s in stores), return_exceptions=True)
 
+    async def names_anywhere(self, prefix: str) -> set[str]:
+        """Names under ``prefix`` on any target (a listing, nothing read); a target whose listing fails is passed
+        over, since the others still tell (its own checks name it)."""
+        found: set[str] = set()
+        for st in self.storages:
+            try:
+                found |= {o.name for o in await st.list(prefix)}
+            except StorageError:
+                continue
+        return found
+
     async def get_any(self, name: str) -> tuple[bytes, Storage]:
         """Fetch an object from the first target that has an intact copy."""
         errors: list[str] = []
