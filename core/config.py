@@ -39,13 +39,25 @@ class CatalogConfig(_Strict):
 
     @field_validator("url")
     @classmethod
-    def _sqlite_only(cls, v: str) -> str:
-        if not v.startswith("sqlite:///"):
-            raise ValueError("expected a URL of the form sqlite:///path/to/catalog.db")
-        return v
+    def _known_scheme(cls, v: str) -> str:
+        if v.startswith("sqlite:///"):
+            return v
+        if v.startswith(("postgresql://", "postgres://")):
+            if ":" in v.split("://", 1)[1].split("@", 1)[0] and "@" in v:
+                raise ValueError("the catalog URL holds a password: leave it out and give it in ~/.pgpass,"
+                                 " PGPASSWORD or ?passfile=PATH (config files end up in tickets and backups)")
+            return v
+        raise ValueError("expected sqlite:///path/to/catalog.db or postgresql://user@host:port/dbname")
+
+    @property
+    def is_postgres(self) -> bool:
+        """True when the catalog lives in PostgreSQL (the fleet's control plane)."""
+        return not self.url.startswith("sqlite:///")
 
     @property
     def sqlite_path(self) -> Path:
+        if self.is_postgres:
+            raise ValueError("the catalog is on PostgreSQL, not in an SQLite file")
         return Path(self.url[len("sqlite:///"):])
 
 

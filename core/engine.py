@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from core.catalog.base import Catalog
-from core.catalog.sqlite import SqliteCatalog
+from core.catalog.open import open_catalog
 from core.config import BackstopConfig
 from core.context import EngineContext
 from core.drills.model import DrillReport
@@ -110,7 +110,7 @@ class Engine:
         self.config_path = config_path
         self.config_source = config_source
         self.settings: EffectiveSettings | None = None
-        catalog = catalog or SqliteCatalog(config.catalog.sqlite_path)
+        catalog = catalog or open_catalog(config.catalog)
         # A job whose process died (SIGKILL, power loss) must not show as running forever.
         catalog.mark_abandoned_jobs()
         self.ctx = EngineContext(config, catalog, bus or EventBus(),

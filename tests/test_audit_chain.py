@@ -10,12 +10,15 @@ from core.catalog.store import Catalog
 from core.errors import AuthError
 from core.security.audit import AuditLog, verify_chain
 
+# Catalog-heavy: every test runs with the catalog on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_catalogs
+
 KEY = b"k" * 32
 
 
 @pytest.fixture
-def log(tmp_path: Path):  # type: ignore[no-untyped-def]
-    cat = Catalog(tmp_path / "catalog.db")
+def log(tmp_path: Path, catalog_at):  # type: ignore[no-untyped-def]
+    cat = catalog_at(tmp_path / "catalog.db")
     audit = AuditLog(cat, KEY)
     for i in range(1, 7):
         audit.append("alice", "host1", "prune", f"subject {i}", "allowed", {"n": i}, 1_700_000_000.0 + i)
@@ -72,10 +75,10 @@ def test_reorder_is_named(log) -> None:  # type: ignore[no-untyped-def]
     assert report.first_bad == 2 and "content of entry #5" in str(report.problem)
 
 
-def test_adopt_refuses_a_broken_chain(tmp_path: Path, log) -> None:  # type: ignore[no-untyped-def]
+def test_adopt_refuses_a_broken_chain(tmp_path: Path, log, catalog_at) -> None:  # type: ignore[no-untyped-def]
     audit, db = log
     entries = audit.entries()
-    other = Catalog(tmp_path / "other.db")
+    other = catalog_at(tmp_path / "other.db")
     fresh = AuditLog(other, KEY)
     with pytest.raises(AuthError, match="damaged"):
         fresh.adopt(audit.log_id, entries[:2] + entries[3:])  # type: ignore[arg-type]

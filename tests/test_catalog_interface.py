@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from core.catalog.base import Catalog, CatalogQueries, ChangeFeed, OperatorSlot
+from core.catalog.postgres import PostgresCatalog
 from core.catalog.sqlite import SqliteCatalog
 from core.catalog.sqlite_queries import SqliteChangeFeed, SqliteQueries
 from core.catalog.sqlite_schema import MIGRATIONS, TABLES
@@ -100,9 +101,18 @@ def _sqlite(path: Path) -> SqliteCatalog:
     return SqliteCatalog(path)
 
 
-@pytest.fixture(params=[_sqlite], ids=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgres"])
 def catalog_factory(request: pytest.FixtureRequest) -> Callable[[Path], Any]:
-    return request.param  # type: ignore[no-any-return]
+    if request.param == "sqlite":
+        return _sqlite
+    make_url = request.getfixturevalue("pg_catalog_url")
+    urls: dict[Path, str] = {}
+
+    def postgres(path: Path) -> PostgresCatalog:
+        # One database per path: a test that reopens "the same file" reopens the same database.
+        return PostgresCatalog(urls.setdefault(path, make_url()))
+
+    return postgres
 
 
 @pytest.fixture

@@ -10,6 +10,10 @@ from core.engine import Engine
 from core.errors import PostgresError
 from core.events import JobFinished, JobStarted, PhaseChanged, Progress
 from tests.fixtures.backstop import local_target
+from tests.fixtures.catalogs import lose_catalog
+
+# Catalog-heavy: every test runs with the catalog on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_catalogs
 
 
 async def test_backup_emits_typed_events_recorded_in_catalog(tmp_path, make_warranty_db, setup_factory):  # type: ignore[no-untyped-def]
@@ -50,8 +54,7 @@ def test_catalog_rebuild_from_repository(tmp_path, make_warranty_db, setup_facto
     setup.cli("init", check=True)
     ids = {setup.cli("backup", "--db", "warranty", check=True).stdout.strip() for _ in range(2)}
     before = json.loads(setup.cli("snapshots", "--json", check=True).stdout)
-    for f in setup.dir.glob("catalog.db*"):
-        f.unlink()
+    lose_catalog(setup.config.catalog.url, setup.dir)
     assert json.loads(setup.cli("snapshots", "--json", check=True).stdout) == []
     out = setup.cli("catalog", "rebuild", check=True)
     assert "2 snapshot(s)" in out.stdout

@@ -33,6 +33,9 @@ from core.schedule.config import ScheduleConfig
 from core.schedule.scheduler import Scheduler
 from core.schedule.slots import jitter_offset, plan_slot
 
+# Catalog-heavy: every test runs with the catalog on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_catalogs
+
 BERLIN = "Europe/Berlin"
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,8 +76,8 @@ class Recorder:
 
 
 @pytest.fixture
-def catalog(tmp_path: Path):  # type: ignore[no-untyped-def]
-    cat = SqliteCatalog(tmp_path / "catalog.db")
+def catalog(tmp_path: Path, catalog_at):  # type: ignore[no-untyped-def]
+    cat = catalog_at(tmp_path / "catalog.db")
     yield cat
     cat.close()
 
@@ -267,8 +270,9 @@ async def test_a_failing_action_is_recorded_with_its_message(catalog: SqliteCata
 
 
 @pytest.mark.parametrize("split", [False, True], ids=["one-scheduler-claims-both", "each-claims-one"])
-async def test_backups_of_one_database_never_overlap_across_two_schedulers(tmp_path: Path, split: bool) -> None:
-    cat_a, cat_b = SqliteCatalog(tmp_path / "c.db"), SqliteCatalog(tmp_path / "c.db")
+async def test_backups_of_one_database_never_overlap_across_two_schedulers(tmp_path: Path, split: bool,
+                                                                          catalog_at) -> None:  # type: ignore[no-untyped-def]
+    cat_a, cat_b = catalog_at(tmp_path / "c.db"), catalog_at(tmp_path / "c.db")
     try:
         clock = FakeClock(utc(2026, 8, 1, 1, 59), autojump=True)
         rec = Recorder(clock, work_s=0.05)

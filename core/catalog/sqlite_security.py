@@ -130,7 +130,7 @@ class SecurityTables:
             sql += " AND ts >= ?"
             args.append(since)
         if limit is not None:
-            sql = f"SELECT * FROM ({sql} ORDER BY seq DESC LIMIT ?) ORDER BY seq"
+            sql = f"SELECT * FROM ({sql} ORDER BY seq DESC LIMIT ?) AS newest ORDER BY seq"
             args.append(limit)
         else:
             sql += " ORDER BY seq"

@@ -98,7 +98,7 @@ def candidates(kind: str, config: str | None, db: str | None) -> list[str]:
         return [d.name for d in cfg.databases]
     if kind == "targets":
         return [t.name for t in cfg.targets]
-    if not cfg.catalog.sqlite_path.is_file():
+    if not cfg.catalog.is_postgres and not cfg.catalog.sqlite_path.is_file():
         return []  # no catalog yet: nothing to offer, and a TAB must not create one
     import asyncio
 
