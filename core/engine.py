@@ -16,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.catalog.base import Catalog
 from core.catalog.open import open_catalog
@@ -24,7 +25,10 @@ from core.context import EngineContext
 from core.drills.model import DrillReport
 from core.drills.runner import DrillRequest, run_drill
 from core.drills.seal import DrillVerification
-from core.errors import UsageError
+from core.errors import ConfigError, UsageError
+
+if TYPE_CHECKING:
+    from core.fleet.queue import AgentRow
 from core.events import EventBus
 from core.insights.digest import Insights, build_insights
 from core.insights.overview import Dashboard, build_dashboard, build_trend_series
@@ -384,6 +388,17 @@ class Engine:
         return settings_overview.settings_overview(self.ctx, self.settings, now or datetime.now(UTC))
 
     # -- the console's read side ------------------------------------------------------------
+
+    def agents(self) -> list[AgentRow]:
+        """The fleet's agents with their last heartbeat (PostgreSQL catalog only; blocking)."""
+        from core.fleet.queue import ControlPlane
+
+        raw = getattr(self.catalog, "connection", None)
+        if not self.config.catalog.is_postgres or raw is None:
+            raise ConfigError("agents need the catalog on PostgreSQL (catalog.url: postgresql://...); move it with"
+                              " `backstop catalog migrate --to URL`")
+        return ControlPlane(raw.raw).agents()
+
 
     @property
     def queries(self) -> Queries:

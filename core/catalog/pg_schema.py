@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from core.catalog.pg_fleet import FLEET_SCHEMA
 from core.catalog.sqlite_schema import TABLES
 from core.errors import ConfigError
 
@@ -91,8 +92,12 @@ def _change_feed() -> str:
     return _NOTIFY + "".join(_notify_trigger(t) for t in TABLES)
 
 
+def _fleet() -> str:
+    return FLEET_SCHEMA
+
+
 # Append only: position i is schema version i + 1.
-MIGRATIONS: list[Callable[[], str]] = [_tables, _change_feed]
+MIGRATIONS: list[Callable[[], str]] = [_tables, _change_feed, _fleet]
 
 
 def conflict_keys() -> dict[str, tuple[str, ...]]:

@@ -35,6 +35,7 @@ COMMANDS = (
     "core.cli.commands.drill_reports",  # drill report|verify
     "core.cli.commands.metrics",  # metrics
     "core.cli.commands.insights",  # insights
+    "core.cli.commands.agents",  # agents
     "core.cli.wal",  # wal-push, wal-fetch (main() takes a fast path to them)
     "core.cli.commands.completion",  # completion bash|zsh (and the hidden __complete)
 )

@@ -1,0 +1,134 @@
+"""The fleet's job queue in the PostgreSQL catalog (schema ``fleet``): agents, their jobs, and the only
+functions an agent's role may call.
+
+Why our own queue and not procrastinate: docs/fleet-queue-evaluation.md.
+In short, procrastinate trusts every worker (its functions run with the
+caller's rights, so agents would need write grants on shared tables, and
+one agent could requeue another's running job), and finishing a job checks
+no per-attempt token, so a worker cut off from the database can run a job
+twice. Here agents hold no table privileges at all: they call
+``claim``/``heartbeat``/``finish``/``beat``, which run as the catalog's
+owner, find the caller's agent by ``session_user``, and need the lease
+token of the attempt. ``reap`` (the schedulers') fails or requeues a job
+whose lease lapsed; an agent whose heartbeat returns false stops the work.
+"""
+
+from __future__ import annotations
+
+AGENT_GROUP = "backstop_agent"
+AGENT_CHANNEL_PREFIX = "backstop_agent_"
+
+FLEET_SCHEMA = f"""
+CREATE SCHEMA IF NOT EXISTS fleet;
+REVOKE ALL ON SCHEMA fleet FROM PUBLIC;
+CREATE TABLE fleet.agents (
+    name text PRIMARY KEY,
+    role name UNIQUE NOT NULL,
+    host text,
+    version text,
+    databases jsonb NOT NULL DEFAULT '[]',
+    registered_at timestamptz NOT NULL DEFAULT now(),
+    heartbeat_at timestamptz
+);
+CREATE TABLE fleet.jobs (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    agent text NOT NULL REFERENCES fleet.agents (name),
+    kind text NOT NULL,
+    target text NOT NULL,
+    args jsonb NOT NULL DEFAULT '{{}}',
+    schedule text,
+    slot timestamptz,
+    state text NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
+    attempt integer NOT NULL DEFAULT 0,
+    max_attempts integer NOT NULL DEFAULT 3,
+    not_before timestamptz NOT NULL DEFAULT now(),
+    lease_token uuid,
+    lease_expires timestamptz,
+    heartbeat_at timestamptz,
+    progress jsonb,
+    error text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz
+);
+-- A scheduled slot is queued once, whichever scheduler gets there first.
+CREATE UNIQUE INDEX jobs_slot_once ON fleet.jobs (schedule, slot) WHERE schedule IS NOT NULL;
+-- Never two running jobs on one database.
+CREATE UNIQUE INDEX jobs_one_running ON fleet.jobs (target) WHERE state = 'running';
+CREATE INDEX jobs_claimable ON fleet.jobs (agent, not_before, id) WHERE state = 'queued';
+
+CREATE FUNCTION fleet.claim(lease interval DEFAULT '60 s') RETURNS SETOF fleet.jobs
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, fleet AS $$
+    UPDATE fleet.jobs j SET state = 'running', attempt = attempt + 1, lease_token = gen_random_uuid(),
+           lease_expires = now() + lease, heartbeat_at = now()
+    WHERE j.id = (SELECT id FROM fleet.jobs q
+                  WHERE q.agent = (SELECT name FROM fleet.agents WHERE role = session_user)
+                    AND q.state = 'queued' AND q.not_before <= now()
+                    AND NOT EXISTS (SELECT 1 FROM fleet.jobs r WHERE r.target = q.target AND r.state = 'running')
+                  ORDER BY q.not_before, q.id LIMIT 1 FOR UPDATE SKIP LOCKED)
+    RETURNING j.*
+$$;
+CREATE FUNCTION fleet.heartbeat(job bigint, token uuid, prog jsonb, lease interval DEFAULT '60 s') RETURNS boolean
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, fleet AS $$
+    WITH u AS (UPDATE fleet.jobs SET heartbeat_at = now(), lease_expires = now() + lease, progress = prog
+               WHERE id = job AND lease_token = token AND state = 'running' AND lease_expires > now()
+                 AND agent = (SELECT name FROM fleet.agents WHERE role = session_user) RETURNING 1)
+    SELECT EXISTS (SELECT 1 FROM u)
+$$;
+CREATE FUNCTION fleet.finish(job bigint, token uuid, ok boolean, err text DEFAULT NULL) RETURNS boolean
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, fleet AS $$
+    WITH u AS (UPDATE fleet.jobs SET state = CASE WHEN ok THEN 'succeeded'
+                                                  WHEN attempt < max_attempts THEN 'queued' ELSE 'failed' END,
+                      not_before = now() + interval '30 s' * attempt, error = err, lease_token = NULL,
+                      finished_at = CASE WHEN ok OR attempt >= max_attempts THEN now() END
+               WHERE id = job AND lease_token = token AND state = 'running'
+                 AND agent = (SELECT name FROM fleet.agents WHERE role = session_user) RETURNING 1)
+    SELECT EXISTS (SELECT 1 FROM u)
+$$;
+CREATE FUNCTION fleet.beat(host text, version text, databases jsonb) RETURNS boolean
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, fleet AS $$
+    WITH u AS (UPDATE fleet.agents a SET host = beat.host, version = beat.version, databases = beat.databases,
+                      heartbeat_at = now()
+               WHERE a.role = session_user RETURNING 1)
+    SELECT EXISTS (SELECT 1 FROM u)
+$$;
+-- The schedulers' (any number at once: SKIP LOCKED): a job whose lease lapsed is requeued or failed.
+CREATE FUNCTION fleet.reap(grace interval DEFAULT '10 s') RETURNS SETOF bigint
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, fleet AS $$
+    UPDATE fleet.jobs SET state = CASE WHEN attempt < max_attempts THEN 'queued' ELSE 'failed' END,
+           error = 'the agent stopped reporting (no heartbeat since ' || heartbeat_at || ')', lease_token = NULL,
+           not_before = now() + interval '30 s' * attempt,
+           finished_at = CASE WHEN attempt >= max_attempts THEN now() END
+    WHERE id IN (SELECT id FROM fleet.jobs WHERE state = 'running' AND lease_expires < now() - grace
+                 FOR UPDATE SKIP LOCKED)
+    RETURNING id
+$$;
+CREATE FUNCTION fleet.notify_agent() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('{AGENT_CHANNEL_PREFIX}' || NEW.agent, '');
+    RETURN NULL;
+END $$;
+CREATE TRIGGER jobs_wake_agent AFTER INSERT OR UPDATE OF state ON fleet.jobs FOR EACH ROW
+    WHEN (NEW.state = 'queued') EXECUTE FUNCTION fleet.notify_agent();
+CREATE TRIGGER backstop_notify AFTER INSERT OR UPDATE OR DELETE ON fleet.jobs FOR EACH STATEMENT
+    EXECUTE FUNCTION backstop_notify();
+CREATE TRIGGER backstop_notify AFTER INSERT OR UPDATE OR DELETE ON fleet.agents FOR EACH STATEMENT
+    EXECUTE FUNCTION backstop_notify();
+REVOKE ALL ON FUNCTION fleet.claim(interval), fleet.heartbeat(bigint, uuid, jsonb, interval),
+    fleet.finish(bigint, uuid, boolean, text), fleet.beat(text, text, jsonb), fleet.reap(interval) FROM PUBLIC;
+-- The group every agent's login role is in: it may call the agent's four functions and nothing else. Made
+-- here when the catalog's owner may create roles; otherwise by an administrator (README, "A fleet").
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{AGENT_GROUP}') THEN
+        BEGIN
+            CREATE ROLE {AGENT_GROUP} NOLOGIN;
+        EXCEPTION WHEN insufficient_privilege THEN
+            RAISE NOTICE 'create the role {AGENT_GROUP} (NOLOGIN) as an administrator, then rerun backstop';
+            RETURN;
+        END;
+    END IF;
+    GRANT USAGE ON SCHEMA fleet TO {AGENT_GROUP};
+    GRANT EXECUTE ON FUNCTION fleet.claim(interval), fleet.heartbeat(bigint, uuid, jsonb, interval),
+        fleet.finish(bigint, uuid, boolean, text), fleet.beat(text, text, jsonb) TO {AGENT_GROUP};
+END $$;
+"""

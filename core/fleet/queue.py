@@ -1,0 +1,130 @@
+"""The fleet's job queue, seen from each side: the control plane queues and reaps, an agent claims, reports
+and finishes (only through the functions its role may call: core/catalog/pg_fleet.py)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from core.catalog.pg_fleet import AGENT_GROUP
+from core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class FleetJob:
+    """One queued, running or finished job of an agent."""
+
+    id: int
+    agent: str
+    kind: str
+    target: str
+    args: dict[str, Any]
+    state: str
+    attempt: int
+    lease_token: str | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class AgentRow:
+    """An agent as the control plane knows it."""
+
+    name: str
+    role: str
+    host: str | None
+    version: str | None
+    databases: list[str]
+    heartbeat_at: datetime | None
+
+    def to_json(self) -> dict[str, object]:
+        return {"name": self.name, "role": self.role, "host": self.host, "version": self.version,
+                "databases": self.databases,
+                "heartbeat_at": self.heartbeat_at.isoformat() if self.heartbeat_at else None}
+
+
+_JOB_COLS = "id, agent, kind, target, args, state, attempt, lease_token, error"
+
+
+def _job(r: tuple[Any, ...]) -> FleetJob:
+    return FleetJob(int(r[0]), r[1], r[2], r[3], dict(r[4] or {}), r[5], int(r[6]),
+                    None if r[7] is None else str(r[7]), r[8])
+
+
+class ControlPlane:
+    """The queue as the catalog's owner uses it (daemon, console, CLI): agents, queueing, reaping."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+
+    def register_agent(self, name: str, role: str) -> None:
+        """Let the login role ``role`` act as agent ``name`` (the role must be in the backstop_agent group)."""
+        self._conn.execute("INSERT INTO fleet.agents (name, role) VALUES (%s, %s) ON CONFLICT (name)"
+                           " DO UPDATE SET role = EXCLUDED.role", (name, role))
+
+    def create_agent_role(self, role: str) -> None:
+        """Create a login role for an agent in the agent group (needs CREATEROLE; password set separately)."""
+        try:
+            self._conn.execute(sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(sql.Identifier(role),
+                                                                              sql.Identifier(AGENT_GROUP)))
+        except psycopg.errors.InsufficientPrivilege:
+            raise ConfigError(f"cannot create the role {role!r}: the catalog's owner lacks CREATEROLE; create it as"
+                              f" an administrator (CREATE ROLE {role} LOGIN IN ROLE {AGENT_GROUP})") from None
+
+    def agents(self) -> list[AgentRow]:
+        """Every registered agent, by name."""
+        return [AgentRow(r[0], r[1], r[2], r[3], list(r[4] or []), r[5]) for r in self._conn.execute(
+            "SELECT name, role, host, version, databases, heartbeat_at FROM fleet.agents ORDER BY name")]
+
+    def enqueue(self, agent: str, kind: str, target: str, args: dict[str, Any] | None = None, *,
+                schedule: str | None = None, slot: datetime | None = None, max_attempts: int = 3) -> int | None:
+        """Queue a job for ``agent``; a scheduled slot already queued returns None (once per slot)."""
+        row = self._conn.execute(
+            "INSERT INTO fleet.jobs (agent, kind, target, args, schedule, slot, max_attempts)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (schedule, slot) WHERE schedule IS NOT NULL"
+            " DO NOTHING RETURNING id",
+            (agent, kind, target, json.dumps(args or {}), schedule, slot, max_attempts)).fetchone()
+        return None if row is None else int(row[0])
+
+    def job(self, job_id: int) -> FleetJob | None:
+        """One job by id."""
+        r = self._conn.execute(f"SELECT {_JOB_COLS} FROM fleet.jobs WHERE id = %s", (job_id,)).fetchone()
+        return None if r is None else _job(r)
+
+    def reap(self, grace_s: float = 10.0) -> list[int]:
+        """Requeue or fail the running jobs whose agent stopped renewing their lease; their ids."""
+        return [int(r[0]) for r in self._conn.execute("SELECT fleet.reap(make_interval(secs => %s))", (grace_s,))]
+
+
+class AgentSession:
+    """The queue as one agent's role sees it: claim, heartbeat, finish, and its own presence."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+
+    def claim(self, lease_s: float = 60.0) -> FleetJob | None:
+        """The next job for this agent (marked running with a fresh lease token), or None."""
+        r = self._conn.execute(f"SELECT {_JOB_COLS} FROM fleet.claim(make_interval(secs => %s))",
+                               (lease_s,)).fetchone()
+        return None if r is None else _job(r)
+
+    def heartbeat(self, job: FleetJob, progress: dict[str, Any], lease_s: float = 60.0) -> bool:
+        """Renew the lease and report progress; False means the lease is lost and the work must stop."""
+        row = self._conn.execute("SELECT fleet.heartbeat(%s, %s, %s, make_interval(secs => %s))",
+                                 (job.id, job.lease_token, json.dumps(progress), lease_s)).fetchone()
+        return bool(row and row[0])
+
+    def finish(self, job: FleetJob, ok: bool, error: str | None = None) -> bool:
+        """Record the outcome (a failure is requeued while attempts remain); False when the lease was lost."""
+        row = self._conn.execute("SELECT fleet.finish(%s, %s, %s, %s)",
+                                 (job.id, job.lease_token, ok, error)).fetchone()
+        return bool(row and row[0])
+
+    def beat(self, host: str, version: str, databases: list[str]) -> bool:
+        """Say this agent is alive, where, which version, for which databases; False when not registered."""
+        row = self._conn.execute("SELECT fleet.beat(%s, %s, %s)", (host, version, json.dumps(databases))).fetchone()
+        return bool(row and row[0])

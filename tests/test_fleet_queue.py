@@ -1,0 +1,142 @@
+"""The fleet's job queue on a real PostgreSQL catalog, with each agent in a login role of its own:
+an agent claims only its jobs, cannot touch another's, cannot read the operators or write the audit log;
+a lapsed lease is reaped and its old token is refused; a slot is queued once; one running job per database.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from core.catalog.postgres import PostgresCatalog
+from core.fleet.queue import AgentSession, ControlPlane
+from core.postgres.cluster import LocalCluster
+
+
+def _as(url: str, role: str) -> psycopg.Connection[Any]:
+    # The test cluster trusts loopback logins: the role is who the server sees (session_user).
+    return psycopg.connect(url.replace("postgresql://postgres@", f"postgresql://{role}@"), autocommit=True)
+
+
+@pytest.fixture
+def fleet(pg_catalog_url: Callable[[], str], pg_cluster: LocalCluster) -> Iterator[dict[str, Any]]:
+    url = pg_catalog_url()
+    cat = PostgresCatalog(url)  # migrates: the fleet schema and the agent group come with version 3
+    owner = psycopg.connect(url, autocommit=True)
+    plane = ControlPlane(owner)
+    suffix = uuid.uuid4().hex[:8]
+    roles = {"a": f"agent_a_{suffix}", "b": f"agent_b_{suffix}"}
+    conns: list[psycopg.Connection[Any]] = []
+    try:
+        for name, role in roles.items():
+            plane.create_agent_role(role)
+            plane.register_agent(f"host-{name}", role)
+        for role in roles.values():
+            conns.append(_as(url, role))
+        yield {"plane": plane, "a": AgentSession(conns[0]), "b": AgentSession(conns[1]), "raw_a": conns[0],
+               "owner": owner}
+    finally:
+        for c in conns:
+            c.close()
+        owner.close()
+        cat.close()
+        with psycopg.connect(pg_cluster.dsn(), autocommit=True) as su:
+            for role in roles.values():
+                su.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+def test_an_agent_claims_only_its_own_jobs_and_cannot_touch_anything_else(fleet: dict[str, Any]) -> None:
+    plane, a, b = fleet["plane"], fleet["a"], fleet["b"]
+    a1 = plane.enqueue("host-a", "backup", "warranty", {"type": "logical"})
+    b1 = plane.enqueue("host-b", "backup", "billing")
+    assert a1 is not None and b1 is not None
+
+    got_a = a.claim()
+    assert got_a is not None and (got_a.id, got_a.kind, got_a.args, got_a.attempt) == (a1, "backup",
+                                                                                      {"type": "logical"}, 1)
+    assert a.claim() is None  # b's job is not a's to take
+    got_b = b.claim()
+    assert got_b is not None and got_b.id == b1 and got_b.lease_token != got_a.lease_token
+
+    # a holds b's job id and even its lease token: the functions still refuse, the job stays b's.
+    assert a.heartbeat(got_b, {"bytes_done": 1}) is False and a.finish(got_b, ok=True) is False
+    assert plane.job(b1).state == "running"  # type: ignore[union-attr]
+    assert b.heartbeat(got_b, {"bytes_done": 5}) is True and b.finish(got_b, ok=True) is True
+    assert plane.job(b1).state == "succeeded"  # type: ignore[union-attr]
+
+    raw = fleet["raw_a"]
+    for statement in ("SELECT * FROM operators", "SELECT * FROM security_state", "SELECT * FROM fleet.jobs",
+                      "INSERT INTO audit_log (seq, ts, operator, host, action, subject, outcome, detail, prev, mac)"
+                      " VALUES (99, 0, 'x', 'h', 'forged', 's', 'allowed', '{}', '', '')",
+                      "UPDATE fleet.jobs SET state = 'succeeded'", "SELECT fleet.reap()"):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            raw.execute(statement)
+
+    # Presence: each agent says where it runs and for which databases; the control plane lists them.
+    assert a.beat("db1.example", "0.1.0", ["warranty"]) is True
+    listed = {r.name: r for r in plane.agents()}
+    assert (listed["host-a"].host, listed["host-a"].databases) == ("db1.example", ["warranty"])
+    assert listed["host-a"].heartbeat_at is not None and listed["host-b"].heartbeat_at is None
+
+
+def test_a_lapsed_lease_is_reaped_and_its_token_refused(fleet: dict[str, Any]) -> None:
+    plane, a = fleet["plane"], fleet["a"]
+    jid = plane.enqueue("host-a", "backup", "warranty", max_attempts=2)
+    job = a.claim(lease_s=0.2)
+    assert job is not None
+    time.sleep(0.4)
+    assert a.heartbeat(job, {}) is False  # the lease is gone: the agent must stop the work
+    assert plane.reap(grace_s=0.0) == [jid]
+    again = plane.job(jid)
+    assert again is not None and (again.state, again.attempt) == ("queued", 1) and "no heartbeat" in (again.error or "")
+    assert a.finish(job, ok=True) is False  # the old attempt cannot finish what was requeued
+    assert a.claim() is None  # retried after a backoff, not at once
+    fleet["owner"].execute("UPDATE fleet.jobs SET not_before = now() WHERE id = %s", (jid,))
+    second = a.claim()
+    assert second is not None and second.attempt == 2
+    assert a.finish(second, ok=False, error="boom") is True
+    assert plane.job(jid).state == "failed"  # type: ignore[union-attr]  # attempts used up
+
+
+def test_a_slot_is_queued_once_and_one_database_runs_one_job_at_a_time(fleet: dict[str, Any]) -> None:
+    from datetime import UTC, datetime
+
+    plane, b = fleet["plane"], fleet["b"]
+    slot = datetime(2026, 12, 3, 2, 0, tzinfo=UTC)
+    first = plane.enqueue("host-b", "backup", "billing", schedule="nightly", slot=slot)
+    assert first is not None
+    assert plane.enqueue("host-b", "backup", "billing", schedule="nightly", slot=slot) is None  # another scheduler
+    other = plane.enqueue("host-b", "verify", "billing")
+    running = b.claim()
+    assert running is not None and running.id == first
+    assert b.claim() is None  # billing is busy: the verify waits
+    assert b.finish(running, ok=True)
+    nxt = b.claim()
+    assert nxt is not None and nxt.id == other
+
+
+def test_backstop_agents_lists_them_and_an_sqlite_catalog_says_what_to_do(
+        fleet: dict[str, Any], tmp_path, setup_factory) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from tests.fixtures.backstop import local_target
+
+    fleet["a"].beat("db1.example", "0.1.0", ["warranty", "billing"])
+    setup = setup_factory([local_target(tmp_path / "repo")], [], catalog={"url": _url_of(fleet["owner"])})
+    rows = {r["name"]: r for r in json.loads(setup.cli("agents", "--json", check=True).stdout)}
+    assert rows["host-a"]["databases"] == ["warranty", "billing"] and rows["host-b"]["heartbeat_at"] is None
+    text = setup.cli("agents", check=True).stdout
+    assert "db1.example" in text and "never" in text
+    lite = setup_factory([local_target(tmp_path / "repo2")], [], catalog={"url": f"sqlite:///{tmp_path / 'c.db'}"})
+    out = lite.cli("agents")
+    assert out.returncode != 0 and "catalog migrate" in out.stderr
+
+
+def _url_of(conn: psycopg.Connection[Any]) -> str:
+    info = conn.info
+    return f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}"
