@@ -7,16 +7,27 @@ Secrets are never inline: they come from files or environment variables.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shlex
 import stat
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from core.errors import ConfigError
 from core.schedule.config import ScheduleConfig, check_schedules
@@ -360,6 +371,127 @@ class AlertsConfig(_Strict):
     recovery_point_age: Duration = Field(default=timedelta(minutes=15))
 
 
+# -- fleet agents' thresholds (core/fleet/thresholds.py watches them) --
+
+@dataclass(frozen=True)
+class RowLimit:
+    """``changed_rows``: an absolute count of rows, or a percentage of the database's live rows."""
+
+    value: float
+    percent: bool
+
+    def rows(self, live_rows: int) -> int:
+        """The limit in rows for a database of ``live_rows`` live rows (at least 1: no change never fires)."""
+        if not self.percent:
+            return int(self.value)
+        return max(1, math.ceil(self.value * live_rows / 100))
+
+    def __str__(self) -> str:
+        return f"{self.value:g}%" if self.percent else str(int(self.value))
+
+
+_ROWS_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%?)\s*$")
+
+
+def parse_row_limit(value: object) -> RowLimit:
+    """``5%`` (of the live rows), ``200000`` or ``"200000"`` (rows), as a RowLimit."""
+    if isinstance(value, RowLimit):
+        return value
+    if isinstance(value, bool):
+        raise ValueError(f"expected a row count like 200000 or a percentage like 5%, got {value!r}")
+    m = _ROWS_RE.match(str(value))
+    if not m:
+        raise ValueError(f"expected a row count like 200000 or a percentage like 5%, got {value!r}")
+    number, percent = float(m.group(1)), m.group(2) == "%"
+    if percent:
+        if not 0 < number <= 100:
+            raise ValueError(f"expected a percentage above 0% and at most 100%, got {value!r}")
+    elif number != int(number) or number < 1:
+        raise ValueError(f"expected a whole number of rows, at least 1, got {value!r}")
+    return RowLimit(number, percent)
+
+
+def _positive_size(value: object) -> int:
+    size = parse_size(value)
+    if size < 1:
+        raise ValueError(f"expected a size above zero like 4GB or 512MiB, got {value!r}")
+    return size
+
+
+# Serialised back to what an operator writes (``config show``, settings diffs): "5%", "200000".
+Rows = Annotated[RowLimit, BeforeValidator(parse_row_limit), PlainSerializer(str, return_type=str)]
+WalSize = Annotated[int, BeforeValidator(_positive_size)]
+
+
+class ThresholdsConfig(_Strict):
+    """When an agent starts a snapshot of its own accord; any one crossed threshold fires."""
+
+    wal_bytes: WalSize | None = None  # WAL written since the last snapshot: 4GB (10^9), 512MiB (2^20), bytes
+    changed_rows: Rows | None = None  # rows inserted+updated+deleted since the last snapshot: 200000 or 5%
+    max_age: Duration | None = None  # time since the last successful snapshot: 26h, 2d
+
+    @field_validator("max_age")
+    @classmethod
+    def _positive_age(cls, v: timedelta | None) -> timedelta | None:
+        if v is not None and v.total_seconds() <= 0:
+            raise ValueError("expected a duration above zero like 26h or 2d")
+        return v
+
+    @model_validator(mode="after")
+    def _something_set(self) -> ThresholdsConfig:
+        if self.wal_bytes is None and self.changed_rows is None and self.max_age is None:
+            raise ValueError("set at least one of wal_bytes, changed_rows, max_age (e.g. {max_age: 26h})")
+        return self
+
+
+
+class FleetConfig(_Strict):
+    """``fleet:``: this host's agent, the control plane it takes work from, and how often it reports."""
+
+    # The agent's name in the control plane (`backstop agents`); its login role is registered under it.
+    agent: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    # The control plane's catalog, reached as the agent's own role: postgresql://ROLE@host:port/dbname.
+    control_plane: str
+    # Presence and each running job's lease are renewed this often; a job whose lease (lease_s) lapses is
+    # taken back by the control plane and retried, and the agent stops working on it.
+    heartbeat_s: float = Field(default=15.0, gt=0, le=300)
+    lease_s: float = Field(default=60.0, gt=0, le=3600)
+    # Queued work wakes the agent at once (LISTEN); this is the fallback look when a notification is lost.
+    poll_s: float = Field(default=10.0, gt=0, le=600)
+    # Snapshots the agent asks for when its databases change this much (core/fleet/thresholds.py:
+    # {wal_bytes: 4GB, changed_rows: 5%, max_age: 26h}); checked at every heartbeat while idle.
+    thresholds: ThresholdsConfig | None = None
+    # Where the agent keeps each database's activity at its last snapshot (default: the data directory).
+    state_dir: Path | None = None
+
+    @field_validator("control_plane")
+    @classmethod
+    def _postgres_url(cls, v: str) -> str:
+        return CatalogConfig._known_scheme(v) if v.startswith(("postgresql://", "postgres://")) else _bad_plane(v)
+
+    @model_validator(mode="after")
+    def _lease_outlives_heartbeats(self) -> FleetConfig:
+        if self.lease_s < 2 * self.heartbeat_s:
+            raise ValueError(f"lease_s ({self.lease_s:g}) must be at least twice heartbeat_s ({self.heartbeat_s:g}):"
+                             " one late heartbeat must not lose the job")
+        return self
+
+
+class DispatchConfig(_Strict):
+    """``dispatch:``: how the daemon on a fleet's catalog hands scheduled runs to agents and retries them."""
+
+    # A job whose agent failed or went silent is queued again this many times in all, each retry after
+    # retry_delay_s x its attempt number.
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    retry_delay_s: float = Field(default=30.0, ge=0, le=86400)
+    # A running job's lease must have lapsed this long before it is taken back (clock skew between hosts).
+    reap_grace_s: float = Field(default=10.0, ge=0, le=3600)
+
+
+def _bad_plane(v: str) -> str:
+    raise ValueError("expected postgresql://ROLE@host:port/dbname (the control plane's catalog)")
+
+
 class QuorumPolicy(_Strict):
     """``targets_policy: {quorum: N, required: [names]}``: stored once N targets hold it, the required ones included."""
 
@@ -380,6 +512,10 @@ class BackstopConfig(_Strict):
     wal: WalConfig = Field(default_factory=WalConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     restore: RestoreConfig = Field(default_factory=RestoreConfig)
+    # This host's agent in a fleet (`backstop agent`); absent on a single host.
+    fleet: FleetConfig | None = None
+    # The daemon's side of a fleet (catalog on PostgreSQL): retries of the agents' jobs.
+    dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
     # What `backstop daemon` runs and when (core/schedule/config.py).
     schedules: list[ScheduleConfig] = Field(default_factory=list)
     # Threads for compression and encryption (they release the GIL).

@@ -7,7 +7,7 @@ caller's rights, so agents would need write grants on shared tables, and
 one agent could requeue another's running job), and finishing a job checks
 no per-attempt token, so a worker cut off from the database can run a job
 twice. Here agents hold no table privileges at all: they call
-``claim``/``heartbeat``/``finish``/``beat``, which run as the catalog's
+``claim``/``heartbeat``/``finish``/``beat``/``request``, which run as the catalog's
 owner, find the caller's agent by ``session_user``, and need the lease
 token of the attempt. ``reap`` (the schedulers') fails or requeues a job
 whose lease lapsed; an agent whose heartbeat returns false stops the work.
@@ -42,10 +42,13 @@ CREATE TABLE fleet.jobs (
     attempt integer NOT NULL DEFAULT 0,
     max_attempts integer NOT NULL DEFAULT 3,
     not_before timestamptz NOT NULL DEFAULT now(),
+    retry_delay interval NOT NULL DEFAULT '30 s',
+    reason text,
     lease_token uuid,
     lease_expires timestamptz,
     heartbeat_at timestamptz,
     progress jsonb,
+    result jsonb,
     error text,
     created_at timestamptz NOT NULL DEFAULT now(),
     finished_at timestamptz
@@ -74,11 +77,11 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, fleet AS $$
                  AND agent = (SELECT name FROM fleet.agents WHERE role = session_user) RETURNING 1)
     SELECT EXISTS (SELECT 1 FROM u)
 $$;
-CREATE FUNCTION fleet.finish(job bigint, token uuid, ok boolean, err text DEFAULT NULL) RETURNS boolean
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, fleet AS $$
+CREATE FUNCTION fleet.finish(job bigint, token uuid, ok boolean, err text DEFAULT NULL, res jsonb DEFAULT NULL)
+RETURNS boolean LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, fleet AS $$
     WITH u AS (UPDATE fleet.jobs SET state = CASE WHEN ok THEN 'succeeded'
                                                   WHEN attempt < max_attempts THEN 'queued' ELSE 'failed' END,
-                      not_before = now() + interval '30 s' * attempt, error = err, lease_token = NULL,
+                      not_before = now() + retry_delay * attempt, error = err, result = res, lease_token = NULL,
                       finished_at = CASE WHEN ok OR attempt >= max_attempts THEN now() END
                WHERE id = job AND lease_token = token AND state = 'running'
                  AND agent = (SELECT name FROM fleet.agents WHERE role = session_user) RETURNING 1)
@@ -91,12 +94,23 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, fleet AS $$
                WHERE a.role = session_user RETURNING 1)
     SELECT EXISTS (SELECT 1 FROM u)
 $$;
+-- An agent asks for work on its own databases (a threshold fired): queued for itself, unless that kind of job
+-- is already queued or running there.
+CREATE FUNCTION fleet.request(kind text, target text, why text, args jsonb DEFAULT '{{}}') RETURNS bigint
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, fleet AS $$
+    INSERT INTO fleet.jobs (agent, kind, target, args, reason)
+    SELECT a.name, request.kind, request.target, request.args, request.why FROM fleet.agents a
+    WHERE a.role = session_user AND a.databases ? request.target
+      AND NOT EXISTS (SELECT 1 FROM fleet.jobs j WHERE j.target = request.target AND j.kind = request.kind
+                      AND j.state IN ('queued', 'running'))
+    RETURNING id
+$$;
 -- The schedulers' (any number at once: SKIP LOCKED): a job whose lease lapsed is requeued or failed.
 CREATE FUNCTION fleet.reap(grace interval DEFAULT '10 s') RETURNS SETOF bigint
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, fleet AS $$
     UPDATE fleet.jobs SET state = CASE WHEN attempt < max_attempts THEN 'queued' ELSE 'failed' END,
            error = 'the agent stopped reporting (no heartbeat since ' || heartbeat_at || ')', lease_token = NULL,
-           not_before = now() + interval '30 s' * attempt,
+           not_before = now() + retry_delay * attempt,
            finished_at = CASE WHEN attempt >= max_attempts THEN now() END
     WHERE id IN (SELECT id FROM fleet.jobs WHERE state = 'running' AND lease_expires < now() - grace
                  FOR UPDATE SKIP LOCKED)
@@ -114,7 +128,8 @@ CREATE TRIGGER backstop_notify AFTER INSERT OR UPDATE OR DELETE ON fleet.jobs FO
 CREATE TRIGGER backstop_notify AFTER INSERT OR UPDATE OR DELETE ON fleet.agents FOR EACH STATEMENT
     EXECUTE FUNCTION backstop_notify();
 REVOKE ALL ON FUNCTION fleet.claim(interval), fleet.heartbeat(bigint, uuid, jsonb, interval),
-    fleet.finish(bigint, uuid, boolean, text), fleet.beat(text, text, jsonb), fleet.reap(interval) FROM PUBLIC;
+    fleet.finish(bigint, uuid, boolean, text, jsonb), fleet.beat(text, text, jsonb), fleet.reap(interval),
+    fleet.request(text, text, text, jsonb) FROM PUBLIC;
 -- The group every agent's login role is in: it may call the agent's four functions and nothing else. Made
 -- here when the catalog's owner may create roles; otherwise by an administrator (README, "A fleet").
 DO $$
@@ -129,6 +144,7 @@ BEGIN
     END IF;
     GRANT USAGE ON SCHEMA fleet TO {AGENT_GROUP};
     GRANT EXECUTE ON FUNCTION fleet.claim(interval), fleet.heartbeat(bigint, uuid, jsonb, interval),
-        fleet.finish(bigint, uuid, boolean, text), fleet.beat(text, text, jsonb) TO {AGENT_GROUP};
+        fleet.finish(bigint, uuid, boolean, text, jsonb), fleet.beat(text, text, jsonb),
+        fleet.request(text, text, text, jsonb) TO {AGENT_GROUP};
 END $$;
 """

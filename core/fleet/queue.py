@@ -28,6 +28,8 @@ class FleetJob:
     attempt: int
     lease_token: str | None
     error: str | None
+    result: dict[str, Any] | None = None
+    reason: str | None = None  # why an agent asked for it (the threshold that fired)
 
 
 @dataclass(frozen=True)
@@ -47,12 +49,12 @@ class AgentRow:
                 "heartbeat_at": self.heartbeat_at.isoformat() if self.heartbeat_at else None}
 
 
-_JOB_COLS = "id, agent, kind, target, args, state, attempt, lease_token, error"
+_JOB_COLS = "id, agent, kind, target, args, state, attempt, lease_token, error, result, reason"
 
 
 def _job(r: tuple[Any, ...]) -> FleetJob:
     return FleetJob(int(r[0]), r[1], r[2], r[3], dict(r[4] or {}), r[5], int(r[6]),
-                    None if r[7] is None else str(r[7]), r[8])
+                    None if r[7] is None else str(r[7]), r[8], r[9], r[10])
 
 
 class ControlPlane:
@@ -81,19 +83,25 @@ class ControlPlane:
             "SELECT name, role, host, version, databases, heartbeat_at FROM fleet.agents ORDER BY name")]
 
     def enqueue(self, agent: str, kind: str, target: str, args: dict[str, Any] | None = None, *,
-                schedule: str | None = None, slot: datetime | None = None, max_attempts: int = 3) -> int | None:
+                schedule: str | None = None, slot: datetime | None = None, max_attempts: int = 3,
+                retry_delay_s: float = 30.0) -> int | None:
         """Queue a job for ``agent``; a scheduled slot already queued returns None (once per slot)."""
         row = self._conn.execute(
-            "INSERT INTO fleet.jobs (agent, kind, target, args, schedule, slot, max_attempts)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (schedule, slot) WHERE schedule IS NOT NULL"
-            " DO NOTHING RETURNING id",
-            (agent, kind, target, json.dumps(args or {}), schedule, slot, max_attempts)).fetchone()
+            "INSERT INTO fleet.jobs (agent, kind, target, args, schedule, slot, max_attempts, retry_delay)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, make_interval(secs => %s)) ON CONFLICT (schedule, slot)"
+            " WHERE schedule IS NOT NULL DO NOTHING RETURNING id",
+            (agent, kind, target, json.dumps(args or {}), schedule, slot, max_attempts, retry_delay_s)).fetchone()
         return None if row is None else int(row[0])
 
     def job(self, job_id: int) -> FleetJob | None:
         """One job by id."""
         r = self._conn.execute(f"SELECT {_JOB_COLS} FROM fleet.jobs WHERE id = %s", (job_id,)).fetchone()
         return None if r is None else _job(r)
+
+    def jobs(self, limit: int = 200) -> list[FleetJob]:
+        """The newest jobs, newest first."""
+        return [_job(r) for r in self._conn.execute(
+            f"SELECT {_JOB_COLS} FROM fleet.jobs ORDER BY id DESC LIMIT %s", (limit,))]
 
     def reap(self, grace_s: float = 10.0) -> list[int]:
         """Requeue or fail the running jobs whose agent stopped renewing their lease; their ids."""
@@ -118,11 +126,19 @@ class AgentSession:
                                  (job.id, job.lease_token, json.dumps(progress), lease_s)).fetchone()
         return bool(row and row[0])
 
-    def finish(self, job: FleetJob, ok: bool, error: str | None = None) -> bool:
+    def finish(self, job: FleetJob, ok: bool, error: str | None = None,
+               result: dict[str, Any] | None = None) -> bool:
         """Record the outcome (a failure is requeued while attempts remain); False when the lease was lost."""
-        row = self._conn.execute("SELECT fleet.finish(%s, %s, %s, %s)",
-                                 (job.id, job.lease_token, ok, error)).fetchone()
+        row = self._conn.execute("SELECT fleet.finish(%s, %s, %s, %s, %s)",
+                                 (job.id, job.lease_token, ok, error,
+                                  None if result is None else json.dumps(result))).fetchone()
         return bool(row and row[0])
+
+    def request(self, kind: str, target: str, why: str, args: dict[str, Any] | None = None) -> int | None:
+        """Queue a job for this agent on one of its databases (None: one is queued or running already)."""
+        row = self._conn.execute("SELECT fleet.request(%s, %s, %s, %s)",
+                                 (kind, target, why, json.dumps(args or {}))).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
 
     def beat(self, host: str, version: str, databases: list[str]) -> bool:
         """Say this agent is alive, where, which version, for which databases; False when not registered."""

@@ -46,13 +46,7 @@ async def rebuild_catalog(ctx: EngineContext, who: Identity | None = None) -> Re
     for sid, m in sorted(manifests.items(), key=lambda kv: (kv[1].finished_at, kv[1].started_at, kv[0])):
         if sid in replaced:
             continue
-        old = existing.get(sid)
-        rec = SnapshotRecord(sid, m.db, m.kind, m.started_at, m.finished_at, m.size_bytes, m.stored_bytes,
-                             where[sid], old.job_id if old else None)
-        if m.physical is not None:
-            rec = replace(rec, **physical_fields(m.physical, old.status if old and old.is_physical else WAITING))
-            ctx.catalog.learn_system(m.db, m.physical.system_identifier)
-        ctx.catalog.add_snapshot(rec)
+        _keep(ctx, sid, m, where[sid], existing.get(sid))
         result.snapshots += 1
     partial = {**repo.unreachable, **repo.damaged}
     # Whether a physical snapshot's WAL is archived is the repository's to say, not the old catalog's.
@@ -71,6 +65,33 @@ async def rebuild_catalog(ctx: EngineContext, who: Identity | None = None) -> Re
     result.drills, drill_warnings = await drill_seal.rebuild(ctx, repo)
     result.warnings += drill_warnings
     return result
+
+
+def _keep(ctx: EngineContext, sid: str, m: Manifest, targets: list[str], old: SnapshotRecord | None,
+          job_id: str | None = None) -> SnapshotRecord:
+    """Index one snapshot as its manifest describes it (physical: its cluster learnt, status kept or waiting)."""
+    rec = SnapshotRecord(sid, m.db, m.kind, m.started_at, m.finished_at, m.size_bytes, m.stored_bytes,
+                         targets, job_id or (old.job_id if old else None))
+    if m.physical is not None:
+        rec = replace(rec, **physical_fields(m.physical, old.status if old and old.is_physical else WAITING))
+        ctx.catalog.learn_system(m.db, m.physical.system_identifier)
+    ctx.catalog.add_snapshot(rec)
+    return rec
+
+
+async def index_snapshot(ctx: EngineContext, sid: str, job_id: str | None = None) -> SnapshotRecord:
+    """Index one snapshot another process committed (an agent's backup), read from the repository itself.
+
+    The control plane does not take an agent's word for what it stored: the row comes from the sealed
+    manifest, and names the targets that hold it.
+    """
+    repo = await ctx.open_repository(require_all=False)
+    m = await repo.read_manifest(sid)
+    targets = [st.name for st in repo.storages if sid in await repo.snapshot_names(st)]
+    rec = _keep(ctx, sid, m, targets, None, job_id)
+    if rec.is_physical:
+        await refresh_status(ctx, [rec])
+    return rec
 
 
 async def _where(repo: Repository) -> dict[str, list[str]]:

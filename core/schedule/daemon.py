@@ -26,7 +26,7 @@ from core.config import parse_config, read_config
 from core.errors import BackstopError
 from core.schedule.actions import EngineRunner
 from core.schedule.clock import RealClock
-from core.schedule.scheduler import Scheduler
+from core.schedule.scheduler import Runner, Scheduler
 
 if TYPE_CHECKING:
     from core.catalog.base import Catalog
@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("backstop.daemon")
 # The longest the daemon sleeps between looks at the schedules (a clock stepped by NTP is noticed by then).
+# The fleet's reaping and indexing run this often (core/fleet/dispatch.py).
+FLEET_CHORES_S = 2.0
 MAX_SLEEP_S = 60.0
 
 
@@ -118,11 +120,12 @@ class Daemon:
             await engine.close()
             raise
         config = engine.config
-        sched = Scheduler(config.schedules, engine.catalog, EngineRunner(engine), RealClock())
+        sched = Scheduler(config.schedules, engine.catalog, runner_for(engine), RealClock())
         loop = asyncio.get_running_loop()
         for sig, fn in ((signal.SIGTERM, self._on_stop), (signal.SIGINT, self._on_stop),
                         (signal.SIGHUP, self._on_reload)):
             loop.add_signal_handler(sig, fn)
+        chores = loop.create_task(self._fleet_chores(sched))
         try:
             sched.start()
             log.info("started with %d schedule(s): %s (pid %d)", len(config.schedules),
@@ -146,6 +149,8 @@ class Daemon:
                 except TimeoutError:
                     pass
         finally:
+            chores.cancel()
+            await asyncio.gather(chores, return_exceptions=True)
             sd_notify("STOPPING=1")
             if metrics is not None:
                 metrics.stop()
@@ -158,6 +163,19 @@ class Daemon:
             await engine.close()
             log.info("stopped")
         return 0
+
+    async def _fleet_chores(self, sched: Scheduler) -> None:
+        """On a fleet's catalog: reap silent agents' jobs and index agents' own snapshots, every few seconds."""
+        from core.fleet.dispatch import FleetRunner
+
+        while True:
+            runner = sched.runner
+            if isinstance(runner, FleetRunner):
+                try:
+                    await runner.housekeep()
+                except BackstopError as exc:
+                    log.warning("fleet housekeeping: %s", exc)
+            await asyncio.sleep(FLEET_CHORES_S)
 
     def _serve_metrics(self) -> MetricsServer | None:
         """Start /metrics when asked to (--metrics-listen); a busy port is a UsageError (exit 2)."""
@@ -192,7 +210,7 @@ class Daemon:
             sd_notify("READY=1")
             return engine
         config = new.config
-        sched.reload(config.schedules, new.catalog, EngineRunner(new))
+        sched.reload(config.schedules, new.catalog, runner_for(new))
         # The old engine serves the runs still in progress; it closes once they end.
         running = sched.running
 
@@ -207,6 +225,17 @@ class Daemon:
                  ", ".join(s.name for s in config.schedules) or "none")
         sd_notify("READY=1")
         return new
+
+
+def runner_for(engine: Engine) -> Runner:
+    """Run here on an SQLite catalog; on a PostgreSQL catalog (a fleet) the agents run the work."""
+    if engine.config.catalog.is_postgres:
+        from core.fleet.dispatch import FleetRunner
+
+        d = engine.config.dispatch
+        return FleetRunner(engine, max_attempts=d.max_attempts, retry_delay_s=d.retry_delay_s,
+                           reap_grace_s=d.reap_grace_s)
+    return EngineRunner(engine)
 
 
 def run_daemon(config_path: str | None, once: bool = False, timestamps: bool = False,

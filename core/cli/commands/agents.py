@@ -1,4 +1,4 @@
-"""`backstop agents`: the fleet's agents, where they run, for which databases, and when each last reported."""
+"""`backstop agent` (this host's agent) and `backstop agents` (the fleet: hosts, versions, databases, heartbeats)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,30 @@ async def cmd_agents(engine: Engine, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_agent(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+    import sys
+
+    from core.fleet.agent import run_agent
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(("%(asctime)s " if args.timestamps else "")
+                                           + "backstop agent: %(levelname)s: %(message)s"))
+    for name in ("backstop.agent", "backstop.daemon"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return asyncio.run(run_agent(args.config, once=args.once))
+
+
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = add_command(sub, "agent", cmd_agent, "run this host's agent: take the control plane's jobs for it (foreground)",
+                    common, description="Run this host's fleet agent in the foreground until SIGTERM (systemd: "
+                                        "config/backstop-agent.service): it reports its presence, claims the jobs "
+                                        "queued for it and runs them, renewing each job's lease as it goes.")
+    p.add_argument("--once", action="store_true", help="run the jobs waiting now, then exit (for tests and cron)")
+    p.add_argument("--timestamps", action="store_true", help="prefix log lines with the time (not under systemd)")
     add_command(sub, "agents", engine_command(cmd_agents),
                 "list the fleet's agents: host, version, databases, last heartbeat", common)

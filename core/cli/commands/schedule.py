@@ -44,13 +44,12 @@ async def cmd_schedule_list(engine: Engine, args: argparse.Namespace) -> int:
 
 
 async def cmd_schedule_run(engine: Engine, args: argparse.Namespace) -> int:
-    from core.schedule.actions import EngineRunner
     from core.schedule.clock import RealClock
-    from core.schedule.daemon import setup_daemon_logging
+    from core.schedule.daemon import runner_for, setup_daemon_logging
     from core.schedule.scheduler import Scheduler
 
     setup_daemon_logging()
-    sched = Scheduler(engine.config.schedules, engine.catalog, EngineRunner(engine), RealClock())
+    sched = Scheduler(engine.config.schedules, engine.catalog, runner_for(engine), RealClock())
     out = await sched.run_now(args.name)
     if args.json:
         print_json({"name": out.name, "slot": out.slot, "state": out.state, "error": out.error,

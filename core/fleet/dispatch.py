@@ -1,0 +1,127 @@
+"""The daemon's runner on a PostgreSQL catalog: each scheduled run is queued for an agent, not run here.
+
+The scheduler still claims each (schedule, slot) in the catalog, so a slot
+runs once however many daemons share the catalog; this runner hands the
+claimed run to the agent that serves the run's database, waits for the
+outcome while reaping jobs whose agent went silent, and indexes a
+snapshot the agent reports from the repository's own manifest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from core.errors import BackstopError, CatalogError, ConfigError
+from core.fleet.queue import AgentRow, ControlPlane
+from core.schedule.config import ScheduleConfig
+
+if TYPE_CHECKING:
+    from core.engine import Engine
+
+log = logging.getLogger("backstop.daemon")
+
+# An agent counts as alive while its last heartbeat is this recent.
+ALIVE_S = 90.0
+
+
+class AgentJobFailed(BackstopError):
+    """A job an agent ran failed after its retries (the agent's error, or that it stopped reporting)."""
+
+
+def pick_agent(agents: list[AgentRow], db: str | None, now: float, alive_s: float = ALIVE_S) -> AgentRow | None:
+    """The live agent that serves ``db`` (any live agent for work without a database), freshest first."""
+    live = [a for a in agents if a.heartbeat_at is not None and now - a.heartbeat_at.timestamp() <= alive_s]
+    if db is not None:
+        live = [a for a in live if db in a.databases]
+    live.sort(key=lambda a: a.heartbeat_at.timestamp() if a.heartbeat_at else 0.0, reverse=True)
+    return live[0] if live else None
+
+
+def schedule_args(schedule: ScheduleConfig) -> dict[str, object]:
+    """A schedule as a job's JSON arguments, in the config's own forms (durations as seconds)."""
+    return {k: v.total_seconds() if isinstance(v, timedelta) else v
+            for k, v in schedule.model_dump(exclude_defaults=True).items()}
+
+
+class FleetRunner:
+    """Queues each scheduled run for an agent and waits for it (the scheduler's Runner on a fleet)."""
+
+    def __init__(self, engine: Engine, *, poll_s: float = 1.0, reap_grace_s: float = 5.0,
+                 max_attempts: int = 3, retry_delay_s: float = 30.0) -> None:
+        self.engine = engine
+        self.poll_s = poll_s
+        self.reap_grace_s = reap_grace_s
+        self.max_attempts = max_attempts
+        self.retry_delay_s = retry_delay_s
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def _plane(self) -> ControlPlane:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self.engine.config.catalog.url, autocommit=True, connect_timeout=10,
+                                         application_name="backstop-daemon")
+        return ControlPlane(self._conn)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+    async def housekeep(self) -> None:
+        """Take back jobs whose agent went silent, and index the snapshots of jobs nobody waited for (an
+        agent's own requests, when a threshold fired)."""
+        try:
+            await self._housekeep()
+        except psycopg.Error as exc:
+            raise CatalogError(f"the control plane: {str(exc).strip().splitlines()[0]}") from None
+
+    async def _housekeep(self) -> None:
+        plane = await asyncio.to_thread(self._plane)
+        for gone in await asyncio.to_thread(plane.reap, self.reap_grace_s):
+            log.warning("fleet job %d: its agent stopped reporting; retried or failed by policy", gone)
+        for job in await asyncio.to_thread(plane.jobs, 200):
+            sid = (job.result or {}).get("snapshot") if job.state == "succeeded" else None
+            if isinstance(sid, str) and not self.engine.catalog.has_snapshot(sid):
+                from core.ops.rebuild import index_snapshot
+
+                await index_snapshot(self.engine.ctx, sid)
+                log.info("indexed snapshot %s from fleet job %d (%s)", sid[:8], job.id, job.reason or job.kind)
+
+    async def run(self, schedule: ScheduleConfig, slot: datetime) -> dict[str, object]:
+        """Queue the run for its agent, wait for the outcome; returns the agent's result (and what was indexed)."""
+        plane = await asyncio.to_thread(self._plane)
+        agents = await asyncio.to_thread(plane.agents)
+        agent = pick_agent(agents, schedule.db, time.time())
+        if agent is None:
+            where = f"database {schedule.db}" if schedule.db else "the repository"
+            raise ConfigError(f"schedule {schedule.name}: no live agent serves {where}; start `backstop agent` on"
+                              " its host (`backstop agents` shows the last heartbeats)")
+        args = {"schedule": schedule_args(schedule), "slot": slot.isoformat()}
+        jid = await asyncio.to_thread(plane.enqueue, agent.name, schedule.action, schedule.db or f"@{schedule.action}",
+                                      args, schedule=schedule.name, slot=slot, max_attempts=self.max_attempts,
+                                      retry_delay_s=self.retry_delay_s)
+        if jid is None:
+            raise ConfigError(f"schedule {schedule.name}: the slot {slot.isoformat()} is queued already")
+        log.info("%s: queued as fleet job %d for agent %s", schedule.name, jid, agent.name)
+        while True:
+            for gone in await asyncio.to_thread(plane.reap, self.reap_grace_s):
+                log.warning("fleet job %d: its agent stopped reporting; retried or failed by policy", gone)
+            job = await asyncio.to_thread(plane.job, jid)
+            if job is None:
+                raise ConfigError(f"fleet job {jid} vanished from the control plane")
+            if job.state == "succeeded":
+                break
+            if job.state in ("failed", "cancelled"):
+                raise AgentJobFailed(f"agent {job.agent}: {job.error or job.state} (attempt {job.attempt})")
+            await asyncio.sleep(self.poll_s)
+        result: dict[str, object] = {"agent": job.agent, "job": jid, "attempt": job.attempt, **(job.result or {})}
+        sid = (job.result or {}).get("snapshot")
+        if isinstance(sid, str):
+            from core.ops.rebuild import index_snapshot
+
+            await index_snapshot(self.engine.ctx, sid)
+        return result
