@@ -28,7 +28,7 @@ from core.drills.seal import DrillVerification
 from core.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
-    from core.fleet.queue import AgentRow
+    from core.fleet.queue import AgentRow, ControlPlane, FleetJob
 from core.events import EventBus
 from core.insights.digest import Insights, build_insights
 from core.insights.overview import Dashboard, build_dashboard, build_trend_series
@@ -389,16 +389,22 @@ class Engine:
 
     # -- the console's read side ------------------------------------------------------------
 
-    def agents(self) -> list[AgentRow]:
-        """The fleet's agents with their last heartbeat (PostgreSQL catalog only; blocking)."""
+    def _control_plane(self) -> ControlPlane:
         from core.fleet.queue import ControlPlane
 
-        raw = getattr(self.catalog, "connection", None)
-        if not self.config.catalog.is_postgres or raw is None:
-            raise ConfigError("agents need the catalog on PostgreSQL (catalog.url: postgresql://...); move it with"
-                              " `backstop catalog migrate --to URL`")
-        return ControlPlane(raw.raw).agents()
+        conn = getattr(self.catalog, "connection", None)
+        if not self.config.catalog.is_postgres or conn is None:
+            raise ConfigError("the fleet needs the catalog on PostgreSQL (catalog.url: postgresql://...); move it"
+                              " with `backstop catalog migrate --to URL`")
+        return ControlPlane(conn.raw)
 
+    def agents(self) -> list[AgentRow]:
+        """The fleet's agents with their last heartbeat (PostgreSQL catalog only; blocking)."""
+        return self._control_plane().agents()
+
+    def fleet_jobs(self, limit: int = 200) -> list[FleetJob]:
+        """The fleet's newest jobs with their agent, state, attempt and last reported progress (blocking)."""
+        return self._control_plane().jobs(limit)
 
     @property
     def queries(self) -> Queries:

@@ -57,19 +57,25 @@ class Queries:
     async def watch(self, interval: float) -> AsyncIterator[None]:
         """Yield whenever the catalog changed (any process), checking every ``interval`` seconds.
 
-        The checks run in a thread; a check that fails (the catalog is being
-        replaced, or is locked) is tried again at the next interval.
+        On PostgreSQL the feed is woken by NOTIFY (its ``wait``): a change shows at once, not at the next
+        check. The checks run in a thread; a check that fails (the catalog is being replaced, or is
+        locked, or the server restarts) is tried again at the next interval.
         """
         feed = self.changes()
+        wait = getattr(feed, "wait", None)
         try:
             while True:
+                waited = False
                 try:
                     changed = await asyncio.to_thread(feed.poll)
+                    if not changed and wait is not None:
+                        changed, waited = await asyncio.to_thread(wait, interval), True
                 except Exception:  # noqa: BLE001 - a catalog being replaced or locked: next tick
                     changed = False
                 if changed:
                     yield
-                await asyncio.sleep(interval)
+                elif not waited:
+                    await asyncio.sleep(interval)
         finally:
             feed.close()
 

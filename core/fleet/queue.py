@@ -30,6 +30,10 @@ class FleetJob:
     error: str | None
     result: dict[str, Any] | None = None
     reason: str | None = None  # why an agent asked for it (the threshold that fired)
+    progress: dict[str, Any] | None = None  # as the agent last reported it (phase, bytes_done, bytes_total, rate)
+    created_at: float | None = None
+    heartbeat_at: float | None = None
+    finished_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -49,12 +53,14 @@ class AgentRow:
                 "heartbeat_at": self.heartbeat_at.isoformat() if self.heartbeat_at else None}
 
 
-_JOB_COLS = "id, agent, kind, target, args, state, attempt, lease_token, error, result, reason"
+_JOB_COLS = ("id, agent, kind, target, args, state, attempt, lease_token, error, result, reason, progress,"
+             " extract(epoch FROM created_at), extract(epoch FROM heartbeat_at), extract(epoch FROM finished_at)")
 
 
 def _job(r: tuple[Any, ...]) -> FleetJob:
     return FleetJob(int(r[0]), r[1], r[2], r[3], dict(r[4] or {}), r[5], int(r[6]),
-                    None if r[7] is None else str(r[7]), r[8], r[9], r[10])
+                    None if r[7] is None else str(r[7]), r[8], r[9], r[10], r[11],
+                    *(None if v is None else float(v) for v in r[12:15]))
 
 
 class ControlPlane:
