@@ -214,3 +214,40 @@ def test_a_changed_rows_threshold_makes_the_agent_ask_for_a_snapshot(fleet_setup
     finally:
         for p in procs:
             _stop(p)
+
+
+def test_a_killed_leader_hands_over_to_the_standby_daemon_and_no_slot_runs_twice(
+        fleet_setup: dict[str, Any]) -> None:
+    url, tmp = fleet_setup["url"], fleet_setup["tmp"]
+    schedules = [{"name": "often", "action": "backup", "db": "warranty", "cron": "*/2 * * * * *"}]
+    daemon = write_setup(tmp / "daemon", [local_target(fleet_setup["repo"])], [fleet_setup["dbs"]["host-a"]],
+                         catalog={"url": url}, schedules=schedules)
+    daemon.cli("init", check=True)
+    logs = [tmp / "agent-a.log", tmp / "daemon1.log", tmp / "daemon2.log"]
+    procs = [_start(fleet_setup["agents"]["host-a"], "agent", logs[0])]
+    try:
+        procs.append(_start(daemon, "daemon", logs[1]))
+        _wait("the first daemon leading", lambda: "leading:" in logs[1].read_text(), 30, procs, logs[:2])
+        procs.append(_start(daemon, "daemon", logs[2]))
+        _wait("the second daemon standing by", lambda: "standing by" in logs[2].read_text(), 30, procs, logs)
+        succeeded = "SELECT count(*) FROM fleet.jobs WHERE state = 'succeeded'"
+        _wait("a backup under the first leader", lambda: _owner_rows(url, succeeded)[0][0] >= 1, 60, procs, logs)
+        procs[1].send_signal(signal.SIGKILL)
+        procs[1].wait()
+        killed = time.monotonic()
+        survivors, their_logs = [procs[0], procs[2]], [logs[0], logs[2]]
+        _wait("the standby leading", lambda: "leading:" in logs[2].read_text(), 30, survivors, their_logs)
+        took_over = time.monotonic() - killed
+        before = _owner_rows(url, "SELECT max(id) FROM fleet.jobs")[0][0]
+        _wait("a backup queued by the new leader", lambda: bool(_owner_rows(
+            url, "SELECT 1 FROM fleet.jobs WHERE id > %s AND state = 'succeeded'", (before,))), 60, survivors,
+            their_logs)
+        print(f"handover after {took_over:.2f}s")
+        assert took_over < 30, f"the standby took {took_over:.1f}s to take over"
+        twice = _owner_rows(url, "SELECT schedule, slot FROM fleet.jobs GROUP BY 1, 2 HAVING count(*) > 1")
+        assert twice == []
+        runs = _owner_rows(url, "SELECT name, slot FROM schedule_runs GROUP BY 1, 2 HAVING count(*) > 1")
+        assert runs == []
+    finally:
+        for p in reversed(procs):
+            _stop(p)

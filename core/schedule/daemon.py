@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from core.config import parse_config, read_config
 from core.errors import BackstopError
+from core.fleet.leader import Leadership
 from core.schedule.actions import EngineRunner
 from core.schedule.clock import RealClock
 from core.schedule.scheduler import Runner, Scheduler
@@ -38,6 +39,8 @@ log = logging.getLogger("backstop.daemon")
 # The longest the daemon sleeps between looks at the schedules (a clock stepped by NTP is noticed by then).
 # The fleet's reaping and indexing run this often (core/fleet/dispatch.py).
 FLEET_CHORES_S = 2.0
+# A standby daemon tries for the lead this often: a dead leader is replaced within it (plus a tick).
+LEADER_RETRY_S = 5.0
 MAX_SLEEP_S = 60.0
 
 
@@ -125,9 +128,11 @@ class Daemon:
         for sig, fn in ((signal.SIGTERM, self._on_stop), (signal.SIGINT, self._on_stop),
                         (signal.SIGHUP, self._on_reload)):
             loop.add_signal_handler(sig, fn)
-        chores = loop.create_task(self._fleet_chores(sched))
+        leader = _leadership(config)
+        chores = loop.create_task(self._fleet_chores(sched, leader))
         try:
-            sched.start()
+            if leader is None:
+                sched.start()
             log.info("started with %d schedule(s): %s (pid %d)", len(config.schedules),
                      ", ".join(s.name for s in config.schedules) or "none", os.getpid())
             sd_notify(f"READY=1\nSTATUS=running {len(config.schedules)} schedule(s)\nMAINPID={os.getpid()}")
@@ -136,6 +141,8 @@ class Daemon:
                 if self._reload:
                     self._reload = False
                     engine = self._current = await self._apply_reload(sched, engine)
+                if leader is not None and not await self._lead(leader, sched):
+                    continue
                 await sched.tick()
                 if self.once:
                     await sched.wait_idle()
@@ -151,6 +158,8 @@ class Daemon:
         finally:
             chores.cancel()
             await asyncio.gather(chores, return_exceptions=True)
+            if leader is not None:
+                leader.release()
             sd_notify("STOPPING=1")
             if metrics is not None:
                 metrics.stop()
@@ -164,13 +173,31 @@ class Daemon:
             log.info("stopped")
         return 0
 
-    async def _fleet_chores(self, sched: Scheduler) -> None:
+    async def _lead(self, leader: Leadership, sched: Scheduler) -> bool:
+        """Whether this daemon schedules now; a standby waits for the lead (a few seconds at a time)."""
+        was = leader.held
+        if await asyncio.to_thread(leader.try_lead):
+            if not was:
+                log.info("leading: this daemon schedules the fleet (pid %d)", os.getpid())
+                sched.start()
+            return True
+        if was or not getattr(self, "_told_standby", False):
+            log.info("standing by: another daemon leads the fleet; taking over if it stops")
+            self._told_standby = True
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=LEADER_RETRY_S)
+        except TimeoutError:
+            pass
+        return False
+
+    async def _fleet_chores(self, sched: Scheduler, leader: Leadership | None) -> None:
         """On a fleet's catalog: reap silent agents' jobs and index agents' own snapshots, every few seconds."""
         from core.fleet.dispatch import FleetRunner
 
         while True:
             runner = sched.runner
-            if isinstance(runner, FleetRunner):
+            if isinstance(runner, FleetRunner) and (leader is None or leader.held):
                 try:
                     await runner.housekeep()
                 except BackstopError as exc:
@@ -225,6 +252,11 @@ class Daemon:
                  ", ".join(s.name for s in config.schedules) or "none")
         sd_notify("READY=1")
         return new
+
+
+def _leadership(config: BackstopConfig) -> Leadership | None:
+    """On a fleet's catalog, daemons take turns leading; alone on SQLite, this one always schedules."""
+    return Leadership(config.catalog.url) if config.catalog.is_postgres else None
 
 
 def runner_for(engine: Engine) -> Runner:
