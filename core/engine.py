@@ -402,6 +402,13 @@ class Engine:
         """The fleet's agents with their last heartbeat (PostgreSQL catalog only; blocking)."""
         return self._control_plane().agents()
 
+    async def register_agent(self, name: str, role: str, databases: list[str], *, create_role: bool = False,
+                             who: Identity | None = None) -> None:
+        """Let a login role act as fleet agent ``name`` for ``databases`` (admin, with a code)."""
+        from core.ops.fleet_admin import register_agent
+
+        await register_agent(self.ctx, name, role, databases, create_role=create_role, who=who)
+
     def fleet_jobs(self, limit: int = 200) -> list[FleetJob]:
         """The fleet's newest jobs with their agent, state, attempt and last reported progress (blocking)."""
         return self._control_plane().jobs(limit)

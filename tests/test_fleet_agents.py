@@ -89,13 +89,13 @@ def fleet_setup(tmp_path: Path, pg_cluster: LocalCluster, second_cluster: LocalC
     PostgresCatalog(url).close()  # the control plane's schema
     suffix = uuid.uuid4().hex[:8]
     roles = {"host-a": f"agent_a_{suffix}", "host-b": f"agent_b_{suffix}"}
+    dbs = {"host-a": {"name": "warranty", "dsn": dsn_a}, "host-b": {"name": "billing", "dsn": dsn_b}}
     with psycopg.connect(url, autocommit=True) as conn:
         plane = ControlPlane(conn)
         for agent, role in roles.items():
             plane.create_agent_role(role)
-            plane.register_agent(agent, role)
+            plane.register_agent(agent, role, [dbs[agent]["name"]])
     repo = tmp_path / "repo"
-    dbs = {"host-a": {"name": "warranty", "dsn": dsn_a}, "host-b": {"name": "billing", "dsn": dsn_b}}
     agents = {name: write_setup(tmp_path / name, [local_target(repo)], [db], fleet={
         "agent": name, "control_plane": url.replace("postgresql://postgres@", f"postgresql://{roles[name]}@"),
         "heartbeat_s": 0.5, "lease_s": 2.0, "poll_s": 1.0}) for name, db in dbs.items()}

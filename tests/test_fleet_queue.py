@@ -35,7 +35,7 @@ def fleet(pg_catalog_url: Callable[[], str], pg_cluster: LocalCluster) -> Iterat
     try:
         for name, role in roles.items():
             plane.create_agent_role(role)
-            plane.register_agent(f"host-{name}", role)
+            plane.register_agent(f"host-{name}", role, ["warranty"] if name == "a" else ["billing"])
         for role in roles.values():
             conns.append(_as(url, role))
         yield {"plane": plane, "a": AgentSession(conns[0]), "b": AgentSession(conns[1]), "raw_a": conns[0],
@@ -78,9 +78,14 @@ def test_an_agent_claims_only_its_own_jobs_and_cannot_touch_anything_else(fleet:
             raw.execute(statement)
 
     # Presence: each agent says where it runs and for which databases; the control plane lists them.
-    assert a.beat("db1.example", "0.1.0", ["warranty"]) is True
+    assert a.beat("db1.example", "0.1.0", ["warranty", "payroll"]) is True
     listed = {r.name: r for r in plane.agents()}
     assert (listed["host-a"].host, listed["host-a"].databases) == ("db1.example", ["warranty"])
+    # What an agent reports does not widen what it serves: payroll was never registered for it.
+    assert listed["host-a"].mismatch == ["payroll"]
+    assert a.request("backup", "payroll", "changed_rows: made up") is None
+    assert a.request("backup", "warranty", "changed_rows: 10 rows") is None  # a1, a backup there, still runs
+    assert a.request("verify", "warranty", "max_age: 30h since the last check") is not None
     assert listed["host-a"].heartbeat_at is not None and listed["host-b"].heartbeat_at is None
 
 
@@ -126,10 +131,11 @@ def test_backstop_agents_lists_them_and_an_sqlite_catalog_says_what_to_do(
 
     from tests.fixtures.backstop import local_target
 
-    fleet["a"].beat("db1.example", "0.1.0", ["warranty", "billing"])
+    fleet["a"].beat("db1.example", "0.1.0", ["warranty", "billing"])  # billing: not registered for it
     setup = setup_factory([local_target(tmp_path / "repo")], [], catalog={"url": _url_of(fleet["owner"])})
     rows = {r["name"]: r for r in json.loads(setup.cli("agents", "--json", check=True).stdout)}
-    assert rows["host-a"]["databases"] == ["warranty", "billing"] and rows["host-b"]["heartbeat_at"] is None
+    assert rows["host-a"]["databases"] == ["warranty"] and rows["host-b"]["heartbeat_at"] is None
+    assert rows["host-a"]["reported_databases"] == ["warranty", "billing"]
     text = setup.cli("agents", check=True).stdout
     assert "db1.example" in text and "never" in text
     lite = setup_factory([local_target(tmp_path / "repo2")], [], catalog={"url": f"sqlite:///{tmp_path / 'c.db'}"})
@@ -140,3 +146,35 @@ def test_backstop_agents_lists_them_and_an_sqlite_catalog_says_what_to_do(
 def _url_of(conn: psycopg.Connection[Any]) -> str:
     info = conn.info
     return f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}"
+
+
+def test_registering_an_agent_is_an_admin_action_with_a_code_and_audited(
+        fleet: dict[str, Any], tmp_path, setup_factory, warranty_db, pg_cluster: LocalCluster) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from tests.fixtures.backstop import local_target
+    from tests.test_security import enrol
+
+    _, dsn = warranty_db
+    setup = setup_factory([local_target(tmp_path / "repo")], [{"name": "warranty", "dsn": dsn}],
+                          catalog={"url": _url_of(fleet["owner"])})
+    setup.cli("init", check=True)
+    alice = enrol(setup, "alice", "admin")
+    role = f"agent_c_{uuid.uuid4().hex[:8]}"
+    args = ["agents", "register", "host-c", "--role", role, "--db", "warranty", "--create-role", "--operator", "alice"]
+    try:
+        no_code = setup.cli(*args)
+        assert no_code.returncode == 2 and "code" in no_code.stderr, no_code.stderr
+        unknown = setup.cli("agents", "register", "host-c", "--role", role, "--db", "payroll", "--operator", "alice",
+                            "--otp", alice.next())
+        assert unknown.returncode == 2 and "payroll" in unknown.stderr
+        setup.cli(*args, "--otp", alice.next(), check=True)
+        rows = {r["name"]: r for r in json.loads(setup.cli("agents", "--json", check=True).stdout)}
+        assert (rows["host-c"]["role"], rows["host-c"]["databases"]) == (role, ["warranty"])
+        audit = json.loads(setup.cli("audit", "list", "--json", check=True).stdout)
+        outcomes = [(e["action"], e["outcome"]) for e in audit if e["action"] == "agent.register"]
+        assert outcomes == [("agent.register", "refused"), ("agent.register", "allowed"),
+                            ("agent.register", "succeeded")]
+    finally:
+        with psycopg.connect(pg_cluster.dsn(), autocommit=True) as su:
+            su.execute(f'DROP ROLE IF EXISTS "{role}"')

@@ -26,7 +26,9 @@ CREATE TABLE fleet.agents (
     role name UNIQUE NOT NULL,
     host text,
     version text,
+    -- The databases an administrator let this agent serve (jobs are routed by these, never by what it reports).
     databases jsonb NOT NULL DEFAULT '[]',
+    reported_databases jsonb NOT NULL DEFAULT '[]',
     registered_at timestamptz NOT NULL DEFAULT now(),
     heartbeat_at timestamptz
 );
@@ -89,7 +91,8 @@ RETURNS boolean LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, flee
 $$;
 CREATE FUNCTION fleet.beat(host text, version text, databases jsonb) RETURNS boolean
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, fleet AS $$
-    WITH u AS (UPDATE fleet.agents a SET host = beat.host, version = beat.version, databases = beat.databases,
+    WITH u AS (UPDATE fleet.agents a SET host = beat.host, version = beat.version,
+                      reported_databases = beat.databases,
                       heartbeat_at = now()
                WHERE a.role = session_user RETURNING 1)
     SELECT EXISTS (SELECT 1 FROM u)

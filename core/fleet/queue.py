@@ -4,7 +4,7 @@ and finishes (only through the functions its role may call: core/catalog/pg_flee
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -44,12 +44,18 @@ class AgentRow:
     role: str
     host: str | None
     version: str | None
-    databases: list[str]
+    databases: list[str]  # what it may serve (set at registration); jobs are routed by these
     heartbeat_at: datetime | None
+    reported: list[str] = field(default_factory=list)  # what its own config says it serves
+
+    @property
+    def mismatch(self) -> list[str]:
+        """Databases the agent's config names but it was not registered for (it gets no jobs for them)."""
+        return [d for d in self.reported if d not in self.databases]
 
     def to_json(self) -> dict[str, object]:
         return {"name": self.name, "role": self.role, "host": self.host, "version": self.version,
-                "databases": self.databases,
+                "databases": self.databases, "reported_databases": self.reported,
                 "heartbeat_at": self.heartbeat_at.isoformat() if self.heartbeat_at else None}
 
 
@@ -69,10 +75,12 @@ class ControlPlane:
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self._conn = conn
 
-    def register_agent(self, name: str, role: str) -> None:
-        """Let the login role ``role`` act as agent ``name`` (the role must be in the backstop_agent group)."""
-        self._conn.execute("INSERT INTO fleet.agents (name, role) VALUES (%s, %s) ON CONFLICT (name)"
-                           " DO UPDATE SET role = EXCLUDED.role", (name, role))
+    def register_agent(self, name: str, role: str, databases: list[str]) -> None:
+        """Let the login role ``role`` act as agent ``name`` for ``databases`` (the role must be in the
+        backstop_agent group); registering again replaces both."""
+        self._conn.execute("INSERT INTO fleet.agents (name, role, databases) VALUES (%s, %s, %s) ON CONFLICT (name)"
+                           " DO UPDATE SET role = EXCLUDED.role, databases = EXCLUDED.databases",
+                           (name, role, json.dumps(sorted(set(databases)))))
 
     def create_agent_role(self, role: str) -> None:
         """Create a login role for an agent in the agent group (needs CREATEROLE; password set separately)."""
@@ -85,8 +93,9 @@ class ControlPlane:
 
     def agents(self) -> list[AgentRow]:
         """Every registered agent, by name."""
-        return [AgentRow(r[0], r[1], r[2], r[3], list(r[4] or []), r[5]) for r in self._conn.execute(
-            "SELECT name, role, host, version, databases, heartbeat_at FROM fleet.agents ORDER BY name")]
+        return [AgentRow(r[0], r[1], r[2], r[3], list(r[4] or []), r[5], list(r[6] or [])) for r in self._conn.execute(
+            "SELECT name, role, host, version, databases, heartbeat_at, reported_databases FROM fleet.agents"
+            " ORDER BY name")]
 
     def enqueue(self, agent: str, kind: str, target: str, args: dict[str, Any] | None = None, *,
                 schedule: str | None = None, slot: datetime | None = None, max_attempts: int = 3,

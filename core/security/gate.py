@@ -52,6 +52,7 @@ class Action(str, Enum):
     OPERATOR_REMOVE = "operator.remove"
     OPERATOR_RECOVER = "operator.recover"
     UNLOCK = "repository.unlock"
+    AGENT_REGISTER = "agent.register"
 
     @property
     def required_role(self) -> str:
@@ -79,6 +80,7 @@ REQUIRED_ROLE: dict[Action, str] = {
     Action.OPERATOR_REMOVE: "admin",
     Action.OPERATOR_RECOVER: "admin",
     Action.UNLOCK: "operator",
+    Action.AGENT_REGISTER: "admin",
 }
 
 _LABELS: dict[Action, str] = {
@@ -96,6 +98,7 @@ _LABELS: dict[Action, str] = {
     Action.OPERATOR_REMOVE: "removing an operator",
     Action.OPERATOR_RECOVER: "recovering operator access",
     Action.UNLOCK: "removing another process's repository lock",
+    Action.AGENT_REGISTER: "registering a fleet agent (which databases it may serve)",
 }
 
 # A code, or something that produces one when asked (a prompt, a TUI modal).
