@@ -124,6 +124,32 @@ def test_demo_runs_in_password_mode(sandbox: Path) -> None:
                            capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
     assert check.returncode == 0, check.stderr
 
+    # The sandbox's fleet: its agent (in a role of its own, password in a 0600 passfile) runs a backup the
+    # control plane queued for it, and the control plane's catalog (a copy of the sandbox's) then lists it.
+    fleet = sandbox / "fleet"
+    assert stat.S_IMODE((fleet / "agent.pgpass").stat().st_mode) == 0o600
+    for name in ("agent.yaml", "control.yaml"):
+        assert password not in (fleet / name).read_text()
+    control = [*BACKSTOP, "--config", str(fleet / "control.yaml")]
+    before = json.loads(subprocess.run([*control, "snapshots", "--json"], capture_output=True, text=True,
+                                       timeout=120, check=True).stdout)
+    from core.sandbox.demo import HISTORY_BACKUPS
+
+    assert len(before) == 1 + HISTORY_BACKUPS  # the first backup and the history came over by `catalog migrate`
+    agent = subprocess.Popen([*BACKSTOP, "--config", str(fleet / "agent.yaml"), "agent"], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        run = subprocess.run([*control, "schedule", "run", "hourly"], capture_output=True, text=True, timeout=300,
+                             stdin=subprocess.DEVNULL)
+        assert run.returncode == 0, run.stdout + run.stderr
+    finally:
+        agent.terminate()
+        _, err = agent.communicate(timeout=60)
+    assert agent.returncode == 0, err
+    after = json.loads(subprocess.run([*control, "snapshots", "--json"], capture_output=True, text=True,
+                                      timeout=120, check=True).stdout)
+    assert len(after) == len(before) + 1
+
 
 @pytest.mark.parametrize("running", [True, False], ids=["server-running", "server-stopped"])
 def test_demo_migrates_a_trusting_sandbox(sandbox: Path, running: bool) -> None:

@@ -117,7 +117,16 @@ def run_demo(sandbox: str | Path | None, claims: int = 50_000, reset: bool = Fal
         cluster.create_database(DB_NAME)
         generate(cluster.dsn(DB_NAME), claims=claims)
     cfg_path = _write_config(base, cluster.dsn(DB_NAME))
-    return cfg_path, asyncio.run(_backup_and_show(cfg_path, history=not exists))
+    rc = asyncio.run(_backup_and_show(cfg_path, history=not exists))
+    if rc == 0:
+        from core.sandbox.fleet import prepare_fleet
+
+        fleet = prepare_fleet(base, cluster, DB_NAME, cluster.dsn(DB_NAME))
+        _say(f"A fleet in the sandbox (the catalog on PostgreSQL, one agent; README, \"A fleet\"):\n"
+             f"  backstop --config {fleet / 'agent.yaml'} agent &\n"
+             f"  backstop --config {fleet / 'control.yaml'} schedule run hourly   (or: daemon)\n"
+             f"  backstop --config {fleet / 'control.yaml'} agents")
+    return cfg_path, rc
 
 
 async def _build_history(engine: Engine, repository: Path) -> None:
