@@ -29,6 +29,7 @@ from core.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
     from core.fleet.queue import AgentRow, ControlPlane, FleetJob
+    from core.fleet.restore_dispatch import RestoreOrder
 from core.events import EventBus
 from core.insights.digest import Insights, build_insights
 from core.insights.overview import Dashboard, build_dashboard, build_trend_series
@@ -217,9 +218,22 @@ class Engine:
                                      patterns, schemas)
 
     async def restore_over(self, db_name: str, into: str, snapshot: str = "latest", who: Identity | None = None,
-                           target: str | None = None) -> OverwriteResult:
-        """Restore a snapshot in place of database ``into`` (gated), keeping the old one aside."""
-        return await restore.restore_over(self.ctx, db_name, into, snapshot, who, target)
+                           target: str | None = None, approved_by: str | None = None) -> OverwriteResult:
+        """Restore a snapshot in place of database ``into`` (gated, or approved by a fleet's control plane),
+        keeping the old one aside."""
+        return await restore.restore_over(self.ctx, db_name, into, snapshot, who, target, approved_by)
+
+    async def dispatch_restore(self, order: RestoreOrder, who: Identity | None = None) -> FleetJob:
+        """Queue a restore for the agent beside ``order.db`` (the code checked here when it overwrites)."""
+        from core.fleet.restore_dispatch import dispatch_restore
+
+        return await dispatch_restore(self.ctx, order, who)
+
+    async def wait_for_fleet_job(self, job_id: int, on_progress: Callable[[FleetJob], None] | None = None) -> FleetJob:
+        """Wait for a fleet job to end, reporting its progress; a failed one raises."""
+        from core.fleet.restore_dispatch import wait_for_job
+
+        return await wait_for_job(self.ctx, job_id, on_progress=on_progress)
 
     async def restore_physical(self, request: PhysicalRestoreRequest) -> PhysicalRestoreResult:
         """Write a physical snapshot into a new data directory set up to recover to a point in time (and start it)."""

@@ -251,3 +251,51 @@ def test_a_killed_leader_hands_over_to_the_standby_daemon_and_no_slot_runs_twice
     finally:
         for p in reversed(procs):
             _stop(p)
+
+
+def test_a_restore_asked_at_the_control_plane_runs_on_the_agent_and_overwriting_needs_a_code_checked_there(
+        fleet_setup: dict[str, Any]) -> None:
+    from tests.test_security import enrol
+
+    url, tmp = fleet_setup["url"], fleet_setup["tmp"]
+    source_dsn = fleet_setup["dbs"]["host-a"]["dsn"]
+    into = source_dsn.rsplit("/", 1)[1] + "_copy"  # dropped with the source by the fixture
+    control = write_setup(tmp / "control", [local_target(fleet_setup["repo"])], [fleet_setup["dbs"]["host-a"]],
+                          catalog={"url": url})
+    control.cli("init", check=True)
+    sid = control.cli("backup", "--db", "warranty", check=True).stdout.strip()  # the agent's catalog lacks it
+    logs = [tmp / "agent-a.log"]
+    procs = [_start(fleet_setup["agents"]["host-a"], "agent", logs[0])]
+    try:
+        _wait("the agent's heartbeat", lambda: bool(_owner_rows(
+            url, "SELECT 1 FROM fleet.agents WHERE name = 'host-a' AND heartbeat_at IS NOT NULL")), 30, procs, logs)
+        out = json.loads(control.cli("restore", "--db", "warranty", "--into", into, "--by-agent", "--json",
+                                     check=True).stdout)
+        assert (out["agent"], out["snapshot"], out["into"]) == ("host-a", sid, into)
+        count = "SELECT count(*) FROM warranty.claims"
+        copy_dsn = source_dsn.rsplit("/", 1)[0] + "/" + into
+        assert _owner_rows(copy_dsn, count) == _owner_rows(source_dsn, count)
+
+        # Over an existing database: the control plane asks for the code, the agent never sees one.
+        alice = enrol(control, "alice", "admin")
+        jobs_before = _owner_rows(url, "SELECT count(*) FROM fleet.jobs")[0][0]
+        refused = control.cli("restore", "--db", "warranty", "--into", into, "--by-agent", "--force",
+                              "--operator", "alice")
+        assert refused.returncode == 2 and "code" in refused.stderr, refused.stderr
+        assert _owner_rows(url, "SELECT count(*) FROM fleet.jobs")[0][0] == jobs_before  # nothing was queued
+        over = json.loads(control.cli("restore", "--db", "warranty", "--into", into, "--by-agent", "--force",
+                                      "--operator", "alice", "--otp", alice.next(), "--json", check=True).stdout)
+        assert over["replaced"] is True and over["kept_aside"].startswith(into + "__replaced_")
+        audit = json.loads(control.cli("audit", "list", "--json", check=True).stdout)
+        overwrite = [(e["outcome"], e["detail"].get("fleet_job")) for e in audit
+                     if e["action"] == "restore.overwrite"]
+        assert [o for o, _ in overwrite] == ["refused", "allowed", "succeeded"] and overwrite[-1][1] is not None
+    finally:
+        for p in procs:
+            _stop(p)
+    # An agent cannot queue a restore (or anything but a backup) for itself.
+    role = fleet_setup["agents"]["host-a"].config.fleet.control_plane  # type: ignore[union-attr]
+    with psycopg.connect(role, autocommit=True) as conn:
+        from core.fleet.queue import AgentSession
+
+        assert AgentSession(conn).request("restore", "warranty", "made up", {"approved_by": "me"}) is None

@@ -1,8 +1,8 @@
 """The operator console: `backstop tui`.
 
-Nine numbered screens (Textual modes, so each keeps its state), one bridge
+Ten numbered screens (Textual modes, so each keeps its state), one bridge
 from the engine's events and the catalog to UI messages, and a keyboard
-contract operators build habits on: 1-9 switch screens, `?` help, `/`
+contract operators build habits on: 1-9 and 0 switch screens, `?` help, `/`
 filter, ctrl+p command palette, `q` quit, escape back.
 
 The app builds each screen with itself as the screen's host
@@ -37,6 +37,7 @@ from tui.screens.base import ConsoleScreen
 from tui.screens.catalog import CatalogScreen
 from tui.screens.dashboard import DashboardScreen
 from tui.screens.drills import DrillsScreen
+from tui.screens.fleet import FleetScreen
 from tui.screens.jobs import JobsScreen
 from tui.screens.modals import ConfirmScreen, HelpEntry, HelpScreen
 from tui.screens.restore import RestoreScreen
@@ -49,7 +50,7 @@ from tui.widgets.virtual_table import VirtualTable
 SCREENS_IN_ORDER: tuple[tuple[str, type[ConsoleScreen]], ...] = (
     ("dashboard", DashboardScreen), ("jobs", JobsScreen), ("catalog", CatalogScreen),
     ("verification", VerificationScreen), ("trends", TrendsScreen), ("restore", RestoreScreen),
-    ("drills", DrillsScreen), ("audit", AuditScreen), ("settings", SettingsScreen),
+    ("drills", DrillsScreen), ("audit", AuditScreen), ("settings", SettingsScreen), ("fleet", FleetScreen),
 )
 _SCREENS_GROUP = Binding.Group("Screens", compact=True)
 KEYMAP_ENV = "BACKSTOP_KEYMAP"

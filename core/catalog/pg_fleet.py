@@ -103,7 +103,8 @@ CREATE FUNCTION fleet.request(kind text, target text, why text, args jsonb DEFAU
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, fleet AS $$
     INSERT INTO fleet.jobs (agent, kind, target, args, reason)
     SELECT a.name, request.kind, request.target, request.args, request.why FROM fleet.agents a
-    WHERE a.role = session_user AND a.databases ? request.target
+    -- Only backups: anything else an agent could ask for itself (a restore over a database) needs an operator.
+    WHERE a.role = session_user AND a.databases ? request.target AND request.kind = 'backup'
       AND NOT EXISTS (SELECT 1 FROM fleet.jobs j WHERE j.target = request.target AND j.kind = request.kind
                       AND j.state IN ('queued', 'running'))
     RETURNING id

@@ -12,6 +12,7 @@ server: a poll only looks at what the socket already received).
 from __future__ import annotations
 
 import select
+import socket
 import threading
 import time
 from typing import Any
@@ -64,6 +65,8 @@ class PgChangeFeed:
         self._closed = False
         self._pending = False
         self._lock = threading.Lock()
+        # close() from another thread ends a wait() at once through this pair (the console quitting).
+        self._wake_r, self._wake_w = socket.socketpair()
 
     def _seen(self, _notify: psycopg.Notify) -> None:
         self._pending = True
@@ -94,18 +97,26 @@ class PgChangeFeed:
             while not self._pending:
                 left = deadline - time.monotonic()
                 # The socket turns readable when the server sends a notification; the round trip hands it over.
-                if left <= 0 or not select.select([self._conn.fileno()], [], [], left)[0]:
+                wake = self._wake_r.fileno()
+                ready: list[int] = select.select([self._conn.fileno(), wake], [], [], left)[0] if left > 0 else []
+                if not ready or wake in ready:
                     break
                 self._conn.execute("SELECT 1")
             changed, self._pending = self._pending, False
             return changed
 
     def close(self) -> None:
+        self._closed = True
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass  # closed twice: the pair is gone already
         with self._lock:
-            self._closed = True
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+            self._wake_r.close()
+            self._wake_w.close()
 
 
 class PostgresQueries(SqliteQueries):

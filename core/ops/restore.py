@@ -380,8 +380,12 @@ def _side_name(base: str, suffix: str) -> str:
 
 
 async def restore_over(ctx: EngineContext, db_name: str, into: str, snapshot: str = "latest",
-                       who: Identity | None = None, target: str | None = None) -> OverwriteResult:
+                       who: Identity | None = None, target: str | None = None,
+                       approved_by: str | None = None) -> OverwriteResult:
     """Restore a snapshot in place of database ``into``, keeping the old one aside.
+
+    ``approved_by``: the code was checked elsewhere (a fleet's control plane, which audited it); recorded
+    as the reason this host allowed it.
 
     The snapshot is restored into a new temporary database first; only when
     that succeeded is the existing database renamed aside (to
@@ -396,7 +400,8 @@ async def restore_over(ctx: EngineContext, db_name: str, into: str, snapshot: st
     who = who or default_identity()
     snap = _logical(await ctx.find_snapshot(snapshot, db_name, kind="logical"), db_name)
     subject = f"{db_name} snapshot {snap.short_id} over database {into}"
-    async with Guard(ctx).action(who, Action.RESTORE_OVERWRITE, subject, require_all=False) as acting:
+    async with Guard(ctx).action(who, Action.RESTORE_OVERWRITE, subject, require_all=False,
+                                 approved_by=approved_by) as acting:
         acting.failure_detail["note"] = f"database {into} was left as it was"
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         temp, aside = _side_name(into, f"__restoring_{stamp}"), _side_name(into, f"__replaced_{stamp}")

@@ -72,6 +72,8 @@ async def cmd_restore(engine: Engine, args: argparse.Namespace) -> int:
                          "--type physical --pgdata DIR")
     if not args.into:
         raise UsageError("restore needs --into NEW_DB (a logical restore), or --type physical --pgdata DIR")
+    if args.by_agent:
+        return await restore_by_agent(engine, args)
     if args.force:
         return await restore_force(engine, args)
     res = await engine.restore(args.db, args.into, args.snapshot, args.table, target=args.target,
@@ -85,6 +87,34 @@ async def cmd_restore(engine: Engine, args: argparse.Namespace) -> int:
         print(f"restored snapshot {res.snapshot_id[:8]} of {res.db} ({what}) into {res.into} "
               f"in {res.duration_s:.1f} s ({size(res.bytes)})")
         print(res.read_summary())
+    return EXIT_OK
+
+
+async def restore_by_agent(engine: Engine, args: argparse.Namespace) -> int:
+    """`restore --by-agent`: the agent beside the database restores; the code (with --force) is checked here."""
+    from core.fleet.restore_dispatch import RestoreOrder
+
+    if args.pattern or args.schema or args.target:
+        raise UsageError("--by-agent takes --snapshot, --table and --force; --pattern, --schema and --target are"
+                         " for restores run on this host")
+    order = RestoreOrder(args.db, args.into, args.snapshot, tuple(args.table), overwrite=args.force)
+    job = await engine.dispatch_restore(order, identity(args))
+    warn(f"queued as fleet job {job.id} for agent {job.agent}; waiting for it")
+    seen: list[str] = []
+
+    def progress(j: Any) -> None:
+        phase = str((j.progress or {}).get("phase") or "")
+        if phase and phase not in seen:
+            seen.append(phase)
+            warn(f"agent {j.agent}: {phase}")
+
+    done = await engine.wait_for_fleet_job(job.id, progress)
+    result = done.result or {}
+    if args.json:
+        print_json({"job": done.id, "agent": done.agent, **result})
+    else:
+        print(f"agent {done.agent} restored snapshot {str(result.get('snapshot', ''))[:8]} of {args.db} into "
+              f"{args.into} in {float(result.get('duration_s') or 0):.1f} s (fleet job {done.id})")
     return EXIT_OK
 
 
@@ -233,6 +263,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="restore every table of this schema (repeatable)")
     p.add_argument("--force", action="store_true",
                    help="if --into exists, replace it (operator with a one-time code; the old one is kept aside)")
+    p.add_argument("--by-agent", action="store_true",
+                   help="on a fleet's catalog: have the agent beside the database run it (the code for --force is "
+                        "checked here, by the control plane); waits and shows its progress")
     completes(p.add_argument("--target", metavar="NAME",
                              help="read only from this target (default: any intact copy, first target first)"),
               "targets")
