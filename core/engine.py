@@ -25,7 +25,7 @@ from core.context import EngineContext
 from core.drills.model import DrillReport
 from core.drills.runner import DrillRequest, run_drill
 from core.drills.seal import DrillVerification
-from core.errors import ConfigError, UsageError
+from core.errors import CatalogError, ConfigError, UsageError
 
 if TYPE_CHECKING:
     from core.fleet.queue import AgentRow, ControlPlane, FleetJob
@@ -422,6 +422,24 @@ class Engine:
         from core.ops.fleet_admin import register_agent
 
         await register_agent(self.ctx, name, role, databases, create_role=create_role, who=who)
+
+    def agent_for(self, db: str) -> AgentRow | None:
+        """The live agent registered for ``db`` (PostgreSQL catalog; None on SQLite or when none is alive).
+
+        Blocking; a control plane that cannot be read raises CatalogError.
+        """
+        if not self.config.catalog.is_postgres:
+            return None
+        import psycopg
+
+        from core.fleet.dispatch import pick_agent
+
+        try:
+            agents = self.agents()
+        except psycopg.Error as exc:
+            raise CatalogError(f"the control plane's agents cannot be read: {str(exc).strip().splitlines()[0]}"
+                               ) from None
+        return pick_agent(agents, db, time.time())
 
     def fleet_jobs(self, limit: int = 200) -> list[FleetJob]:
         """The fleet's newest jobs with their agent, state, attempt and last reported progress (blocking)."""

@@ -10,6 +10,12 @@ A point in time (a moment, not a snapshot) lets the planner offer a physical
 snapshot plus archived WAL; the whole cluster is then recovered into a new
 data directory (absent or empty: nothing is overwritten, so no MFA code is
 asked, as for a restore into a new database).
+
+On a PostgreSQL catalog a logical restore is handed to the live agent that
+serves the database (it can reach the destination server); the console shows
+the fleet job's progress. A restore over the live database still asks for the
+code here, and the control plane checks it before queueing: the agent never
+sees a code. With no live agent the restore runs from this host, with a warning.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import re
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from core.engine import PhysicalRestoreRequest, PhysicalRestoreResult, RestoreResult, make_target
 from core.errors import AuthError, BackstopError
@@ -39,6 +45,9 @@ from tui.bridge import JobChanged, JobProgressed
 from tui.host import ConsoleHost
 from tui.screens.base import ConsoleScreen
 from tui.screens.modals import DestructiveApproval, DestructiveConfirmScreen
+
+if TYPE_CHECKING:  # the queue's module brings psycopg: the wizard needs only its row types
+    from core.fleet.queue import AgentRow, FleetJob
 
 SEVERITY_TEXT = {
     Severity.LOW: "Low: some rows or one table are wrong or gone",
@@ -70,6 +79,7 @@ class WizardState:
     error: str | None = None
     pgdata: str = ""  # a point-in-time recovery's new data directory
     physical_result: PhysicalRestoreResult | None = None
+    fleet_job: tuple[int, str] | None = None  # (job id, agent) of a restore handed to an agent
 
     @property
     def physical(self) -> bool:
@@ -104,6 +114,16 @@ def pgdata_problem(text: str) -> str | None:
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         return f"{path} exists and is not an empty directory: choose a new one (nothing is overwritten)."
     return None
+
+
+def fleet_result(db: str, job: FleetJob) -> RestoreResult:
+    """What an agent reported for a finished restore job, as the wizard's result."""
+    r = job.result or {}
+    warnings = [f"the previous database is kept as {r['kept_aside']}"] if r.get("kept_aside") else []
+    warnings.append(f"restored by agent {job.agent} (fleet job {job.id})")
+    return RestoreResult(snapshot_id=str(r.get("snapshot") or ""), db=db, into=str(r.get("into") or ""),
+                         tables=[str(t) for t in r.get("tables") or []], bytes=int(r.get("bytes") or 0),
+                         duration_s=float(r.get("duration_s") or 0.0), warnings=warnings)
 
 
 def plan_text(p: RestorePlan) -> str:
@@ -250,7 +270,8 @@ class RestoreScreen(ConsoleScreen):
     def action_step_back(self) -> None:
         """Escape: one step back; at the first step, back to the previous screen."""
         if self.step == "progress":
-            self.notify("The restore keeps running; its progress is on screens 1 and 2 too.")
+            self.notify("The restore keeps running; its progress is on screen 0 (Fleet) too." if self.state.fleet_job
+                        else "The restore keeps running; its progress is on screens 1 and 2 too.")
             return
         if self.step == "result" or not self.history:
             if self.step == "result":
@@ -621,6 +642,7 @@ class RestoreScreen(ConsoleScreen):
     def start_restore(self) -> None:
         """Go to the progress step and run the restore in a worker."""
         self.query_one("#restore-log", Log).clear()
+        self.state.fleet_job = None
         self.query_one("#progress-text", Static).update("starting …")
         bar = self.query_one("#restore-progress", ProgressBar)
         bar.update(total=None, progress=0)
@@ -635,7 +657,10 @@ class RestoreScreen(ConsoleScreen):
             if s.physical:
                 await self._run_physical()
                 return
-            if s.over_live:
+            agent, no_agent = await self._fleet_agent(s.db)
+            if agent is not None:
+                s.result = await self._run_by_agent()
+            elif s.over_live:
                 assert s.approval is not None
                 who = Identity(self.host.operator, s.approval.code)
                 over = await self.engine.restore_over(s.db, self.engine.live_database(s.db), s.plan.source.id,
@@ -646,6 +671,8 @@ class RestoreScreen(ConsoleScreen):
                 s.result = await self.engine.restore(s.db, s.destination, s.plan.source.id, list(s.plan.tables),
                                                      target=s.plan.target,
                                                      kind="drill" if s.incident is Incident.DRILL else "restore")
+            if no_agent:
+                s.result = replace(s.result, warnings=[*s.result.warnings, no_agent])
             s.error = None
         except AuthError as exc:
             s.error = f"REFUSED by the MFA gate: {exc}"
@@ -654,6 +681,56 @@ class RestoreScreen(ConsoleScreen):
             s.error = str(exc)
             s.result = None
         self.show_result()
+
+    async def _fleet_agent(self, db: str) -> tuple[AgentRow | None, str | None]:
+        """The live agent serving ``db`` on a PostgreSQL catalog, or None and why the restore runs here."""
+        if not self.engine.config.catalog.is_postgres or self.state.incident is Incident.DRILL:
+            return None, None  # a test restore proves this host's path; it is recorded as a drill here
+        problem: str | None = None
+        try:
+            agent = await asyncio.to_thread(self.engine.agent_for, db)
+        except BackstopError as exc:
+            agent, problem = None, str(exc).strip().splitlines()[0]
+        if agent is not None:
+            return agent, None
+        why = f"the agents could not be read ({problem})" if problem else f"no live agent serves {db}"
+        note = f"{why}: restored from this host (start `backstop agent` beside {db} to restore there)"
+        self.query_one("#restore-log", Log).write_line(note)
+        return None, note
+
+    async def _run_by_agent(self) -> RestoreResult:
+        """Queue the restore for the agent (the code checked here first when it overwrites) and follow it."""
+        from core.fleet.restore_dispatch import RestoreOrder
+
+        s = self.state
+        assert s.plan is not None and s.plan.source is not None and s.db is not None
+        who = None
+        if s.over_live:
+            assert s.approval is not None
+            who = Identity(self.host.operator, s.approval.code)
+        into = self.engine.live_database(s.db) if s.over_live else s.destination
+        order = RestoreOrder(s.db, into, s.plan.source.id, tuple(s.plan.tables), overwrite=s.over_live)
+        job = await self.engine.dispatch_restore(order, who)
+        s.fleet_job = (job.id, job.agent)
+        log = self.query_one("#restore-log", Log)
+        log.write_line(f"queued as fleet job {job.id} for agent {job.agent}")
+        self.query_one("#progress-text", Static).update(f"queued for agent {job.agent} …")
+        phases: list[str] = []
+
+        def progress(j: FleetJob) -> None:
+            # Called in this worker's coroutine, on the app's loop: widgets may be updated directly.
+            p = j.progress or {}
+            phase = str(p.get("phase") or "")
+            if phase and phase not in phases:
+                phases.append(phase)
+                log.write_line(f"agent {j.agent}: {phase}")
+            total = int(p.get("bytes_total") or 0)
+            self._show_progress(phase or "running", int(p.get("bytes_done") or 0), total or None,
+                                float(p.get("rate") or 0.0))
+
+        done = await self.engine.wait_for_fleet_job(job.id, progress)
+        log.write_line(f"fleet job {done.id}: {done.state}")
+        return fleet_result(s.db, done)
 
     async def _run_physical(self) -> None:
         """Write the physical snapshot into the new data directory, set up to recover to the planned moment."""
@@ -705,7 +782,9 @@ class RestoreScreen(ConsoleScreen):
             text.update(f"RESTORED snapshot {r.snapshot_id[:8]} of {r.db} into {r.into} "
                         f"({', '.join(r.tables) or 'whole database'})\n"
                         f"measured {fmt.duration(r.duration_s)}{vs}{rto}; {fmt.size(r.bytes)} read\n"
-                        f"recorded in the catalog: it counts in Average Recovery Time and on screen 5.{warn}")
+                        + (f"recorded by agent {s.fleet_job[1]} in its catalog; fleet job {s.fleet_job[0]} is on "
+                           f"screen 0.{warn}" if s.fleet_job else
+                           f"recorded in the catalog: it counts in Average Recovery Time and on screen 5.{warn}"))
         else:
             if s.error and s.error.startswith("REFUSED"):
                 text.update(f"{s.error}\nNothing was changed; the refusal is in the audit log (screen 8).")
@@ -745,7 +824,11 @@ class RestoreScreen(ConsoleScreen):
     def job_progress(self, msg: JobProgressed) -> None:
         if msg.job_id != self.state.job_id:
             return
-        self.query_one("#restore-progress", ProgressBar).update(total=msg.total or None, progress=msg.done)
+        self._show_progress(msg.phase, msg.done, msg.total, msg.rate)
+
+    def _show_progress(self, phase: str, done: int, total: int | None, rate: float) -> None:
+        """The bar and its line, for a restore run here or by an agent."""
+        self.query_one("#restore-progress", ProgressBar).update(total=total or None, progress=done)
         self.query_one("#progress-text", Static).update(
-            f"{msg.phase}: {fmt.size(msg.done)} of {fmt.size(msg.total)} at {fmt.size(msg.rate)}/s, "
-            f"eta {fmt.eta(msg.done, msg.total, msg.rate)}")
+            f"{phase}: {fmt.size(done)} of {fmt.size(total)} at {fmt.size(rate)}/s, "
+            f"eta {fmt.eta(done, total, rate)}")
