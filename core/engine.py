@@ -432,7 +432,7 @@ class Engine:
             return None
         import psycopg
 
-        from core.fleet.dispatch import pick_agent
+        from core.fleet.routing import pick_agent
 
         try:
             agents = self.agents()

@@ -143,6 +143,10 @@ class DrillFailed(BackstopError):
     """A restore drill failed a check or a step (its report says which)."""
 
 
+class AgentJobFailed(BackstopError):
+    """A job a fleet agent ran failed after its retries (the agent's error, or that it stopped reporting)."""
+
+
 class NotFound(BackstopError):
     """A snapshot, database or job that was asked for does not exist."""
 

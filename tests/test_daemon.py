@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import time
 from collections.abc import Callable
@@ -23,16 +22,22 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 import yaml
 
 from tests.fixtures.backstop import BACKSTOP, local_target
+from tests.fixtures.catalogs import catalog_db
+
+# One host's daemon running the work itself: the SQLite case (on a PostgreSQL catalog the daemon only
+# schedules and agents run the work: tests/test_fleet_agents.py).
+pytestmark = pytest.mark.sqlite_catalog
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _rows(catalog: Path, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(f"file:{catalog}?mode=ro", uri=True, timeout=30) as db:
-        return db.execute(sql, args).fetchall()
+    with catalog_db(catalog, read_only=True) as db:
+        return list(db.execute(sql, args).fetchall())
 
 
 def _wait(what: str, cond: Callable[[], bool], timeout: float, proc: subprocess.Popen[str]) -> None:

@@ -12,7 +12,6 @@ import json
 import os
 import random
 import re
-import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from core.schedule.scheduler import Scheduler
 
 import tests.test_pitr as pitr_tests
 from tests.fixtures.backstop import Setup, local_target, s3_target_dict
+from tests.fixtures.catalogs import catalog_db
 from tests.fixtures.s3 import new_bucket
 from tests.fixtures.tamper import flip_byte
 from tests.test_pitr import DB, Pitr, _archive_now, _rows
@@ -147,8 +147,10 @@ async def test_scheduled_drills_rotate_across_targets(tmp_path: Path, pg_cluster
     for d in drills:
         ok = setup.cli("drill", "verify", d.id)
         assert ok.returncode == 0 and "MAC verifies" in ok.stdout and "local1" in ok.stdout, ok.stdout + ok.stderr
-    with sqlite3.connect(setup.dir / "catalog.db") as db:
-        db.execute("UPDATE drills SET report = json_set(report, '$.recovery_s', 0.5) WHERE id = ?", (drills[0].id,))
+    with catalog_db(setup.dir / "catalog.db") as db:
+        (text,) = db.execute("SELECT report FROM drills WHERE id = ?", (drills[0].id,)).fetchone()
+        db.execute("UPDATE drills SET report = ? WHERE id = ?",
+                   (json.dumps({**json.loads(text), "recovery_s": 0.5}), drills[0].id))
     edited = setup.cli("drill", "verify", drills[0].id)
     assert edited.returncode == 1 and "recovery_s" in edited.stdout + edited.stderr, edited.stdout + edited.stderr
 

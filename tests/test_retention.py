@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from core.catalog.store import Catalog
+from core.catalog.open import open_catalog
 from core.config import RetentionConfig, parse_config
 from core.engine import Engine
 from core.errors import ConfigError
@@ -242,7 +242,7 @@ def _enrol(setup: Setup) -> CodeBook:
 
 def _snapshot_ids(setup: Setup) -> list[str]:
     """The catalog's snapshots, read in-process (a CLI start costs seconds on a loaded machine)."""
-    cat = Catalog(setup.dir / "catalog.db")
+    cat = open_catalog(setup.config.catalog)
     try:
         return [s.id for s in cat.snapshots()]
     finally:
@@ -314,7 +314,7 @@ def test_forget_by_rules_trims_the_wal_the_forgotten_physical_snapshot_needed(  
     old = physical_record("a" * 64, "pg", "2026-11-30T01:00:00+00:00", "2026-11-30T01:10:00+00:00", 3, 4)
     new = physical_record("b" * 64, "pg", "2026-12-01T01:00:00+00:00", "2026-12-01T01:10:00+00:00", 6, 7)
     add_snapshots(setup.dir / "catalog.db", [old, new])
-    cat = Catalog(setup.dir / "catalog.db")
+    cat = open_catalog(setup.config.catalog)
     cat.learn_system("pg", str(SYSID))
     cat.close()
 

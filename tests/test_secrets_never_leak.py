@@ -8,9 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from core.security.totp import secret_base32
+
 from tests.fixtures.backstop import local_target, s3_target_dict
+from tests.fixtures.catalogs import catalog_db
 from tests.fixtures.otp import secret_from_uri
 from tests.fixtures.s3 import new_bucket
 
@@ -21,12 +22,15 @@ WRONG_S3_SECRET = "S3wrong-KKD4410-never-shown"
 
 def _catalog_text(db: Path) -> str:
     """Every row of every table (jobs, job events, audit log, operators, ...) as text."""
-    conn = sqlite3.connect(db)
-    try:
-        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        return "\n".join(repr(row) for t in tables for row in conn.execute(f'SELECT * FROM "{t}"'))
-    finally:
-        conn.close()
+    with catalog_db(db) as conn:
+        if isinstance(conn, sqlite3.Connection):
+            tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        else:  # PostgreSQL: the catalog's tables and the fleet queue's
+            tables = [f"{r[0]}.{r[1]}" for r in conn.execute(
+                "SELECT table_schema, table_name FROM information_schema.tables WHERE table_schema IN"
+                " ('public', 'fleet') AND table_type = 'BASE TABLE'")]
+        return "\n".join(repr(row) for t in tables for row in conn.execute(
+            f'SELECT * FROM {t}' if "." in t else f'SELECT * FROM "{t}"'))
 
 
 @pytest.fixture
@@ -93,8 +97,8 @@ def test_secrets_never_leak(tmp_path: Path, distinctive_s3_secret: str, s3_serve
     for s in [PASSPHRASE.encode(), S3_SECRET.encode(), secret, *(f.encode() for f in totp_forms)]:
         assert s not in raw
     # The stored TOTP secret is sealed: present, but not as the secret.
-    with sqlite3.connect(db) as conn:
-        sealed = conn.execute("SELECT secret_sealed FROM operators WHERE name='alice'").fetchone()[0]
+    with catalog_db(db) as conn:
+        sealed = bytes(conn.execute("SELECT secret_sealed FROM operators WHERE name='alice'").fetchone()[0])
     assert len(sealed) == 12 + len(secret) + 16 and secret not in sealed
     for p in repo.rglob("*"):
         if p.is_file():

@@ -9,16 +9,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
 import psycopg
-
 from core.postgres.fingerprint import fingerprint
 from core.sandbox.warranty import append_claims
+
 from tests.fixtures.backstop import Setup, local_target
+from tests.fixtures.catalogs import catalog_db
 from tests.fixtures.otp import CodeBook, secret_from_uri
 from tests.fixtures.tamper import sql
 
@@ -155,17 +155,18 @@ def test_each_destructive_action_needs_role_and_fresh_code(tmp_path: Path, pg_cl
 # -- tampering with the audit log ------------------------------------------------------------------
 
 
+_AUDIT_COLS = "seq, ts, operator, host, action, subject, outcome, detail, prev, mac"
+
+
 def _rows(db: Path) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(db) as conn:
-        return conn.execute("SELECT * FROM audit_log ORDER BY seq").fetchall()
+    with catalog_db(db) as conn:
+        return list(conn.execute(f"SELECT {_AUDIT_COLS} FROM audit_log ORDER BY seq").fetchall())
 
 
 def _restore_rows(db: Path, rows: list[tuple[Any, ...]]) -> None:
-    conn = sqlite3.connect(db)
-    with conn:
+    with catalog_db(db) as conn:
         conn.execute("DELETE FROM audit_log")
-        conn.executemany(f"INSERT INTO audit_log VALUES ({','.join('?' * len(rows[0]))})", rows)
-    conn.close()
+        conn.executemany(f"INSERT INTO audit_log ({_AUDIT_COLS}) VALUES ({','.join('?' * len(rows[0]))})", rows)
 
 
 _sql = sql  # statements on the catalog, as someone with write access to the file would run them
@@ -389,7 +390,6 @@ def test_enrolment_draws_a_qr_code_on_a_terminal(tmp_path: Path, setup_factory) 
 async def test_settings_changes_go_through_the_same_gate(tmp_path: Path, setup_factory) -> None:  # type: ignore[no-untyped-def]
     """The engine API the console uses: the change runs only after the gate allowed it, and is audited."""
     import pytest
-
     from core.engine import Engine
     from core.errors import AuthError, MfaRequired
     from core.security.gate import Action, Identity

@@ -8,7 +8,6 @@ from the engine's effective config, and through `settings show`.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import yaml
 from core.settings.sections import diff, extract, replace
 
 from tests.fixtures.backstop import Setup, local_target
+from tests.fixtures.catalogs import catalog_db
 from tests.fixtures.otp import CodeBook, rfc6238, secret_from_uri
 
 NOTICE = "settings changed in the config wait for approval: run `backstop settings diff`"
@@ -119,7 +119,7 @@ def test_retention_edit_waits_for_an_approval_with_a_fresh_code(tmp_path: Path, 
     assert setup.cli("audit", "verify").returncode == 0
 
     # An edited catalog copy does not weaken them either: forget checks it against the repository's.
-    with sqlite3.connect(setup.dir / "catalog.db") as conn:
+    with catalog_db(setup.dir / "catalog.db") as conn:
         (text,) = conn.execute("SELECT value FROM security_state WHERE key='settings:approved'").fetchone()
         forged = json.loads(text)
         forged["sections"]["retention:warranty"] = {"keep_last": 5}

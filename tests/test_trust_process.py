@@ -171,7 +171,9 @@ def test_prune_removes_leftovers_older_than_the_grace_period(tmp_path, setup_fac
 def test_catalog_and_repository_files_are_private(tmp_path, make_warranty_db, setup_factory) -> None:  # type: ignore[no-untyped-def]
     _, dsn = make_warranty_db(claims=200)
     repo = tmp_path / "repo"
-    setup = setup_factory([local_target(repo)], [{"name": "warranty", "dsn": dsn}])
+    # About the SQLite file's modes, whichever back end the rest of the suite runs on.
+    setup = setup_factory([local_target(repo)], [{"name": "warranty", "dsn": dsn}],
+                          catalog={"url": f"sqlite:///{tmp_path / 'files' / 'catalog.db'}"})
     old = os.umask(0o022)
     try:
         setup.cli("init", check=True)
@@ -179,7 +181,7 @@ def test_catalog_and_repository_files_are_private(tmp_path, make_warranty_db, se
         _enrol_admin(setup)
     finally:
         os.umask(old)
-    cat = [p for p in setup.dir.glob("catalog.db*")]
+    cat = [p for p in (tmp_path / "files").glob("catalog.db*")]
     assert cat
     for p in [*cat, *[p for p in repo.rglob("*") if p.is_file()]]:
         assert stat.S_IMODE(p.stat().st_mode) == 0o600, p

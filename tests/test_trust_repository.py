@@ -12,10 +12,11 @@ import shutil
 from pathlib import Path
 
 import psycopg
-
 from core.postgres.fingerprint import fingerprint
 from core.sandbox.warranty import append_claims
+
 from tests.fixtures.backstop import Setup, local_target, s3_target_dict
+from tests.fixtures.catalogs import lose_catalog
 from tests.fixtures.s3 import new_bucket
 from tests.fixtures.tamper import check_json, db_exists, flip_byte, objects, packs
 
@@ -275,8 +276,7 @@ def test_lost_catalog_is_named_and_snapshot_refs_are_not_patterns(tmp_path, make
     for ref in ("____", "%%%%", "ab%_"):
         out = setup.cli("restore", "--db", "warranty", "--snapshot", ref, "--into", "nope")
         assert out.returncode == 2 and "not a snapshot id" in out.stderr, (ref, out.stderr)
-    for f in setup.dir.glob("catalog.db*"):
-        f.unlink()
+    lose_catalog(setup.config.catalog.url, setup.dir)
     out = setup.cli("restore", "--db", "warranty", "--into", "nope")
     assert out.returncode == 2 and "catalog rebuild" in out.stderr and "backstop backup" not in out.stderr
 
@@ -318,7 +318,6 @@ def test_init_restores_an_emptied_keys_directory(tmp_path, setup_factory):  # ty
 
 def test_key_object_damage_is_told_from_a_wrong_passphrase() -> None:
     import pytest
-
     from core.errors import IntegrityError, WrongKey
     from core.repository.keys import KdfParams, new_data_key, unwrap_data_key, wrap_data_key
 

@@ -14,9 +14,14 @@ import subprocess
 import uuid
 from pathlib import Path
 
+import pytest
+
 from tests.fixtures.backstop import BACKSTOP, Setup, local_target
 from tests.fixtures.otp import CodeBook, secret_from_uri
 from tests.fixtures.tamper import copy_catalog, sql, sql_rows
+
+# Attacks on the SQLite catalog's file (copied back, deleted, rolled back): SQLite whatever the suite runs on.
+pytestmark = pytest.mark.sqlite_catalog
 
 
 def _enrol(setup: Setup, name: str, role: str, admin: tuple[str, CodeBook] | None = None) -> CodeBook:

@@ -17,31 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from core.errors import BackstopError, CatalogError, ConfigError
-from core.fleet.queue import AgentRow, ControlPlane
+from core.errors import CatalogError, ConfigError
+from core.fleet.queue import ControlPlane
+from core.fleet.routing import AgentJobFailed, pick_agent
 from core.schedule.config import ScheduleConfig
 
 if TYPE_CHECKING:
     from core.engine import Engine
 
 log = logging.getLogger("backstop.daemon")
-
-# An agent counts as alive while its last heartbeat is this recent.
-ALIVE_S = 90.0
-
-
-class AgentJobFailed(BackstopError):
-    """A job an agent ran failed after its retries (the agent's error, or that it stopped reporting)."""
-
-
-def pick_agent(agents: list[AgentRow], db: str | None, now: float, alive_s: float = ALIVE_S) -> AgentRow | None:
-    """The live agent that serves ``db`` (any live agent for work without a database), freshest first."""
-    live = [a for a in agents if a.heartbeat_at is not None and now - a.heartbeat_at.timestamp() <= alive_s]
-    if db is not None:
-        live = [a for a in live if db in a.databases]
-    live.sort(key=lambda a: a.heartbeat_at.timestamp() if a.heartbeat_at else 0.0, reverse=True)
-    return live[0] if live else None
-
 
 def schedule_args(schedule: ScheduleConfig) -> dict[str, object]:
     """A schedule as a job's JSON arguments, in the config's own forms (durations as seconds)."""

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from core.errors import ConfigError
-from core.fleet.dispatch import AgentJobFailed, pick_agent
 from core.fleet.queue import ControlPlane, FleetJob
+from core.fleet.routing import AgentJobFailed, pick_agent
 from core.security.gate import Action, Identity, default_identity
 from core.security.guard import Guard
 

@@ -1,0 +1,20 @@
+"""Which agent gets a job: the live one registered for the job's database."""
+
+from __future__ import annotations
+
+from core.errors import AgentJobFailed
+from core.fleet.queue import AgentRow
+
+__all__ = ["ALIVE_S", "AgentJobFailed", "pick_agent"]
+
+# An agent counts as alive while its last heartbeat is this recent.
+ALIVE_S = 90.0
+
+
+def pick_agent(agents: list[AgentRow], db: str | None, now: float, alive_s: float = ALIVE_S) -> AgentRow | None:
+    """The live agent that serves ``db`` (any live agent for work without a database), freshest first."""
+    live = [a for a in agents if a.heartbeat_at is not None and now - a.heartbeat_at.timestamp() <= alive_s]
+    if db is not None:
+        live = [a for a in live if db in a.databases]
+    live.sort(key=lambda a: a.heartbeat_at.timestamp() if a.heartbeat_at else 0.0, reverse=True)
+    return live[0] if live else None
