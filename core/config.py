@@ -449,7 +449,8 @@ class FleetConfig(_Strict):
     """``fleet:``: this host's agent, the control plane it takes work from, and how often it reports."""
 
     # The agent's name in the control plane (`backstop agents`); its login role is registered under it.
-    agent: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    # At most 48 characters: its wake-up channel (backstop_agent_NAME) must fit PostgreSQL's 63.
+    agent: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$")
     # The control plane's catalog, reached as the agent's own role: postgresql://ROLE@host:port/dbname.
     control_plane: str
     # Presence and each running job's lease are renewed this often; a job whose lease (lease_s) lapses is

@@ -85,7 +85,9 @@ def test_an_agent_claims_only_its_own_jobs_and_cannot_touch_anything_else(fleet:
     assert listed["host-a"].mismatch == ["payroll"]
     assert a.request("backup", "payroll", "changed_rows: made up") is None
     assert a.request("backup", "warranty", "changed_rows: 10 rows") is None  # a1, a backup there, still runs
-    assert a.request("verify", "warranty", "max_age: 30h since the last check") is not None
+    assert a.request("verify", "warranty", "max_age: 30h since the last check") is None  # only backups
+    assert a.finish(got_a, ok=True)
+    assert a.request("backup", "warranty", "changed_rows: 10 rows") is not None  # now nothing runs there
     assert listed["host-a"].heartbeat_at is not None and listed["host-b"].heartbeat_at is None
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 from datetime import UTC, datetime
@@ -68,12 +69,8 @@ class Agent:
 
     def _session(self) -> AgentSession:
         if self._conn is None or self._conn.closed:
-            try:
-                self._conn = psycopg.connect(self.fleet.control_plane, autocommit=True, connect_timeout=10,
-                                             application_name=f"backstop-agent {self.fleet.agent}")
-            except psycopg.Error as exc:
-                raise ConfigError(f"fleet.control_plane: cannot reach the control plane as this agent's role:"
-                                  f" {str(exc).strip().splitlines()[0]}") from None
+            self._conn = psycopg.connect(self.fleet.control_plane, autocommit=True, connect_timeout=10,
+                                         application_name=f"backstop-agent {self.fleet.agent}")
         return AgentSession(self._conn)
 
     def stop(self) -> None:
@@ -96,19 +93,32 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
-        await self._beat()
-        listener = await self._listen()
+        try:
+            await self._beat()
+            listener = await self._listen()
+        except psycopg.Error as exc:
+            raise ConfigError(f"fleet.control_plane: cannot reach the control plane as this agent's role:"
+                              f" {_first_line(exc)}") from None
         log.info("agent %s started for %s (pid %s)", self.fleet.agent, ", ".join(self.databases) or "no databases",
-                 __import__("os").getpid())
+                 os.getpid())
         try:
             while not self._stop.is_set():
-                job = await asyncio.to_thread(self._session().claim, self.fleet.lease_s)
-                if job is not None:
-                    await self._run(job)
-                    continue
-                if self.once:
-                    break
-                await self._idle(listener)
+                try:
+                    job = await asyncio.to_thread(self._session().claim, self.fleet.lease_s)
+                    if job is not None:
+                        await self._run(job)
+                        continue
+                    if self.once:
+                        break
+                    await self._idle(listener)
+                except psycopg.Error as exc:
+                    # The control plane restarted or the network dropped: keep trying; a job in hand was
+                    # given up (its lease lapses and the control plane retries it).
+                    log.warning("the control plane is unreachable (%s); trying again in %.0f s",
+                                _first_line(exc), self.fleet.poll_s)
+                    await self._pause(self.fleet.poll_s)
+                    await listener.close()
+                    listener = await self._reconnect_listener()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
@@ -117,6 +127,21 @@ class Agent:
                 self._conn.close()
             log.info("agent %s stopped", self.fleet.agent)
         return 0
+
+    async def _pause(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
+
+    async def _reconnect_listener(self) -> psycopg.AsyncConnection[Any]:
+        while True:
+            try:
+                return await self._listen()
+            except psycopg.Error as exc:
+                if self._stop.is_set():
+                    raise ConfigError(f"stopped while the control plane was unreachable: {exc}") from None
+                await self._pause(self.fleet.poll_s)
 
     async def _idle(self, listener: psycopg.AsyncConnection[Any]) -> None:
         """Wait for a notification, the fallback poll, the next heartbeat or a stop, whichever comes first."""
@@ -201,28 +226,43 @@ class Agent:
         unsubscribe = self.engine.bus.subscribe(self._on_event)
         slot = datetime.fromisoformat(str(job.args["slot"])) if "slot" in job.args else datetime.now(UTC)
         work = asyncio.ensure_future(self._execute(job, slot))
+        stopping = asyncio.ensure_future(self._stop.wait())
         try:
             while True:
-                done, _ = await asyncio.wait({work}, timeout=self.fleet.heartbeat_s)
-                if done:
+                done, _ = await asyncio.wait({work, stopping}, timeout=self.fleet.heartbeat_s,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if work in done:
                     break
-                alive = await asyncio.to_thread(self._session().heartbeat, job, dict(self._progress),
-                                                self.fleet.lease_s)
+                if stopping in done:
+                    log.warning("job %d: stopping (SIGTERM); the job is handed back to be retried", job.id)
+                    work.cancel()
+                    await asyncio.gather(work, return_exceptions=True)
+                    await asyncio.to_thread(self._session().finish, job, False,
+                                            "the agent was stopped in the middle of the job", None)
+                    return
+                try:
+                    alive = await asyncio.to_thread(self._session().heartbeat, job, dict(self._progress),
+                                                    self.fleet.lease_s)
+                except psycopg.Error as exc:
+                    # Without a renewed lease the control plane will hand the job to another attempt: stop now
+                    # rather than risk running it twice.
+                    log.error("job %d: cannot renew its lease (%s)", job.id, _first_line(exc))
+                    alive = False
                 if not alive:
-                    log.error("job %d: the control plane took it back (lease lapsed); stopping the work here", job.id)
+                    log.error("job %d: the lease is lost; stopping the work here (it is retried by policy)", job.id)
                     work.cancel()
                     await asyncio.gather(work, return_exceptions=True)
                     return
-                await asyncio.to_thread(self._session().beat, socket.gethostname(), __version__, self.databases)
         finally:
             unsubscribe()
+            stopping.cancel()
         try:
             result = work.result()
         except Exception as exc:  # noqa: BLE001 - whatever broke, the job is reported failed, not left to the reaper
             if not isinstance(exc, BackstopError):
                 log.exception("job %d failed unexpectedly", job.id)
             log.error("job %d failed: %s", job.id, exc)
-            await asyncio.to_thread(self._session().finish, job, False, str(exc).splitlines()[0],
+            await asyncio.to_thread(self._session().finish, job, False, _first_line(exc),
                                     {"error_class": type(exc).__name__})
             return
         await asyncio.to_thread(self._session().finish, job, True, None, _json_safe(result))
@@ -241,6 +281,11 @@ class Agent:
             return await sample(db.dsn)
         except BackstopError:
             return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _json_safe(value: dict[str, object]) -> dict[str, object]:

@@ -9,7 +9,8 @@ from core.errors import ConfigError, UsageError
 from core.security.gate import Action, Identity, default_identity
 from core.security.guard import Guard
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+# Its wake-up channel, backstop_agent_NAME, must fit PostgreSQL's 63 characters.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$")
 _ROLE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -19,7 +20,7 @@ async def register_agent(ctx: EngineContext, name: str, role: str, databases: li
     from core.fleet.queue import ControlPlane
 
     if not _NAME.fullmatch(name):
-        raise UsageError(f"agent name {name!r}: letters, digits, '.', '_' and '-', up to 63")
+        raise UsageError(f"agent name {name!r}: letters, digits, '.', '_' and '-', up to 48")
     if not _ROLE.fullmatch(role):
         raise UsageError(f"role {role!r}: lower-case letters, digits and '_', up to 63 (a PostgreSQL role name)")
     known = {d.name for d in ctx.config.databases}
