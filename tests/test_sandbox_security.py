@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -139,6 +140,11 @@ def test_demo_runs_in_password_mode(sandbox: Path) -> None:
     agent = subprocess.Popen([*BACKSTOP, "--config", str(fleet / "agent.yaml"), "agent"], stdin=subprocess.DEVNULL,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
+        deadline = time.monotonic() + 60
+        while not any(a["heartbeat_at"] for a in json.loads(subprocess.run(
+                [*control, "agents", "--json"], capture_output=True, text=True, timeout=120, check=True).stdout)):
+            assert time.monotonic() < deadline and agent.poll() is None, "the sandbox's agent never reported"
+            time.sleep(0.2)
         run = subprocess.run([*control, "schedule", "run", "hourly"], capture_output=True, text=True, timeout=300,
                              stdin=subprocess.DEVNULL)
         assert run.returncode == 0, run.stdout + run.stderr
