@@ -25,7 +25,7 @@ from core.context import EngineContext
 from core.drills.model import DrillReport
 from core.drills.runner import DrillRequest, run_drill
 from core.drills.seal import DrillVerification
-from core.errors import CatalogError, ConfigError, UsageError
+from core.errors import CatalogError, UsageError
 
 if TYPE_CHECKING:
     from core.fleet.queue import AgentRow, ControlPlane, FleetJob
@@ -404,13 +404,9 @@ class Engine:
     # -- the console's read side ------------------------------------------------------------
 
     def _control_plane(self) -> ControlPlane:
-        from core.fleet.queue import ControlPlane
+        from core.fleet.routing import control_plane
 
-        conn = getattr(self.catalog, "connection", None)
-        if not self.config.catalog.is_postgres or conn is None:
-            raise ConfigError("the fleet needs the catalog on PostgreSQL (catalog.url: postgresql://...); move it"
-                              " with `backstop catalog migrate --to URL`")
-        return ControlPlane(conn.raw)
+        return control_plane(self.ctx)
 
     def agents(self) -> list[AgentRow]:
         """The fleet's agents with their last heartbeat (PostgreSQL catalog only; blocking)."""
@@ -433,12 +429,12 @@ class Engine:
         import psycopg
 
         from core.fleet.routing import pick_agent
+        from core.postgres.tools import first_line
 
         try:
             agents = self.agents()
         except psycopg.Error as exc:
-            raise CatalogError(f"the control plane's agents cannot be read: {str(exc).strip().splitlines()[0]}"
-                               ) from None
+            raise CatalogError(f"the control plane's agents cannot be read: {first_line(exc)}") from None
         return pick_agent(agents, db, time.time())
 
     def fleet_jobs(self, limit: int = 200) -> list[FleetJob]:

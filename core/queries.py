@@ -55,27 +55,26 @@ class Queries:
         return self._q.changes()
 
     async def watch(self, interval: float) -> AsyncIterator[None]:
-        """Yield whenever the catalog changed (any process), checking every ``interval`` seconds.
+        """Yield whenever the catalog changed (any process), looking at least every ``interval`` seconds.
 
-        On PostgreSQL the feed is woken by NOTIFY (its ``wait``): a change shows at once, not at the next
-        check. The checks run in a thread; a check that fails (the catalog is being replaced, or is
-        locked, or the server restarts) is tried again at the next interval.
+        On PostgreSQL the feed's wait is woken by NOTIFY, so a change shows at once. The waits run in a
+        thread; one that fails (the catalog is being replaced, or is locked, or the server restarts) is
+        tried again after ``interval``.
         """
         feed = self.changes()
-        wait = getattr(feed, "wait", None)
         try:
+            try:
+                await asyncio.to_thread(feed.poll)  # watching from now on: a change from here on is seen
+            except Exception:  # noqa: BLE001 - the waits below look again
+                pass
             while True:
-                waited = False
                 try:
-                    changed = await asyncio.to_thread(feed.poll)
-                    if not changed and wait is not None:
-                        changed, waited = await asyncio.to_thread(wait, interval), True
-                except Exception:  # noqa: BLE001 - a catalog being replaced or locked: next tick
-                    changed = False
+                    changed = await asyncio.to_thread(feed.wait, interval)
+                except Exception:  # noqa: BLE001 - a catalog being replaced or locked: try again later
+                    await asyncio.sleep(interval)
+                    continue
                 if changed:
                     yield
-                elif not waited:
-                    await asyncio.sleep(interval)
         finally:
             feed.close()
 

@@ -365,11 +365,12 @@ def test_catalog_contract(contract) -> None:  # type: ignore[no-untyped-def]
     assert set(_protocol_methods(CatalogQueries)) - q_calls == set(), "query methods the contract does not exercise"
 
 
-def test_audit_appends_from_two_writers_interleave_into_one_chain(tmp_path: Path) -> None:
+@pytest.mark.both_catalogs
+def test_audit_appends_from_two_writers_interleave_into_one_chain(tmp_path: Path, catalog_at) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "catalog.db"
-    a, b = SqliteCatalog(path), SqliteCatalog(path)  # two connections, as two processes would have
+    a, b = catalog_at(path), catalog_at(path)  # two connections, as two processes (or hosts) would have
 
-    def append(cat: SqliteCatalog, who: str) -> None:
+    def append(cat: Any, who: str) -> None:
         log = AuditLog(cat, KEY)
         for i in range(40):
             log.append(who, "h", "prune", f"{who} {i}", "allowed", {"i": i}, 1_700_000_000.0 + i)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -109,26 +108,6 @@ def test_foreign_triggers_and_views_and_dropped_tables_are_named_then_repaired(
         feed.close()
     finally:
         cat.close()
-
-
-def test_audit_appends_from_two_connections_interleave_into_one_chain(pg_catalog_url: Callable[[], str]) -> None:
-    url = pg_catalog_url()
-    a, b = PostgresCatalog(url), PostgresCatalog(url)  # two connections, as two hosts would have
-
-    def append(cat: PostgresCatalog, who: str) -> None:
-        log = AuditLog(cat, KEY)
-        for i in range(30):
-            log.append(who, "h", "prune", f"{who} {i}", "allowed", {"i": i}, 1_700_000_000.0 + i)
-
-    threads = [threading.Thread(target=append, args=(c, w)) for c, w in ((a, "alice"), (b, "bob"))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    report = AuditLog(a, KEY).verify()
-    assert report.ok and report.entries == 60
-    a.close()
-    b.close()
 
 
 _WRITER = """

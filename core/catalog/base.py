@@ -72,6 +72,13 @@ class ChangeFeed(Protocol):
         watching and returns False). Cheap, but I/O: call it from a thread."""
         ...
 
+    def wait(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds for a commit (True when one came; False at once once closed).
+
+        SQLite looks again after the timeout; PostgreSQL is woken by NOTIFY as the commit happens.
+        Call it from a thread; :meth:`close` from another thread ends it."""
+        ...
+
     def close(self) -> None:
         """Stop watching and release the feed's connection."""
         ...

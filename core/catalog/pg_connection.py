@@ -26,6 +26,7 @@ from psycopg.adapt import Dumper, Loader
 from psycopg.pq import TransactionStatus
 
 from core.catalog.pg_dialect import WRITE_LOCK_KEY, translate
+from core.postgres.tools import first_line
 
 
 class _NumericLoader(Loader):
@@ -46,7 +47,7 @@ class _BoolAsIntDumper(Dumper):
 
 
 def _map_error(exc: psycopg.Error) -> sqlite3.Error:
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    message = first_line(exc)
     if isinstance(exc, psycopg.errors.IntegrityError):
         return sqlite3.IntegrityError(message)
     if isinstance(exc, psycopg.OperationalError | psycopg.errors.UndefinedTable | psycopg.errors.UndefinedColumn

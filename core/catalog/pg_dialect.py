@@ -22,7 +22,7 @@ Rewritten here:
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -51,41 +51,32 @@ class Statement:
         return [given[i - 1] for i in self.order]
 
 
-def _close_paren(sql: str, start: int) -> int:
-    """Index of the parenthesis closing the one opened just before ``start`` (quotes respected)."""
-    depth, i, quote = 1, start, ""
-    while i < len(sql):
+def _unquoted(sql: str, start: int = 0) -> Iterator[tuple[int, str, int]]:
+    """(index, character, depth) of each character outside quotes; depth counts the parentheses open after it."""
+    depth, quote = 0, ""
+    for i in range(start, len(sql)):
         ch = sql[i]
         if quote:
             if ch == quote:
                 quote = ""
-        elif ch in "'\"":
+            continue
+        if ch in "'\"":
             quote = ch
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-            if depth == 0:
-                return i
-        i += 1
+            continue
+        depth += (ch == "(") - (ch == ")")
+        yield i, ch, depth
+
+
+def _close_paren(sql: str, start: int) -> int:
+    """Index of the parenthesis closing the one opened just before ``start`` (quotes respected)."""
+    for i, ch, depth in _unquoted(sql, start):
+        if ch == ")" and depth == -1:
+            return i
     raise ValueError(f"unbalanced parentheses in catalog SQL: {sql[:80]!r}")
 
 
 def _top_level_commas(body: str) -> int:
-    depth, n, quote = 0, 0, ""
-    for ch in body:
-        if quote:
-            if ch == quote:
-                quote = ""
-        elif ch in "'\"":
-            quote = ch
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            n += 1
-    return n
+    return sum(1 for _, ch, depth in _unquoted(body) if ch == "," and depth == 0)
 
 
 def _functions(sql: str) -> str:

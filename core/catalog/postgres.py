@@ -25,6 +25,7 @@ from core.catalog.pg_connection import PgConnection
 from core.catalog.sqlite import SqliteCatalog
 from core.catalog.sqlite_queries import SqliteQueries
 from core.errors import ConfigError
+from core.postgres.tools import first_line
 from core.records import AuditTable
 
 _URL_SCHEMES = ("postgresql://", "postgres://")
@@ -90,6 +91,8 @@ class PgChangeFeed:
 
     def wait(self, timeout: float) -> bool:
         """Block up to ``timeout`` seconds for a change (True when one came); the console's live view."""
+        if self._conn is None and not self.poll():  # the first call starts listening
+            return False
         with self._lock:
             if self._closed or self._conn is None:
                 return False
@@ -172,7 +175,7 @@ class PostgresCatalog(SqliteCatalog):
             self.schema_version = pg_schema.migrate(self._db.raw, upto=migrate_upto)  # type: ignore[attr-defined]
         except psycopg.Error as exc:
             raise ConfigError(f"catalog.url: cannot prepare the catalog's schema at {redacted(url)}: "
-                              f"{str(exc).strip().splitlines()[0]}") from None
+                              f"{first_line(exc)}") from None
         self._last_progress_row: dict[str, float] = {}
 
     def open_queries(self) -> PostgresQueries:

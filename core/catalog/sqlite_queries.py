@@ -96,6 +96,7 @@ class SqliteChangeFeed:
         self._version: int | None = None
         self._closed = False
         self._lock = threading.Lock()
+        self._closing = threading.Event()  # ends a wait() when close() is called from another thread
 
     def poll(self) -> bool:
         with self._lock:
@@ -108,7 +109,14 @@ class SqliteChangeFeed:
             self._version = version
             return changed
 
+    def wait(self, timeout: float) -> bool:
+        """SQLite has no notification: look again once ``timeout`` has passed (sooner when closed)."""
+        if self._closing.wait(timeout):
+            return False
+        return self.poll()
+
     def close(self) -> None:
+        self._closing.set()
         with self._lock:
             self._closed = True
             if self._conn is not None:

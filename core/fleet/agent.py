@@ -29,6 +29,7 @@ from core.errors import BackstopError, ConfigError
 from core.events import JobEvent, Progress
 from core.fleet.queue import AgentSession, FleetJob
 from core.fleet.thresholds import Activity, BaselineStore, crossed, sample
+from core.postgres.tools import first_line
 from core.schedule.actions import EngineRunner
 from core.schedule.config import ScheduleConfig
 
@@ -98,7 +99,7 @@ class Agent:
             listener = await self._listen()
         except psycopg.Error as exc:
             raise ConfigError(f"fleet.control_plane: cannot reach the control plane as this agent's role:"
-                              f" {_first_line(exc)}") from None
+                              f" {first_line(exc)}") from None
         log.info("agent %s started for %s (pid %s)", self.fleet.agent, ", ".join(self.databases) or "no databases",
                  os.getpid())
         try:
@@ -115,7 +116,7 @@ class Agent:
                     # The control plane restarted or the network dropped: keep trying; a job in hand was
                     # given up (its lease lapses and the control plane retries it).
                     log.warning("the control plane is unreachable (%s); trying again in %.0f s",
-                                _first_line(exc), self.fleet.poll_s)
+                                first_line(exc), self.fleet.poll_s)
                     await self._pause(self.fleet.poll_s)
                     await listener.close()
                     listener = await self._reconnect_listener()
@@ -246,7 +247,7 @@ class Agent:
                 except psycopg.Error as exc:
                     # Without a renewed lease the control plane will hand the job to another attempt: stop now
                     # rather than risk running it twice.
-                    log.error("job %d: cannot renew its lease (%s)", job.id, _first_line(exc))
+                    log.error("job %d: cannot renew its lease (%s)", job.id, first_line(exc))
                     alive = False
                 if not alive:
                     log.error("job %d: the lease is lost; stopping the work here (it is retried by policy)", job.id)
@@ -262,7 +263,7 @@ class Agent:
             if not isinstance(exc, BackstopError):
                 log.exception("job %d failed unexpectedly", job.id)
             log.error("job %d failed: %s", job.id, exc)
-            await asyncio.to_thread(self._session().finish, job, False, _first_line(exc),
+            await asyncio.to_thread(self._session().finish, job, False, first_line(exc),
                                     {"error_class": type(exc).__name__})
             return
         await asyncio.to_thread(self._session().finish, job, True, None, _json_safe(result))
@@ -281,11 +282,6 @@ class Agent:
             return await sample(db.dsn)
         except BackstopError:
             return None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _json_safe(value: dict[str, object]) -> dict[str, object]:

@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from core.errors import CatalogError, ConfigError
+from core.errors import AgentJobFailed, CatalogError, ConfigError
 from core.fleet.queue import ControlPlane
-from core.fleet.routing import AgentJobFailed, pick_agent
+from core.fleet.routing import pick_agent
+from core.postgres.tools import first_line
 from core.schedule.config import ScheduleConfig
 
 if TYPE_CHECKING:
@@ -44,6 +45,8 @@ class FleetRunner:
         self.max_attempts = max_attempts
         self.retry_delay_s = retry_delay_s
         self._conn: psycopg.Connection[Any] | None = None
+        # Succeeded jobs whose snapshot is known to be indexed: not looked up again every few seconds.
+        self._indexed: set[int] = set()
 
     def _plane(self) -> ControlPlane:
         if self._conn is None or self._conn.closed:
@@ -61,7 +64,7 @@ class FleetRunner:
         try:
             await self._housekeep()
         except psycopg.Error as exc:
-            raise CatalogError(f"the control plane: {str(exc).strip().splitlines()[0]}") from None
+            raise CatalogError(f"the control plane: {first_line(exc)}") from None
 
     async def _housekeep(self) -> None:
         plane = await asyncio.to_thread(self._plane)
@@ -69,11 +72,14 @@ class FleetRunner:
             log.warning("fleet job %d: its agent stopped reporting; retried or failed by policy", gone)
         for job in await asyncio.to_thread(plane.jobs, 200):
             sid = (job.result or {}).get("snapshot") if job.state == "succeeded" else None
-            if isinstance(sid, str) and not self.engine.catalog.has_snapshot(sid):
+            if not isinstance(sid, str) or job.id in self._indexed:
+                continue
+            if not self.engine.catalog.has_snapshot(sid):
                 from core.ops.rebuild import index_snapshot
 
                 await index_snapshot(self.engine.ctx, sid)
                 log.info("indexed snapshot %s from fleet job %d (%s)", sid[:8], job.id, job.reason or job.kind)
+            self._indexed.add(job.id)
 
     async def run(self, schedule: ScheduleConfig, slot: datetime) -> dict[str, object]:
         """Queue the run for its agent, wait for the outcome; returns the agent's result (and what was indexed)."""

@@ -16,6 +16,8 @@ from typing import Any
 
 import psycopg
 
+from core.postgres.tools import first_line
+
 log = logging.getLogger("backstop.daemon")
 
 LEADER_LOCK_KEY = 0x6273746C656164  # "bstlead"
@@ -45,8 +47,7 @@ class Leadership:
             self.held = bool(row and row[0])
         except psycopg.Error as exc:
             if self.held:
-                log.error("lost the control plane connection, and with it the lead: %s",
-                          str(exc).strip().splitlines()[0])
+                log.error("lost the control plane connection, and with it the lead: %s", first_line(exc))
             self.held = False
             if self._conn is not None:
                 self._conn.close()

@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from core.errors import ConfigError
-from core.fleet.queue import ControlPlane, FleetJob
-from core.fleet.routing import AgentJobFailed, pick_agent
+from core.errors import AgentJobFailed, ConfigError
+from core.fleet.queue import FleetJob
+from core.fleet.routing import control_plane, pick_agent
 from core.security.gate import Action, Identity, default_identity
 from core.security.guard import Guard
 
@@ -35,16 +35,9 @@ class RestoreOrder:
     overwrite: bool = False
 
 
-def _plane(ctx: EngineContext) -> ControlPlane:
-    conn = getattr(ctx.catalog, "connection", None)
-    if not ctx.config.catalog.is_postgres or conn is None:
-        raise ConfigError("restores by an agent need the catalog on PostgreSQL (catalog.url: postgresql://...)")
-    return ControlPlane(conn.raw)
-
-
 async def dispatch_restore(ctx: EngineContext, order: RestoreOrder, who: Identity | None = None) -> FleetJob:
     """Queue the restore for the agent serving ``order.db`` (after the code check, when destructive)."""
-    plane = _plane(ctx)
+    plane = control_plane(ctx, "a restore by an agent")
     agent = pick_agent(await asyncio.to_thread(plane.agents), order.db, time.time())
     if agent is None:
         raise ConfigError(f"no live agent serves database {order.db}; start `backstop agent` on its host "
@@ -71,7 +64,7 @@ async def dispatch_restore(ctx: EngineContext, order: RestoreOrder, who: Identit
 async def wait_for_job(ctx: EngineContext, job_id: int, poll_s: float = 0.5,
                        on_progress: Any = None) -> FleetJob:
     """Wait for a fleet job to end (reporting its progress); a failed job raises AgentJobFailed."""
-    plane = _plane(ctx)
+    plane = control_plane(ctx, "a restore by an agent")
     while True:
         job = await asyncio.to_thread(plane.job, job_id)
         if job is None:

@@ -1,11 +1,14 @@
-"""Which agent gets a job: the live one registered for the job's database."""
+"""Which agent gets a job (the live one registered for the job's database), and the control plane to ask."""
 
 from __future__ import annotations
 
-from core.errors import AgentJobFailed
-from core.fleet.queue import AgentRow
+from typing import TYPE_CHECKING
 
-__all__ = ["ALIVE_S", "AgentJobFailed", "pick_agent"]
+from core.errors import ConfigError
+from core.fleet.queue import AgentRow, ControlPlane
+
+if TYPE_CHECKING:
+    from core.context import EngineContext
 
 # An agent counts as alive while its last heartbeat is this recent.
 ALIVE_S = 90.0
@@ -18,3 +21,12 @@ def pick_agent(agents: list[AgentRow], db: str | None, now: float, alive_s: floa
         live = [a for a in live if db in a.databases]
     live.sort(key=lambda a: a.heartbeat_at.timestamp() if a.heartbeat_at else 0.0, reverse=True)
     return live[0] if live else None
+
+
+def control_plane(ctx: EngineContext, what: str = "the fleet") -> ControlPlane:
+    """The queue on this engine's catalog; ``what`` needs it, and a catalog on SQLite is told how to move."""
+    conn = getattr(ctx.catalog, "connection", None)
+    if not ctx.config.catalog.is_postgres or conn is None:
+        raise ConfigError(f"{what} needs the catalog on PostgreSQL (catalog.url: postgresql://...); move it with"
+                          " `backstop catalog migrate --to URL`")
+    return ControlPlane(conn.raw)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from core.context import EngineContext
-from core.errors import ConfigError, UsageError
+from core.errors import UsageError
 from core.security.gate import Action, Identity, default_identity
 from core.security.guard import Guard
 
@@ -17,7 +17,7 @@ _ROLE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 async def register_agent(ctx: EngineContext, name: str, role: str, databases: list[str], *,
                          create_role: bool = False, who: Identity | None = None) -> None:
     """Register (or re-register) agent ``name`` as login role ``role``, serving ``databases``; audited."""
-    from core.fleet.queue import ControlPlane
+    from core.fleet.routing import control_plane
 
     if not _NAME.fullmatch(name):
         raise UsageError(f"agent name {name!r}: letters, digits, '.', '_' and '-', up to 48")
@@ -27,14 +27,10 @@ async def register_agent(ctx: EngineContext, name: str, role: str, databases: li
     unknown = sorted(set(databases) - known)
     if unknown:
         raise UsageError(f"database {unknown[0]!r} is not in this config's databases: ({', '.join(sorted(known))})")
-    conn = getattr(ctx.catalog, "connection", None)
-    if not ctx.config.catalog.is_postgres or conn is None:
-        raise ConfigError("agents need the catalog on PostgreSQL (catalog.url: postgresql://...); move it with"
-                          " `backstop catalog migrate --to URL`")
+    plane = control_plane(ctx, "registering an agent")
     who = who or default_identity()
     subject = f"{name} as {role}: {', '.join(sorted(databases)) or 'no databases'}"
     async with Guard(ctx).action(who, Action.AGENT_REGISTER, subject, require_all=False) as acting:
-        plane = ControlPlane(conn.raw)
         if create_role:
             plane.create_agent_role(role)
         plane.register_agent(name, role, databases)

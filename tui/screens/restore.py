@@ -690,7 +690,7 @@ class RestoreScreen(ConsoleScreen):
         try:
             agent = await asyncio.to_thread(self.engine.agent_for, db)
         except BackstopError as exc:
-            agent, problem = None, str(exc).strip().splitlines()[0]
+            agent, problem = None, str(exc)
         if agent is not None:
             return agent, None
         why = f"the agents could not be read ({problem})" if problem else f"no live agent serves {db}"
