@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -717,7 +717,7 @@ def run_phases(bench: Bench, args: argparse.Namespace) -> list[Measurement]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = args.out or ROOT / "bench" / "results" / f"backup-{stamp}.json"
     temporary = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="backstop-bench-", dir="/tmp")) if temporary else args.workdir.absolute()

@@ -21,7 +21,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -138,7 +138,7 @@ def print_table(rows: Sequence[SizeSummary]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = args.out or bb.ROOT / "bench" / "results" / f"rss-{stamp}.json"
     temporary = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="backstop-rss-", dir="/tmp")) if temporary else args.workdir.absolute()

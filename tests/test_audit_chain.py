@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from core.catalog.store import Catalog
 from core.errors import AuthError
 from core.security.audit import AuditLog, verify_chain
 

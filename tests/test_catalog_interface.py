@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from core.catalog.base import Catalog, CatalogQueries, ChangeFeed, OperatorSlot
 from core.catalog.postgres import PostgresCatalog
 from core.catalog.sqlite import SqliteCatalog

@@ -17,7 +17,6 @@ from pathlib import Path
 import psycopg
 import pytest
 import yaml
-
 from core.catalog import pg_schema
 from core.catalog.pg_dialect import translate
 from core.catalog.postgres import PostgresCatalog, redacted
@@ -25,6 +24,7 @@ from core.events import JobStarted
 from core.postgres.cluster import LocalCluster, free_port
 from core.records import SnapshotRecord
 from core.security.audit import AuditLog
+
 from tests.fixtures.backstop import local_target
 
 KEY = b"k" * 32

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from core.catalog.models import SnapshotRecord
 from core.catalog.store import Catalog
+
 from tests.fixtures.backstop import BACKSTOP
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-
 from core.config import load_config
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "config").glob("*.yaml"))

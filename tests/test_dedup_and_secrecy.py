@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from core.sandbox.warranty import SENTINEL, append_claims
+
 from tests.fixtures.backstop import local_target, s3_target_dict
 from tests.fixtures.s3 import new_bucket
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from core.planner import Incident, PastRestore, Severity, plan
+
 from tests.test_planner import NOW, facts, history, req
 
 

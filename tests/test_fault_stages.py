@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytest
-
 from core.config import LocalTargetConfig
 from core.engine import CheckResult, Engine
 from core.errors import BackstopError, ObjectNotFound, StorageError
@@ -42,6 +41,7 @@ from core.processes import pid_alive
 from core.security.gate import Identity
 from core.storage.factory import make_storages
 from core.storage.local import LocalStorage
+
 from tests.doubles.faulty_storage import (
     Action,
     Call,

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import psycopg
-
 from core.postgres.fingerprint import fingerprint
+
 from tests.fixtures.backstop import BACKSTOP, local_target, s3_target_dict
 from tests.fixtures.s3 import new_bucket
 

@@ -20,11 +20,11 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
-
 from core.catalog.postgres import PostgresCatalog
 from core.fleet.queue import ControlPlane
 from core.postgres.cluster import LocalCluster
 from core.sandbox.warranty import generate
+
 from tests.fixtures.backstop import BACKSTOP, Setup, local_target, write_setup
 
 ROOT = Path(__file__).resolve().parent.parent

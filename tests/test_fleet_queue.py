@@ -12,7 +12,6 @@ from typing import Any
 
 import psycopg
 import pytest
-
 from core.catalog.postgres import PostgresCatalog
 from core.fleet.queue import AgentSession, ControlPlane
 from core.postgres.cluster import LocalCluster

@@ -14,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-
 from core.catalog.sqlite import SqliteCatalog
 from core.config import RetentionConfig
 from core.errors import PostgresError, RepositoryError, StorageError, TargetUnreachable
@@ -24,6 +23,7 @@ from core.insights.patterns import failure_patterns
 from core.insights.retention_cost import SnapshotSize, repository_bytes, retention_cost
 from core.jobs import run_job
 from core.records import JobFailure
+
 from tests.fixtures.console import write_console_setup
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC).timestamp()

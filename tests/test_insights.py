@@ -6,13 +6,13 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-
 from core.catalog.models import JobRecord, RestoreRecord, VerificationRecord
 from core.catalog.reader import CatalogReader
 from core.insights.alerts import build_alerts
 from core.insights.kpis import DAY, backup_completion, percentile, recovery_time, verification_success
 from core.insights.overview import build_dashboard, build_trend_series
 from core.insights.trends import restore_trend, size_buckets
+
 from tests.fixtures.console import NOW, write_console_setup
 
 H = 3600.0

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from core.engine import Engine
 from core.errors import PostgresError
 from core.events import JobFinished, JobStarted, PhaseChanged, Progress
+
 from tests.fixtures.backstop import local_target
 from tests.fixtures.catalogs import lose_catalog
 

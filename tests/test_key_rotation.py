@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 import yaml
-
 from core.postgres.fingerprint import fingerprint
 from core.sandbox.warranty import append_claims
+
 from tests.fixtures.backstop import Setup, local_target
 from tests.test_security import audit, enrol, snapshots
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
-
 from core.config import LocalTargetConfig, RepositoryConfig
 from core.errors import LockConflict
 from core.repository import repo as repo_mod
@@ -45,7 +44,7 @@ async def test_held_lock_is_refreshed_and_crashed_one_goes_stale(tmp_path, monke
         (lk,) = await repo.locks()
         assert "refreshed" in lk and not lk["stale"]
     # A lock left by a crashed process, last refreshed two hours ago, blocks nothing.
-    old = (datetime.now(timezone.utc) - timedelta(hours=2)).isoformat(timespec="seconds")
+    old = (datetime.now(UTC) - timedelta(hours=2)).isoformat(timespec="seconds")
     await repo.put_all("locks/" + "0" * 32, json.dumps({"kind": "exclusive", "purpose": "crashed prune", "host": "h",
                                                         "pid": 1, "created": old, "refreshed": old}).encode())
     (lk,) = await repo.locks()

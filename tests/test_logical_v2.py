@@ -14,6 +14,7 @@ from core.postgres.fingerprint import fingerprint
 from core.repository.manifest import SCHEMA_FILE
 from core.sandbox.warranty import append_claims
 from core.storage.local import LocalStorage
+
 from tests.doubles.faulty_storage import FaultyStorage, PowerSwitch
 from tests.fixtures.backstop import local_target
 from tests.fixtures.format1 import write_format_1_snapshot

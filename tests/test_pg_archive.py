@@ -21,8 +21,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
-
 from core.errors import PostgresError
 from core.postgres import tools
 from core.postgres.archive import (
@@ -50,6 +48,7 @@ from core.postgres.archive.model import MAX_FRAME
 from core.postgres.archive.toc import _QUOTED_KEYWORDS
 from core.postgres.cluster import LocalCluster
 from core.postgres.fingerprint import diff, fingerprint
+from psycopg import sql
 
 MakeDb = Callable[..., tuple[str, str]]
 

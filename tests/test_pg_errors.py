@@ -9,12 +9,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
 from core.errors import PostgresError
 from core.postgres.cluster import LocalCluster, free_port
 from core.postgres.tools import server_major
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
 from tests.fixtures.backstop import local_target
 
 MakeDb = Callable[..., tuple[str, str]]

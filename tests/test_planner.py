@@ -9,17 +9,30 @@ or that the plan is refused or flagged as risky, with the reason.
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
-
 from core.planner import (
-    CopyCheck, Incident, LogicalSnapshot, PastRestore, PhysicalSnapshot, PlanningFacts, PointInTime, RestoreRequest,
-    Severity, TargetState, WalArchiveFacts, default_destination, estimate, estimate_physical, physical_source, plan,
+    CopyCheck,
+    Incident,
+    LogicalSnapshot,
+    PastRestore,
+    PhysicalSnapshot,
+    PlanningFacts,
+    PointInTime,
+    RestoreRequest,
+    Severity,
+    TargetState,
+    WalArchiveFacts,
+    default_destination,
+    estimate,
+    estimate_physical,
+    physical_source,
+    plan,
 )
 from core.records import SnapshotRecord
 
-NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 TABLES = ("warranty.claims", "warranty.products", "warranty.cost_entries")
 LOCAL = TargetState("local1", "local")
 OFFSITE = TargetState("offsite", "s3", region="eu-west-1")

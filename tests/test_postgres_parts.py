@@ -12,7 +12,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-
 from core.errors import PostgresError
 from core.postgres import tools
 from core.postgres.cluster import LocalCluster

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from core.postgres.cluster import LocalCluster
 from psycopg import sql
 
-from core.postgres.cluster import LocalCluster
 from tests.fixtures.backstop import local_target
 
 MakeDb = Callable[..., tuple[str, str]]

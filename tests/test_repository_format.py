@@ -6,7 +6,6 @@ import hashlib
 import os
 
 import pytest
-
 from core.errors import IntegrityError, RepositoryError, WrongKey
 from core.repository.crypto import chunk_id, open_chunk, open_object, seal_chunk, seal_object
 from core.repository.index import Index, IndexFile

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-
 from core.postgres.fingerprint import fingerprint
+
 from tests.fixtures.backstop import local_target, s3_target_dict
 from tests.fixtures.s3 import new_bucket
 

@@ -20,7 +20,6 @@ from pathlib import Path
 import psycopg
 import pytest
 import yaml
-
 from core.postgres.cluster import LocalCluster, free_port
 
 BACKSTOP = [sys.executable, "-m", "core.cli"]

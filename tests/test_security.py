@@ -15,7 +15,6 @@ from typing import Any
 
 import psycopg
 from core.postgres.fingerprint import fingerprint
-from core.sandbox.warranty import append_claims
 
 from tests.fixtures.backstop import Setup, local_target
 from tests.fixtures.catalogs import catalog_db

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from core.config import LocalTargetConfig, S3TargetConfig
 from core.errors import ObjectNotFound, StorageError, TargetUnreachable
 from core.storage.base import ObjectInfo, Storage
 from core.storage.factory import make_storage, make_storages
 from core.storage.local import TEMP_PREFIX, LocalStorage
 from core.storage.s3 import S3Storage
+
 from tests.fixtures.s3 import SeaweedServer, new_bucket, s3_target
 
 MIB = 1024 * 1024

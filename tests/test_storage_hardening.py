@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from core.config import EncryptionConfig, LocalTargetConfig
 from core.errors import ConfigError, StorageError, TargetUnreachable
 from core.storage.local import TEMP_PREFIX, LocalStorage
 from core.storage.s3 import S3Storage
+
 from tests.fixtures.backstop import local_target, s3_target_dict
 from tests.fixtures.s3 import SeaweedServer, ServerFactory, new_bucket, s3_target
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-
 from core.errors import ConfigError
 from core.fleet.thresholds import (
     Activity,

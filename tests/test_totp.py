@@ -6,7 +6,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-
 from core.catalog.store import Catalog
 from core.config import SecurityConfig
 from core.errors import AuthError, MfaRequired
@@ -15,6 +14,7 @@ from core.security.audit import AuditLog
 from core.security.derive import SecurityKeys
 from core.security.gate import Action, Gate, Identity
 from core.security.operators import OperatorStore
+
 from tests.fixtures.otp import rfc6238, secret_from_uri
 
 # RFC 6238 appendix B: the SHA-1 seed and the published 8-digit values.

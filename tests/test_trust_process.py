@@ -9,9 +9,8 @@ import socket
 import stat
 import subprocess
 import time
+from datetime import UTC
 from pathlib import Path
-
-import psycopg
 
 from tests.fixtures.backstop import BACKSTOP, Setup, local_target
 from tests.fixtures.otp import CodeBook, secret_from_uri
@@ -43,12 +42,12 @@ def _dead_pid() -> int:
 
 
 def _lock(repo: Path, host: str, pid: int, kind: str = "exclusive") -> Path:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     path = repo / "locks" / ("ab" * 16)
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps({"kind": kind, "purpose": "prune", "host": host, "pid": pid,
-                                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}))
+                                "created": datetime.now(UTC).isoformat(timespec="seconds")}))
     return path
 
 
@@ -159,8 +158,8 @@ def test_prune_removes_leftovers_older_than_the_grace_period(tmp_path, setup_fac
     stale = _lock(repo, "elsewhere.example", 4242, kind="shared")
     os.utime(stale, (two_days, two_days))
     doc = json.loads(stale.read_text())
-    from datetime import datetime, timezone
-    doc["created"] = datetime.fromtimestamp(two_days, timezone.utc).isoformat(timespec="seconds")
+    from datetime import datetime
+    doc["created"] = datetime.fromtimestamp(two_days, UTC).isoformat(timespec="seconds")
     stale.write_text(json.dumps(doc))
     out = setup.cli("prune", "--operator", "alice", "--otp", alice.next())
     assert out.returncode == 0, out.stderr

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import psycopg
 from core.postgres.fingerprint import fingerprint

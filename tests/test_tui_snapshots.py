@@ -8,7 +8,8 @@ time. Update after an intended change with `pytest tests/test_tui_snapshots.py
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 

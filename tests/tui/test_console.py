@@ -6,19 +6,25 @@ import asyncio
 import subprocess
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
-from textual.widgets import DataTable, Input, OptionList
-
 from core.events import JobFinished, JobStarted, Progress
-from tests.tui.helpers import screen_text, settle
+from textual.widgets import DataTable, Input, OptionList
 from tui.app import SCREENS_IN_ORDER, BackstopApp
 from tui.bridge import JobProgressed
 from tui.screens.catalog import CatalogScreen
-from tui.screens.modals import ConfirmScreen, DefinitionsScreen, DestructiveApproval, DestructiveConfirmScreen, HelpScreen
+from tui.screens.modals import (
+    ConfirmScreen,
+    DefinitionsScreen,
+    DestructiveApproval,
+    DestructiveConfirmScreen,
+    HelpScreen,
+)
 from tui.screens.restore import RestoreScreen
 from tui.widgets.virtual_table import VirtualTable
+
+from tests.tui.helpers import screen_text, settle
 
 MakeApp = Callable[..., BackstopApp]
 

@@ -6,11 +6,11 @@ import threading
 from collections.abc import Callable
 
 import pytest
-
 from core.catalog.sqlite_queries import SqliteChangeFeed, SqliteQueries
-from tests.tui.helpers import screen_text, settle
 from tui.app import BackstopApp
 from tui.screens.restore import RestoreScreen
+
+from tests.tui.helpers import screen_text, settle
 
 MakeApp = Callable[..., BackstopApp]
 

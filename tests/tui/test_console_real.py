@@ -13,19 +13,19 @@ import time
 from pathlib import Path
 
 import psycopg
-from textual.widgets import Input
-
 from core.engine import Engine
 from core.postgres.fingerprint import fingerprint
+from core.security import operator_copy
 from core.security.derive import SecurityKeys
 from core.security.gate import Identity
-from core.security import operator_copy
 from core.security.operators import OperatorStore
+from textual.widgets import Input
+from tui.app import BackstopApp
+from tui.screens.restore import RestoreScreen
+
 from tests.fixtures.backstop import Setup, local_target
 from tests.fixtures.otp import CodeBook
 from tests.tui.helpers import screen_text, settle
-from tui.app import BackstopApp
-from tui.screens.restore import RestoreScreen
 
 
 def _backed_up(make_warranty_db, setup_factory, tmp_path: Path) -> tuple[str, str, Setup]:  # type: ignore[no-untyped-def]
@@ -79,7 +79,7 @@ async def test_wizard_restores_into_a_new_database_for_real(pg_cluster, make_war
         await pilot.press("enter")  # start
         await _wait(pilot, lambda: screen.step == "result")
         text = screen_text(app)
-        assert f"RESTORED snapshot" in text and f"into {into}" in text, text
+        assert "RESTORED snapshot" in text and f"into {into}" in text, text
         assert "within the RTO of 15m 00s" in text and "recorded in the catalog" in text
         # Recorded for the trends and the KPI.
         restores = app.engine.reader.restores()
@@ -154,7 +154,7 @@ async def test_restore_over_the_live_database_goes_through_the_mfa_gate(pg_clust
     assert await fingerprint(dsn) != original  # nothing was changed by the refusals
 
     text = await attempt("alice", codes.next())
-    assert f"RESTORED snapshot" in text and f"into {name}" in text, text
+    assert "RESTORED snapshot" in text and f"into {name}" in text, text
     assert await fingerprint(dsn) == original  # the live database is the snapshot again
     with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
         kept = [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
