@@ -242,7 +242,7 @@ def run_pipeline(stages: Sequence[Sequence[str]], log: Path, stdout_path: Path |
             tree_kib = sampler.stop() if sampler else None
             for f in rss_files:
                 f.unlink(missing_ok=True)
-    failed = [(s[0], p.returncode) for s, p in zip(stages, procs) if p.returncode != 0]
+    failed = [(s[0], p.returncode) for s, p in zip(stages, procs, strict=False) if p.returncode != 0]
     if failed:
         name, rc = failed[0]
         raise CommandFailed(f"{Path(name).name} exited with {rc}; log {log}:\n{log_tail(log)}")
@@ -480,8 +480,8 @@ def full_zstd(bench: Bench) -> Contender:
     def fn(rnd: int) -> Measurement:
         path = bench.workdir / "dumps" / f"zstd-{rnd}.pgdump.zst"
         path.parent.mkdir(parents=True, exist_ok=True)
-        run = run_pipeline([[bench.tool("pg_dump"), "-Fc", "-Z0", f"--dbname={bench.dsn}"], ["zstd", "-3", "-T1", "-q"]],
-                           bench.log("zstd", rnd), path)
+        run = run_pipeline([[bench.tool("pg_dump"), "-Fc", "-Z0", f"--dbname={bench.dsn}"],
+                            ["zstd", "-3", "-T1", "-q"]], bench.log("zstd", rnd), path)
         m = Measurement("full", label, rnd, run.wall_s, max(run.rss_kib), tree_bytes(path))
         remove(path)
         return m
@@ -636,7 +636,8 @@ def summarize(results: Sequence[Measurement]) -> list[dict[str, Any]]:
 
 
 def print_table(rows: Sequence[dict[str, Any]]) -> None:
-    head = f"{'phase':<8} {'command':<28} {'median':>8} {'min–max':>15} {'backstop/x':>10} {'stored':>11} {'peak RSS':>9}"
+    head = (f"{'phase':<8} {'command':<28} {'median':>8} {'min–max':>15} {'backstop/x':>10} {'stored':>11}"
+            f" {'peak RSS':>9}")
     print("\n" + head + "\n" + "-" * len(head))
     for r in rows:
         ratio = r["median_ratio_backstop_over_this"]

@@ -166,8 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = summarize(args.size, db_bytes, samples)
         print_table(rows)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"started": stamp, "environment": bb.environment(cluster), "summary": [asdict(r) for r in rows],
-                                   "samples": [asdict(x) for x in samples]}, indent=1) + "\n")
+        out.write_text(json.dumps({"started": stamp, "environment": bb.environment(cluster),
+                                   "summary": [asdict(r) for r in rows], "samples": [asdict(x) for x in samples]},
+                                  indent=1) + "\n")
         print(f"raw numbers: {out}")
         return 0
     except bb.CommandFailed as exc:

@@ -48,12 +48,15 @@ def _same_signature(proto_fn: Any, impl_fn: Any) -> bool:
     if isinstance(proto_fn, property):
         return True
     a, b = inspect.signature(proto_fn), inspect.signature(impl_fn)
-    strip = lambda s: [(p.name, p.kind, p.default) for p in s.parameters.values()]
+    def strip(s: inspect.Signature) -> list[tuple[object, ...]]:
+        return [(p.name, p.kind, p.default) for p in s.parameters.values()]
+
     return strip(a) == strip(b)
 
 
 @pytest.mark.parametrize(("proto", "impl"), [
-    (Catalog, SqliteCatalog), (CatalogQueries, SqliteQueries), (CatalogQueries, Queries), (ChangeFeed, SqliteChangeFeed),
+    (Catalog, SqliteCatalog), (CatalogQueries, SqliteQueries), (CatalogQueries, Queries),
+    (ChangeFeed, SqliteChangeFeed),
 ])
 def test_implementations_declare_every_protocol_method_with_its_signature(proto: type, impl: type) -> None:
     methods = _protocol_methods(proto)
@@ -239,7 +242,8 @@ def test_catalog_contract(contract) -> None:  # type: ignore[no-untyped-def]
     assert cat.audit_log_id() == "chain1" and not cat.audit_is_empty()
     cat.audit_insert([_entry(3, "mac3", "mac2"), _entry(4, "mac4", "mac3")])
     assert [e.seq for e in cat.audit_entries()] == [1, 2, 3, 4]
-    assert [e.seq for e in cat.audit_entries(limit=2)] == [3, 4] and [e.seq for e in cat.audit_entries(after_seq=3)] == [4]
+    assert [e.seq for e in cat.audit_entries(limit=2)] == [3, 4]
+    assert [e.seq for e in cat.audit_entries(after_seq=3)] == [4]
     assert [e.seq for e in cat.audit_entries(since=1_700_000_002.5)] == [3, 4]
     assert cat.audit_first("prune", "allowed").seq == 1 and cat.audit_first("prune", "refused") is None
     assert cat.audit_last().seq == 4 and cat.audit_entry(2).mac == "mac2" and cat.audit_entry(9) is None

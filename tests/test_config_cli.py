@@ -19,7 +19,8 @@ def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     "body, expected",
     [
         ("targets: []\nencryption: {passphrase_env: X}\n", "targets: "),
-        ("encryption: {passphrase_env: X}\ntargets:\n  - {name: a, type: s3}\n", "targets.0.bucket: required key is missing"),
+        ("encryption: {passphrase_env: X}\ntargets:\n  - {name: a, type: s3}\n",
+         "targets.0.bucket: required key is missing"),
         ("encryption: {passphrase_env: X}\ntargets:\n  - {name: a, type: ftp, path: /x}\n", "targets.0"),
         ("encryption: {passphrase_env: X}\ntargets:\n  - {name: a, type: local, path: /x, colour: red}\n",
          "targets.0.colour: unknown key"),
@@ -49,7 +50,8 @@ def test_missing_config(tmp_path: Path) -> None:
 
 def test_config_from_environment_and_missing_secret(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"encryption: {{passphrase_env: BK_TEST_PASS}}\ntargets:\n  - {{name: a, type: local, path: {tmp_path / 'r'}}}\n"
+    cfg.write_text("encryption: {passphrase_env: BK_TEST_PASS}\n"
+                   f"targets:\n  - {{name: a, type: local, path: {tmp_path / 'r'}}}\n"
                    f"catalog: {{url: 'sqlite:///{tmp_path / 'cat.db'}'}}\n")
     import os
     env = {**os.environ, "BACKSTOP_CONFIG": str(cfg)}

@@ -31,7 +31,8 @@ def _db_exists(pg_cluster, name: str) -> bool:  # type: ignore[no-untyped-def]
         return conn.execute("SELECT 1 FROM pg_database WHERE datname=%s", (name,)).fetchone() is not None
 
 
-async def test_flipped_byte_is_found_and_repaired_from_other_target(tmp_path, pg_cluster, make_warranty_db, setup_factory):  # type: ignore[no-untyped-def]
+async def test_flipped_byte_is_found_and_repaired_from_other_target(tmp_path, pg_cluster, make_warranty_db,  # type: ignore[no-untyped-def]
+                                                                     setup_factory):
     name, dsn = make_warranty_db(claims=3000)
     r1, r2 = tmp_path / "r1", tmp_path / "r2"
     setup = setup_factory([local_target(r1, "site-a"), local_target(r2, "site-b")], [{"name": "warranty", "dsn": dsn}])

@@ -38,7 +38,8 @@ def test_importing_the_engine_and_cli_loads_no_textual() -> None:
 
 def test_tui_imports_nothing_below_core_engine_for_actions() -> None:
     """The console talks to the engine (and reads core's types); it never drives storage or PostgreSQL itself."""
-    forbidden = ("core.storage", "core.repository", "core.postgres", "core.catalog.store", "sqlite3", "psycopg", "boto3")
+    forbidden = ("core.storage", "core.repository", "core.postgres", "core.catalog.store", "sqlite3", "psycopg",
+                 "boto3")
     offenders = []
     for path in sorted((ROOT / "tui").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):

@@ -168,7 +168,8 @@ def test_forecast_over_not_within_and_too_few_restores() -> None:
     assert minutes.status == "needs-growth" and minutes.crosses_at is None
     assert "needs snapshots spanning at least 1 day (these span 10m 00s)" in minutes.line
     # Restore times falling with size (noise) are read as proportional to size: still a date.
-    noisy = [Measured(NOW - 3 * DAY, 900, GIB), Measured(NOW - 2 * DAY, 800, 2 * GIB), Measured(NOW - DAY, 700, 3 * GIB)]
+    noisy = [Measured(NOW - 3 * DAY, 900, GIB), Measured(NOW - 2 * DAY, 800, 2 * GIB),
+             Measured(NOW - DAY, 700, 3 * GIB)]
     assert forecast("w", noisy, GROWTH, 3 * 3600, NOW).status == "date"
     few = forecast("w", _restores()[:2], GROWTH, 3 * 3600, NOW)
     assert few.status == "needs-restores" and "needs at least 3 measured restores (has 2)" in few.line

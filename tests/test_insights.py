@@ -37,7 +37,8 @@ def restore(dur: float, at: float, ok: bool = True, db: str = "warranty") -> Res
 
 def test_completion_counts_failures_and_missed_runs_and_ignores_running() -> None:
     jobs = [job("backup", "succeeded", NOW - d * DAY) for d in range(1, 9)]
-    jobs += [job("backup", "failed", NOW - 2 * DAY), job("backup", "running", NOW - 60), job("check", "failed", NOW - H)]
+    jobs += [job("backup", "failed", NOW - 2 * DAY), job("backup", "running", NOW - 60),
+             job("check", "failed", NOW - H)]
     k = backup_completion(jobs, NOW, missed_runs=[NOW - 3 * DAY, NOW - 30 * DAY])
     # In the last 7 days (exactly 7 days ago is outside): 6 succeeded, 1 failed, 1 missed.
     assert k.value == pytest.approx(100 * 6 / 8)

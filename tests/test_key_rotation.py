@@ -49,7 +49,8 @@ async def test_rotate_kek_and_dek_then_reencrypt_and_retire(tmp_path: Path, pg_c
     assert _objects(repo2, "data", "index", "snapshots") == _objects(repo, "data", "index", "snapshots")
     keys_after = _objects(repo, "keys")
     assert keys_after.keys() == keys_before.keys() and keys_after != keys_before
-    assert json.loads(keys_after["keys/dek-00000001"])["kek"]["salt"] != json.loads(keys_before["keys/dek-00000001"])["kek"]["salt"]
+    salt_after = json.loads(keys_after["keys/dek-00000001"])["kek"]["salt"]
+    assert salt_after != json.loads(keys_before["keys/dek-00000001"])["kek"]["salt"]
     assert _objects(repo2, "keys") == keys_after
     listed = _keys(setup)
     assert [k["version"] for k in listed] == [1] and listed[0]["kek_id"] != kek_before
@@ -69,7 +70,7 @@ async def test_rotate_kek_and_dek_then_reencrypt_and_retire(tmp_path: Path, pg_c
     listed = {k["version"]: k for k in _keys(setup)}
     assert listed[2]["current"] and listed[2]["usage"]["chunks"] > 0 and listed[1]["usage"]["chunks"] > 0
 
-    for i, (sid, fp) in enumerate(zip(sids, prints)):
+    for i, (sid, fp) in enumerate(zip(sids, prints, strict=False)):
         into = f"{name}_r{i}"
         setup.cli("restore", "--db", "warranty", "--snapshot", sid, "--into", into, check=True)
         assert await fingerprint(pg_cluster.dsn(into)) == fp, f"snapshot {i + 1} after rotations"
@@ -94,7 +95,7 @@ async def test_rotate_kek_and_dek_then_reencrypt_and_retire(tmp_path: Path, pg_c
     check = setup.cli("check", "--read-data")
     assert check.returncode == 0, check.stdout
 
-    for i, (sid, fp) in enumerate(zip(new_sids, prints)):
+    for i, (sid, fp) in enumerate(zip(new_sids, prints, strict=False)):
         into = f"{name}_s{i}"
         setup.cli("restore", "--db", "warranty", "--snapshot", sid, "--into", into, check=True)
         assert await fingerprint(pg_cluster.dsn(into)) == fp, f"snapshot {i + 1} after re-encryption"

@@ -206,7 +206,8 @@ def test_table_that_did_not_exist_at_the_chosen_snapshot() -> None:
 
 
 def test_every_copy_unreachable() -> None:
-    p = plan(req(Incident.HOST_LOSS), facts(targets=(replace(LOCAL, reachable=False), replace(OFFSITE, reachable=False))))
+    p = plan(req(Incident.HOST_LOSS),
+             facts(targets=(replace(LOCAL, reachable=False), replace(OFFSITE, reachable=False))))
     assert not p.ok and "no reachable, undamaged copy" in (p.refusal or "")
 
 

@@ -198,7 +198,8 @@ def test_generate_creates_every_object_kind(warranty_db: tuple[str, str]) -> Non
 
         # Sizes follow the claims knob.
         counts = q("""SELECT (SELECT count(*) FROM warranty.claims), (SELECT count(*) FROM warranty.products),
-                             (SELECT count(*) FROM warranty.warranties), (SELECT count(*) FROM warranty.cost_entries)""")
+                             (SELECT count(*) FROM warranty.warranties),
+                             (SELECT count(*) FROM warranty.cost_entries)""")
         claims, products, warranties, costs = counts[0]
         assert (claims, products, warranties) == (2000, 10, 667)
         assert 2000 <= costs <= 4000  # type: ignore[operator]
@@ -215,7 +216,7 @@ def test_generate_creates_every_object_kind(warranty_db: tuple[str, str]) -> Non
 async def test_generate_is_deterministic(pg_cluster: LocalCluster) -> None:
     names = ["parts_det_a", "parts_det_b", "parts_det_c"]
     try:
-        for name, seed in zip(names, (5, 5, 6)):
+        for name, seed in zip(names, (5, 5, 6), strict=True):
             pg_cluster.drop_database(name)
             pg_cluster.create_database(name)
             generate(pg_cluster.dsn(name), claims=300, seed=seed)
@@ -235,7 +236,8 @@ def test_append_claims_adds_the_fraction(make_warranty_db: MakeDb) -> None:
     assert append_claims(dsn, 0.1) == 200
     assert _one(dsn, "SELECT count(*) FROM warranty.claims") == 2200
     assert _one(dsn, "SELECT max(id) FROM warranty.claims") == 2200
-    assert _one(dsn, "SELECT md5(string_agg(c::text, '' ORDER BY id)) FROM warranty.claims c WHERE id <= 2000") == before
+    digest = "SELECT md5(string_agg(c::text, '' ORDER BY id)) FROM warranty.claims c WHERE id <= 2000"
+    assert _one(dsn, digest) == before
     assert _one(dsn, "SELECT nextval('warranty.claims_id_seq')") == 2201
     assert append_claims(dsn, 0.0) == 0
 

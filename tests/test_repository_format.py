@@ -60,7 +60,7 @@ def test_pack_header_describes_its_blobs() -> None:
     pack = b.finish(KEY)
     assert pack.id == hashlib.sha256(pack.data).hexdigest()
     assert read_pack_header(pack.data, {1: KEY}) == pack.blobs
-    for entry, c in zip(pack.blobs, chunks):
+    for entry, c in zip(pack.blobs, chunks, strict=False):
         assert open_chunk(pack.data[entry.offset: entry.offset + entry.length], entry.id, KEY) == c
     f = IndexFile()
     f.add_pack(pack)

@@ -90,7 +90,8 @@ async def test_gate_lockout_and_recovery(tmp_path: Path) -> None:
         await gate.authorize(Action.PRUNE, alice(None), "x")
     for i in range(4):
         with pytest.raises(AuthError, match=f"{4 - i} more failure"):
-            await gate.authorize(Action.PRUNE, alice("000000" if rfc6238(secret, clock()) != "000000" else "111111"), "x")
+            wrong = "000000" if rfc6238(secret, clock()) != "000000" else "111111"
+            await gate.authorize(Action.PRUNE, alice(wrong), "x")
     with pytest.raises(AuthError, match="locked out for 5 min"):
         await gate.authorize(Action.PRUNE, alice("999999" if rfc6238(secret, clock()) != "999999" else "111111"), "x")
     # Locked: even the right code is refused, and that is audited too.

@@ -117,7 +117,7 @@ async def test_damaged_index_object_affects_only_its_snapshots_and_repair_index_
     (a_index,) = objects(r1, "index")
     append_claims(a_dsn, 0.05)
     a2 = _backup(setup, "a")
-    b1 = _backup(setup, "b")
+    _backup(setup, "b")
     for repo in (r1, r2):
         flip_byte(repo / a_index.relative_to(r1))
 
@@ -168,7 +168,8 @@ async def test_damaged_config_or_key_on_one_target(tmp_path, pg_cluster, make_wa
             doc = json.loads(pristine_key)
             field = "wrapped" if damage == "key-wrapped" else "kek"
             if field == "wrapped":
-                doc["wrapped"] = ("A" if doc["wrapped"][5] != "A" else "B").join([doc["wrapped"][:5], doc["wrapped"][6:]])
+                swap = "A" if doc["wrapped"][5] != "A" else "B"
+                doc["wrapped"] = swap.join([doc["wrapped"][:5], doc["wrapped"][6:]])
             else:
                 doc["kek"]["salt"] = "AAAA" + doc["kek"]["salt"][4:]
             key.write_text(json.dumps(doc, indent=1))
@@ -327,7 +328,8 @@ def test_key_object_damage_is_told_from_a_wrong_passphrase() -> None:
     with pytest.raises(WrongKey):
         unwrap_data_key(stored, b"wrong", "repo1", "t")
     doc = json.loads(stored)
-    for field, value in (("wrapped", "A" + doc["wrapped"][1:] if doc["wrapped"][0] != "A" else "B" + doc["wrapped"][1:]),
+    first = "A" if doc["wrapped"][0] != "A" else "B"
+    for field, value in (("wrapped", first + doc["wrapped"][1:]),
                          ("created", "2020-01-01T00:00:00+00:00"), ("version", 2)):
         bad = json.dumps({**doc, field: value}).encode()
         with pytest.raises(IntegrityError, match="damaged"):

@@ -1,4 +1,5 @@
-"""Attacks through the catalog: whoever can write the SQLite file must not gain an admin, erase history or undo a lockout.
+"""Attacks through the catalog: whoever can write the SQLite file must not gain an admin, erase history or undo a
+lockout.
 
 Each attack is made the way an attacker with write access to the catalog
 file would make it (sqlite3 statements, an older copy of the file), then the

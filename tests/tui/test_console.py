@@ -158,7 +158,8 @@ async def test_a_job_started_by_another_process_appears_within_a_second(make_app
     app = make_app(poll_interval=0.2)
     code = ("import sys; from pathlib import Path; from core.catalog.store import Catalog; "
             "from core.events import JobStarted, Progress; c = Catalog(Path(sys.argv[1])); "
-            "c.record_event(JobStarted('cli000000042', kind='backup', db='billing', description='backup from the CLI')); "
+            "c.record_event(JobStarted('cli000000042', kind='backup', db='billing', "
+            "description='backup from the CLI')); "
             "c.record_event(Progress('cli000000042', phase='dump', bytes_done=5, bytes_total=10, rate=1.0)); c.close()")
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.press("2")
