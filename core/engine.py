@@ -218,10 +218,12 @@ class Engine:
                                      patterns, schemas)
 
     async def restore_over(self, db_name: str, into: str, snapshot: str = "latest", who: Identity | None = None,
-                           target: str | None = None, approved_by: str | None = None) -> OverwriteResult:
+                           target: str | None = None, approved_by: str | None = None,
+                           audited_elsewhere: bool = False) -> OverwriteResult:
         """Restore a snapshot in place of database ``into`` (gated, or approved by a fleet's control plane),
         keeping the old one aside."""
-        return await restore.restore_over(self.ctx, db_name, into, snapshot, who, target, approved_by)
+        return await restore.restore_over(self.ctx, db_name, into, snapshot, who, target, approved_by,
+                                          audited_elsewhere)
 
     async def dispatch_restore(self, order: RestoreOrder, who: Identity | None = None) -> FleetJob:
         """Queue a restore for the agent beside ``order.db`` (the code checked here when it overwrites)."""

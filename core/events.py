@@ -35,6 +35,7 @@ class JobStarted(JobEvent):
     kind: str  # backup, restore, check, ...
     db: str | None
     description: str
+    host: str | None = None  # where it ran, when not in this process (an agent's job filed by the control plane)
 
 
 @dataclass(frozen=True)

@@ -137,6 +137,10 @@ def test_scheduled_backups_run_on_the_agent_beside_each_database(fleet_setup: di
         runs = _owner_rows(url, "SELECT name, state, result FROM schedule_runs WHERE state = 'succeeded'")
         agent_of = {name: json.loads(result)["agent"] for name, _, result in runs}
         assert agent_of == {"backup-warranty": "host-a", "backup-billing": "host-b"}
+        # The agents' own job history is in the control plane's catalog too (the fleet's KPIs count it).
+        jobs = _owner_rows(url, "SELECT split_part(id, ':', 1), kind, db, state FROM jobs WHERE id LIKE 'host-%%'")
+        assert {("host-a", "backup", "warranty", "succeeded"), ("host-b", "backup", "billing", "succeeded")} <= set(
+            jobs), jobs
     finally:
         for p in reversed(procs):
             _stop(p)
@@ -182,6 +186,49 @@ def test_an_agent_killed_mid_backup_loses_the_job_which_is_retried_without_a_bro
     check = daemon.cli("check")
     assert check.returncode == 0, check.stdout + check.stderr
     assert os.path.isdir(fleet_setup["repo"])
+
+
+def test_an_agent_stopped_by_sigterm_mid_backup_hands_the_job_back_at_once(fleet_setup: dict[str, Any]) -> None:
+    url, tmp = fleet_setup["url"], fleet_setup["tmp"]
+    daemon = write_setup(tmp / "daemon", [local_target(fleet_setup["repo"])], [fleet_setup["dbs"]["host-a"]],
+                         catalog={"url": url}, dispatch={"retry_delay_s": 0.5, "reap_grace_s": 30.0},
+                         schedules=[{"name": "nightly", "action": "backup", "db": "warranty", "cron": "0 2 * * *"}])
+    daemon.cli("init", check=True)
+    agent = fleet_setup["agents"]["host-a"]
+    doc = yaml.safe_load(agent.path.read_text())
+    slow = dict(doc)
+    slow["targets"] = [{**doc["targets"][0], "max_upload_rate": "100KB/s"}]  # the backup takes seconds
+    agent.path.write_text(yaml.safe_dump(slow, sort_keys=False))
+    logs = [tmp / "agent-a.log", tmp / "agent-a2.log"]
+    first = _start(agent, "agent", logs[0])
+    procs = [first]
+    try:
+        _wait("the agent's heartbeat", lambda: bool(_owner_rows(
+            url, "SELECT 1 FROM fleet.agents WHERE name = 'host-a' AND heartbeat_at IS NOT NULL")), 30, procs, logs[:1])
+        waiting = subprocess.Popen([*BACKSTOP, "--config", str(daemon.path), "schedule", "run", "nightly"],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True, cwd=ROOT)
+        _wait("the backup under way on the agent", lambda: bool(_owner_rows(
+            url, "SELECT 1 FROM fleet.jobs WHERE state = 'running' AND progress->>'phase' IS NOT NULL")), 30, procs,
+            logs[:1])
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=30) == 0, logs[0].read_text()
+        # Handed back by the agent itself, long before the 30 s reap grace: no waiting for a lease to lapse.
+        (state, attempt, error), = _owner_rows(url, "SELECT state, attempt, error FROM fleet.jobs")
+        assert (state, attempt) == ("queued", 1) and "stopped in the middle" in error, error
+        agent.path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        procs.append(_start(agent, "agent", logs[1]))
+        out, err = waiting.communicate(timeout=120)
+        assert waiting.returncode == 0, out + err
+        assert _owner_rows(url, "SELECT state, attempt FROM fleet.jobs") == [("succeeded", 2)]
+        # Both attempts are on record at the control plane: the stopped one abandoned, the second succeeded.
+        states = sorted(r[0] for r in _owner_rows(url, "SELECT state FROM jobs WHERE id LIKE 'host-a:%%'"))
+        assert states == ["abandoned", "succeeded"], states
+    finally:
+        for p in procs:
+            _stop(p)
+    snaps = json.loads(daemon.cli("snapshots", "--json", check=True).stdout)
+    assert len(snaps) == 1  # the stopped attempt left nothing that lists as a snapshot
 
 
 def test_a_changed_rows_threshold_makes_the_agent_ask_for_a_snapshot(fleet_setup: dict[str, Any],
@@ -248,6 +295,15 @@ def test_a_killed_leader_hands_over_to_the_standby_daemon_and_no_slot_runs_twice
         assert twice == []
         runs = _owner_rows(url, "SELECT name, slot FROM schedule_runs GROUP BY 1, 2 HAVING count(*) > 1")
         assert runs == []
+        # The dead leader's runs its agent finished read as the agent finished them, not as left running.
+        unsettled = ("SELECT r.slot, r.state FROM schedule_runs r JOIN fleet.jobs j ON j.schedule = r.name"
+                     " AND abs(extract(epoch FROM j.slot) - r.due) < 0.001 WHERE j.state = 'succeeded'"
+                     " AND r.state <> 'succeeded' AND r.holder LIKE %s")
+        dead = f"%:{procs[1].pid}:%"
+        _wait("the dead leader's runs settled", lambda: _owner_rows(url, unsettled, (dead,)) == [], 30, survivors,
+              their_logs)
+        assert _owner_rows(url, "SELECT count(*) FROM schedule_runs WHERE holder LIKE %s AND state = 'succeeded'",
+                           (dead,))[0][0] >= 1
     finally:
         for p in reversed(procs):
             _stop(p)
@@ -275,6 +331,9 @@ def test_a_restore_asked_at_the_control_plane_runs_on_the_agent_and_overwriting_
         count = "SELECT count(*) FROM warranty.claims"
         copy_dsn = source_dsn.rsplit("/", 1)[0] + "/" + into
         assert _owner_rows(copy_dsn, count) == _owner_rows(source_dsn, count)
+        # Its timing is in the control plane's restore history (the planner's estimates and the KPIs use it).
+        (db, into_db, ok, job_id), = _owner_rows(url, "SELECT db, into_db, ok, job_id FROM restores")
+        assert (db, into_db, bool(ok)) == ("warranty", into, True) and job_id.startswith("host-a:")
 
         # Over an existing database: the control plane asks for the code, the agent never sees one.
         alice = enrol(control, "alice", "admin")

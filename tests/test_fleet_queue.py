@@ -8,12 +8,17 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from core.catalog.postgres import PostgresCatalog
+from core.catalog.sqlite import SqliteCatalog
+from core.events import JobFinished, JobStarted, Progress
+from core.fleet.dispatch import ORPHAN_AFTER_S, settle_runs
 from core.fleet.queue import AgentSession, ControlPlane
+from core.fleet.records import JobLog, file_reports
 from core.postgres.cluster import LocalCluster
 
 
@@ -38,7 +43,7 @@ def fleet(pg_catalog_url: Callable[[], str], pg_cluster: LocalCluster) -> Iterat
         for role in roles.values():
             conns.append(_as(url, role))
         yield {"plane": plane, "a": AgentSession(conns[0]), "b": AgentSession(conns[1]), "raw_a": conns[0],
-               "owner": owner}
+               "owner": owner, "cat": cat}
     finally:
         for c in conns:
             c.close()
@@ -124,6 +129,88 @@ def test_a_slot_is_queued_once_and_one_database_runs_one_job_at_a_time(fleet: di
     assert b.finish(running, ok=True)
     nxt = b.claim()
     assert nxt is not None and nxt.id == other
+
+
+def test_an_agents_report_is_filed_once_and_speaks_only_for_its_own_jobs(fleet: dict[str, Any],
+                                                                         tmp_path: Path) -> None:
+    plane, a, b, cat = fleet["plane"], fleet["a"], fleet["b"], fleet["cat"]
+    now = time.time()
+    # A job the control plane ran itself: no report may touch it.
+    cat.record_event(JobStarted("victim", kind="backup", db="warranty", description="here", ts=now - 60))
+    cat.record_event(JobFinished("victim", outcome="succeeded", ts=now - 50))
+    rid = plane.enqueue("host-a", "restore", "warranty", {"restore": {"db": "warranty"}}, max_attempts=1)
+    bid = plane.enqueue("host-b", "backup", "billing")
+    job, other = a.claim(), b.claim()
+    assert job is not None and other is not None and job.id == rid and other.id == bid
+    assert a.beat("db1.example", "0.1.0", ["warranty"])
+
+    # What the agent's engine publishes and records in its own catalog while the job runs.
+    history = JobLog()
+    for ev in (JobStarted("r1", kind="restore", db="warranty", description="restore", ts=now - 9),
+               Progress("r1", phase="restore", bytes_done=10, bytes_total=100, rate=5.0, ts=now - 8),
+               Progress("r1", phase="restore", bytes_done=100, bytes_total=100, rate=9.0, ts=now - 7),
+               JobFinished("r1", outcome="succeeded", ts=now - 6),
+               JobStarted("r2", kind="backup", db="warranty", description="cut short", ts=now - 5)):
+        history(ev)
+    local = SqliteCatalog(tmp_path / "agent.db")
+    local.add_restore(job_id="r1", snapshot_id="s" * 64, db="warranty", into="warranty_copy", tables=[],
+                      started_at=now - 9, duration_s=3.0, nbytes=100, ok=True, error=None)
+    records = history.report(local)
+    local.close()
+    assert [e["type"] for e in records["events"]] == ["JobStarted", "Progress", "JobFinished", "JobStarted"]
+    # Forged parts: another job's outcome, another database's restore.
+    records["events"].append({"job_id": "victim", "ts": now, "type": "JobFinished",
+                              "payload": {"outcome": "failed", "error": "forged"}})
+    records["restores"].append({**records["restores"][0], "db": "billing"})
+
+    assert b.report(job, records) is False  # not b's job, even with its token
+    assert a.report(job, records) is True and a.finish(job, ok=True) is True
+    assert a.report(job, records) is False  # the attempt is over
+    assert b.report(other, {"events": [{"type": "Nope"}]}) is True and b.finish(other, ok=True)
+
+    assert file_reports(cat, plane) == 2  # r1 and r2; b's malformed report is set aside
+    assert file_reports(cat, plane) == 0  # each report once
+    jobs = {j.id: j for j in cat.jobs(limit=20)}
+    assert (jobs["host-a:r1"].state, jobs["host-a:r1"].host, jobs["host-a:r1"].bytes_done) == (
+        "succeeded", "db1.example", 100)
+    assert jobs["host-a:r2"].state == "abandoned" and "stopped reporting" in (jobs["host-a:r2"].error or "")
+    assert jobs["victim"].state == "succeeded" and "victim" not in {j[len("host-a:"):] for j in jobs}
+    restores = cat.restores(limit=10)
+    assert [(r.job_id, r.db, r.into, r.duration_s) for r in restores] == [("host-a:r1", "warranty",
+                                                                          "warranty_copy", 3.0)]
+
+
+def test_the_leader_settles_runs_a_vanished_daemon_left_open(fleet: dict[str, Any]) -> None:
+    from datetime import UTC, datetime
+
+    plane, b, cat = fleet["plane"], fleet["b"], fleet["cat"]
+    now = time.time()
+    slots = [datetime(2026, 12, 3, h, 0, tzinfo=UTC) for h in (1, 2, 3, 4)]
+    # A daemon on another host (its pid means nothing here) claimed four slots, then vanished.
+    for i, at in enumerate(slots):
+        assert cat.claim_schedule_run(name="nightly", slot=at.isoformat(), due=at.timestamp(), action="backup",
+                                      db="billing", holder="far-host:4242:dead", state="waiting")
+        if i < 3:
+            cat.update_schedule_run("nightly", at.isoformat(), "running")
+    done = plane.enqueue("host-b", "backup", "billing", schedule="nightly", slot=slots[0])
+    failed = plane.enqueue("host-b", "backup", "billing", schedule="nightly", slot=slots[1], max_attempts=1)
+    for want in (done, failed):
+        job = b.claim()
+        assert job is not None and job.id == want
+        assert b.finish(job, ok=want == done, error=None if want == done else "disk full")
+    plane.enqueue("host-b", "backup", "billing", schedule="nightly", slot=slots[2])  # still queued
+    # slots[3] never reached an agent.
+
+    assert settle_runs(cat, plane, "here:1:me", now) == 2
+    state = {r.slot: (r.state, r.error, (r.result or {}).get("job")) for r in cat.schedule_runs("nightly")}
+    assert state[slots[0].isoformat()] == ("succeeded", None, done)
+    assert state[slots[1].isoformat()][:2] == ("failed", "agent host-b: disk full")
+    assert state[slots[2].isoformat()][0] == "running" and state[slots[3].isoformat()][0] == "waiting"
+    # Long after, the run that never queued a job is given up; the queued one still waits for its agent.
+    assert settle_runs(cat, plane, "here:1:me", now + ORPHAN_AFTER_S + 1) == 1
+    state = {r.slot: (r.state, r.error) for r in cat.schedule_runs("nightly")}
+    assert state[slots[3].isoformat()][0] == "missed" and "far-host:4242:dead" in (state[slots[3].isoformat()][1] or "")
+    assert state[slots[2].isoformat()][0] == "running"
 
 
 def test_backstop_agents_lists_them_and_an_sqlite_catalog_says_what_to_do(

@@ -152,3 +152,40 @@ BEGIN
         fleet.request(text, text, text, jsonb) TO {AGENT_GROUP};
 END $$;
 """
+
+# v4: what an agent's engine recorded while running a job (its job events, its restores' timings), handed to
+# the control plane so the fleet's KPIs count work done on agents. The agent writes only a report on its own
+# running attempt (lease token checked); the catalog's owner files it into jobs/job_events/restores
+# (core/fleet/records.py), checking it refers to nothing but that attempt.
+FLEET_REPORTS = f"""
+CREATE TABLE fleet.reports (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job bigint NOT NULL REFERENCES fleet.jobs (id),
+    attempt integer NOT NULL,
+    agent text NOT NULL REFERENCES fleet.agents (name),
+    records jsonb NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    recorded_at timestamptz,
+    UNIQUE (job, attempt)
+);
+CREATE INDEX reports_unrecorded ON fleet.reports (id) WHERE recorded_at IS NULL;
+CREATE FUNCTION fleet.report(job bigint, token uuid, recs jsonb) RETURNS boolean
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, fleet AS $$
+    WITH r AS (INSERT INTO fleet.reports (job, attempt, agent, records)
+               SELECT j.id, j.attempt, j.agent, recs FROM fleet.jobs j
+               WHERE j.id = report.job AND j.lease_token = token AND j.state = 'running'
+                 AND j.agent = (SELECT name FROM fleet.agents WHERE role = session_user)
+                 -- a report is a job's history, not a store: a megabyte is far beyond any real one
+                 AND octet_length(recs::text) < 1048576
+               ON CONFLICT (job, attempt) DO UPDATE SET records = EXCLUDED.records
+               RETURNING 1)
+    SELECT EXISTS (SELECT 1 FROM r)
+$$;
+REVOKE ALL ON FUNCTION fleet.report(bigint, uuid, jsonb) FROM PUBLIC;
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{AGENT_GROUP}') THEN
+        GRANT EXECUTE ON FUNCTION fleet.report(bigint, uuid, jsonb) TO {AGENT_GROUP};
+    END IF;
+END $$;
+"""

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from core.catalog.pg_fleet import FLEET_SCHEMA
+from core.catalog.pg_fleet import FLEET_REPORTS, FLEET_SCHEMA
 from core.catalog.sqlite_schema import TABLES
 from core.errors import ConfigError
 
@@ -96,8 +96,12 @@ def _fleet() -> str:
     return FLEET_SCHEMA
 
 
+def _fleet_reports() -> str:
+    return FLEET_REPORTS
+
+
 # Append only: position i is schema version i + 1.
-MIGRATIONS: list[Callable[[], str]] = [_tables, _change_feed, _fleet]
+MIGRATIONS: list[Callable[[], str]] = [_tables, _change_feed, _fleet, _fleet_reports]
 
 
 def conflict_keys() -> dict[str, tuple[str, ...]]:

@@ -140,7 +140,8 @@ class SqliteCatalog(SecurityTables, ScheduleTables, HealthTables):
         if isinstance(ev, JobStarted):
             db.execute(
                 "INSERT INTO jobs (id, kind, db, state, started_at, description, host, pid) VALUES (?,?,?,?,?,?,?,?)",
-                (ev.job_id, ev.kind, ev.db, "running", ev.ts, ev.description, socket.gethostname(), os.getpid()),
+                (ev.job_id, ev.kind, ev.db, "running", ev.ts, ev.description, ev.host or socket.gethostname(),
+                 0 if ev.host else os.getpid()),
             )
         elif isinstance(ev, PhaseChanged):
             db.execute("UPDATE jobs SET phase=? WHERE id=?", (ev.phase, ev.job_id))

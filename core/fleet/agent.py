@@ -28,6 +28,7 @@ from core.catalog.pg_fleet import AGENT_CHANNEL_PREFIX
 from core.errors import BackstopError, ConfigError
 from core.events import JobEvent, Progress
 from core.fleet.queue import AgentSession, FleetJob
+from core.fleet.records import JobLog
 from core.fleet.thresholds import Activity, BaselineStore, crossed, sample
 from core.postgres.tools import first_line
 from core.schedule.actions import EngineRunner
@@ -205,8 +206,10 @@ class Agent:
 
             await index_snapshot(self.engine.ctx, sid)  # taken by another host: this catalog learns it
         if order.get("overwrite"):
+            # The control plane checked the code and keeps the audit log: this host writes no second one.
             over = await self.engine.restore_over(order["db"], order["into"], sid,
-                                                  approved_by=str(job.args.get("approved_by") or "") or None)
+                                                  approved_by=str(job.args.get("approved_by") or "") or None,
+                                                  audited_elsewhere=True)
             return {"into": order["into"], "snapshot": sid, "replaced": over.replaced_by_restore,
                     "kept_aside": over.aside, "duration_s": round(over.restore.duration_s, 3)}
         res = await self.engine.restore(order["db"], order["into"], sid, list(order.get("tables") or []) or None)
@@ -225,6 +228,8 @@ class Agent:
         self._progress = {}
         before = await self._activity(job)
         unsubscribe = self.engine.bus.subscribe(self._on_event)
+        history = JobLog()
+        unlog = self.engine.bus.subscribe(history)
         slot = datetime.fromisoformat(str(job.args["slot"])) if "slot" in job.args else datetime.now(UTC)
         work = asyncio.ensure_future(self._execute(job, slot))
         stopping = asyncio.ensure_future(self._stop.wait())
@@ -238,6 +243,7 @@ class Agent:
                     log.warning("job %d: stopping (SIGTERM); the job is handed back to be retried", job.id)
                     work.cancel()
                     await asyncio.gather(work, return_exceptions=True)
+                    await self._report(job, history)
                     await asyncio.to_thread(self._session().finish, job, False,
                                             "the agent was stopped in the middle of the job", None)
                     return
@@ -256,7 +262,9 @@ class Agent:
                     return
         finally:
             unsubscribe()
+            unlog()
             stopping.cancel()
+        await self._report(job, history)
         try:
             result = work.result()
         except Exception as exc:  # noqa: BLE001 - whatever broke, the job is reported failed, not left to the reaper
@@ -270,6 +278,15 @@ class Agent:
         if before is not None and self._baselines is not None:
             self._baselines.set(job.target, before)  # thresholds count from the snapshot's start
         log.info("job %d succeeded", job.id)
+
+    async def _report(self, job: FleetJob, history: JobLog) -> None:
+        """Hand the control plane this attempt's job history (its KPIs count it); the job's outcome does not
+        depend on it."""
+        try:
+            if not await asyncio.to_thread(self._session().report, job, history.report(self.engine.catalog)):
+                log.warning("job %d: the control plane took no report (the lease is gone)", job.id)
+        except psycopg.Error as exc:
+            log.warning("job %d: could not report its history to the control plane: %s", job.id, first_line(exc))
 
     async def _activity(self, job: FleetJob) -> Activity | None:
         """The database's activity as a backup of it starts (the next thresholds count from there)."""

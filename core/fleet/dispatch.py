@@ -19,19 +19,54 @@ import psycopg
 
 from core.errors import AgentJobFailed, CatalogError, ConfigError
 from core.fleet.queue import ControlPlane
+from core.fleet.records import file_reports
 from core.fleet.routing import pick_agent
 from core.postgres.tools import first_line
 from core.schedule.config import ScheduleConfig
 
 if TYPE_CHECKING:
+    from core.catalog.base import Catalog
     from core.engine import Engine
 
 log = logging.getLogger("backstop.daemon")
+
+# A scheduled run claimed by another daemon that queued no fleet job this long after: that daemon is gone.
+ORPHAN_AFTER_S = 300.0
+
 
 def schedule_args(schedule: ScheduleConfig) -> dict[str, object]:
     """A schedule as a job's JSON arguments, in the config's own forms (durations as seconds)."""
     return {k: v.total_seconds() if isinstance(v, timedelta) else v
             for k, v in schedule.model_dump(exclude_defaults=True).items()}
+
+
+def settle_runs(catalog: Catalog, plane: ControlPlane, holder: str, now: float) -> int:
+    """Scheduled runs a daemon left open (killed, or its host gone, where its pid cannot be checked) or
+    abandoned while its agent went on, take their fleet job's outcome; a run another daemon claimed but
+    never queued is abandoned after ORPHAN_AFTER_S. Returns how many were settled."""
+    n = 0
+    for run, job in plane.unsettled_runs():
+        if run.holder == holder and run.state != "abandoned":
+            continue  # this daemon's own run in progress: its waiter settles it
+        if job is None:
+            if run.state == "abandoned" or now - run.claimed_at < ORPHAN_AFTER_S:
+                continue
+            state = "abandoned" if run.state == "running" else "missed"
+            catalog.update_schedule_run(
+                run.name, run.slot, state, error=f"the daemon that claimed it ({run.holder}) stopped before"
+                " handing it to an agent")
+        elif job.state == "succeeded":
+            catalog.update_schedule_run(run.name, run.slot, "succeeded", result={
+                "agent": job.agent, "job": job.id, "attempt": job.attempt, **(job.result or {})})
+        elif job.state in ("failed", "cancelled"):
+            catalog.update_schedule_run(run.name, run.slot, "failed",
+                                        error=f"agent {job.agent}: {job.error or job.state}")
+        else:
+            continue  # still queued or running: whoever waits for it, or a later pass, settles it
+        log.warning("schedule %s slot %s: settled as the fleet saw it (claimed by %s)", run.name, run.slot,
+                    run.holder)
+        n += 1
+    return n
 
 
 class FleetRunner:
@@ -58,18 +93,22 @@ class FleetRunner:
         if self._conn is not None:
             self._conn.close()
 
-    async def housekeep(self) -> None:
-        """Take back jobs whose agent went silent, and index the snapshots of jobs nobody waited for (an
-        agent's own requests, when a threshold fired)."""
+    async def housekeep(self, holder: str | None = None) -> None:
+        """Take back jobs whose agent went silent, file the agents' job history, settle the scheduled runs a
+        vanished daemon left open (``holder``: this daemon's scheduler), and index the snapshots of jobs
+        nobody waited for (an agent's own requests, when a threshold fired)."""
         try:
-            await self._housekeep()
+            await self._housekeep(holder)
         except psycopg.Error as exc:
             raise CatalogError(f"the control plane: {first_line(exc)}") from None
 
-    async def _housekeep(self) -> None:
+    async def _housekeep(self, holder: str | None) -> None:
         plane = await asyncio.to_thread(self._plane)
         for gone in await asyncio.to_thread(plane.reap, self.reap_grace_s):
             log.warning("fleet job %d: its agent stopped reporting; retried or failed by policy", gone)
+        await asyncio.to_thread(file_reports, self.engine.catalog, plane)
+        if holder is not None:
+            await asyncio.to_thread(settle_runs, self.engine.catalog, plane, holder, time.time())
         for job in await asyncio.to_thread(plane.jobs, 200):
             sid = (job.result or {}).get("snapshot") if job.state == "succeeded" else None
             if not isinstance(sid, str) or job.id in self._indexed:
@@ -108,6 +147,7 @@ class FleetRunner:
             if job.state in ("failed", "cancelled"):
                 raise AgentJobFailed(f"agent {job.agent}: {job.error or job.state} (attempt {job.attempt})")
             await asyncio.sleep(self.poll_s)
+        await asyncio.to_thread(file_reports, self.engine.catalog, plane)
         result: dict[str, object] = {"agent": job.agent, "job": jid, "attempt": job.attempt, **(job.result or {})}
         sid = (job.result or {}).get("snapshot")
         if isinstance(sid, str):

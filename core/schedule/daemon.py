@@ -199,7 +199,7 @@ class Daemon:
             runner = sched.runner
             if isinstance(runner, FleetRunner) and (leader is None or leader.held):
                 try:
-                    await runner.housekeep()
+                    await runner.housekeep(sched.holder)
                 except BackstopError as exc:
                     log.warning("fleet housekeeping: %s", exc)
             await asyncio.sleep(FLEET_CHORES_S)

@@ -1,0 +1,132 @@
+"""An agent's job history, carried to the control plane's catalog so the fleet's KPIs count agents' work.
+
+An agent's engine records its jobs in the agent's own catalog. While it
+runs a fleet job the agent also keeps the events its engine publishes (a
+:class:`JobLog`); before finishing the attempt it hands them, with the
+timings of the restores they made, to the control plane through
+``fleet.report`` (its role can write nothing else). A scheduler or console
+on the control plane then files each report into its catalog
+(:func:`file_reports`): job ids are prefixed with the agent's name so no
+report can touch a job it did not start, and restore timings are taken
+only from a restore job, for its own database.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sqlite3
+from typing import TYPE_CHECKING, Any
+
+from core.events import JobEvent, JobFinished, JobStarted, JobWarning, PhaseChanged, Progress
+
+if TYPE_CHECKING:
+    from core.catalog.base import Catalog
+    from core.fleet.queue import AgentReport, ControlPlane
+
+log = logging.getLogger("backstop.fleet")
+
+_EVENT_TYPES: dict[str, type[JobEvent]] = {c.__name__: c for c in (JobStarted, PhaseChanged, Progress, JobWarning,
+                                                                      JobFinished)}
+_OUTCOMES = ("succeeded", "failed", "abandoned")
+# A report is short: a job's phases, warnings and outcome (progress only as it last stood).
+MAX_EVENTS = 500
+
+
+class JobLog:
+    """The events the engine publishes during one fleet job (every job it starts, a safety backup included)."""
+
+    def __init__(self) -> None:
+        self.events: list[JobEvent] = []
+        self._progress: dict[str, Progress] = {}
+
+    def __call__(self, ev: JobEvent) -> None:
+        if isinstance(ev, Progress):
+            self._progress[ev.job_id] = ev  # only the last one is kept: where the job stood
+            return
+        if isinstance(ev, JobFinished) and ev.job_id in self._progress:
+            self.events.append(self._progress.pop(ev.job_id))
+        if len(self.events) < MAX_EVENTS or isinstance(ev, (JobStarted, JobFinished)):
+            self.events.append(ev)
+
+    def job_ids(self) -> set[str]:
+        """The engine jobs started during the fleet job."""
+        return {e.job_id for e in self.events if isinstance(e, JobStarted)}
+
+    def report(self, catalog: Catalog) -> dict[str, Any]:
+        """The report for ``fleet.report``: the events, and the restores those jobs recorded in ``catalog``."""
+        ids = self.job_ids()
+        restores = [r.to_json() for r in catalog.restores(limit=50) if r.job_id in ids]
+        events = [*self.events, *self._progress.values()]
+        return {"events": [{"job_id": e.job_id, "ts": e.ts, "type": e.type, "payload": e.payload()} for e in events],
+                "restores": restores}
+
+
+def decode_event(raw: dict[str, Any]) -> JobEvent:
+    """One reported event back as a typed event; ValueError when it is not one we know."""
+    cls = _EVENT_TYPES.get(str(raw.get("type")))
+    if cls is None:
+        raise ValueError(f"unknown event type {raw.get('type')!r}")
+    payload = raw.get("payload")
+    if not isinstance(payload, dict):
+        raise ValueError("an event without a payload")
+    names = {f.name for f in dataclasses.fields(cls)} - {"job_id", "ts"}
+    try:
+        ev = cls(str(raw["job_id"]), ts=float(raw["ts"]), **{k: v for k, v in payload.items() if k in names})
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"a malformed {cls.__name__}: {exc}") from None
+    if isinstance(ev, JobFinished) and ev.outcome not in _OUTCOMES:
+        raise ValueError(f"outcome {ev.outcome!r}")
+    return ev
+
+
+def file_report(catalog: Catalog, rep: AgentReport) -> int:
+    """Record one agent's report in ``catalog``; returns how many jobs it added."""
+    raw = rep.records.get("events")
+    events = [decode_event(e) for e in (raw if isinstance(raw, list) else [])]
+    prefix = f"{rep.agent}:"
+    started = {e.job_id for e in events if isinstance(e, JobStarted)}
+    filed: set[str] = set()
+    for ev in events:
+        if ev.job_id not in started:
+            continue  # refers to no job this attempt started: an agent speaks only for its own work
+        ev = dataclasses.replace(ev, job_id=prefix + ev.job_id)
+        if isinstance(ev, JobStarted):
+            ev = dataclasses.replace(ev, host=rep.host or rep.agent)
+            try:
+                catalog.record_event(ev)
+            except sqlite3.IntegrityError:
+                started.discard(ev.job_id[len(prefix):])  # filed before: not again
+                continue
+            filed.add(ev.job_id)
+            continue
+        if ev.job_id in filed:
+            catalog.record_event(ev)
+            if isinstance(ev, JobFinished):
+                filed.discard(ev.job_id)
+    for jid in filed:  # started but never finished in the report (the attempt was cut short)
+        catalog.record_event(JobFinished(jid, outcome="abandoned",
+                                         error=f"agent {rep.agent} stopped reporting before this job ended"))
+    if rep.kind == "restore":
+        for r in rep.records.get("restores") or []:
+            if not isinstance(r, dict) or r.get("db") != rep.target or r.get("job_id") not in started:
+                continue
+            catalog.add_restore(job_id=prefix + str(r["job_id"]), snapshot_id=str(r["snapshot_id"]), db=rep.target,
+                                into=str(r["into"]), tables=[str(t) for t in r.get("tables") or []],
+                                started_at=float(r["started_at"]), duration_s=float(r["duration_s"]),
+                                nbytes=int(r["bytes"]), ok=bool(r["ok"]), error=r.get("error"),
+                                kind="drill" if r.get("kind") == "drill" else "restore", target=r.get("target"))
+    return len(started)
+
+
+def file_reports(catalog: Catalog, plane: ControlPlane) -> int:
+    """File every report not filed yet (each once, whichever control-plane process takes it); jobs added."""
+    n = 0
+    while reports := plane.take_reports():
+        for rep in reports:
+            try:
+                n += file_report(catalog, rep)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("fleet job %d: agent %s's report is not well formed (%s); it was set aside",
+                            rep.job, rep.agent, exc)
+    return n
