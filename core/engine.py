@@ -414,6 +414,10 @@ class Engine:
         """The fleet's agents with their last heartbeat (PostgreSQL catalog only; blocking)."""
         return self._control_plane().agents()
 
+    def fleet_privilege_problems(self) -> list[str]:
+        """What agents' roles may still do beyond their functions (advisory locks), each with its fix (blocking)."""
+        return self._control_plane().privilege_problems()
+
     async def register_agent(self, name: str, role: str, databases: list[str], *, create_role: bool = False,
                              who: Identity | None = None) -> None:
         """Let a login role act as fleet agent ``name`` for ``databases`` (admin, with a code)."""

@@ -13,10 +13,12 @@ from typing import Any
 
 import psycopg
 import pytest
+from core.catalog.pg_fleet import ADVISORY_LOCK_FUNCTIONS
 from core.catalog.postgres import PostgresCatalog
 from core.catalog.sqlite import SqliteCatalog
 from core.events import JobFinished, JobStarted, Progress
 from core.fleet.dispatch import ORPHAN_AFTER_S, settle_runs
+from core.fleet.leader import LEADER_LOCK_KEY
 from core.fleet.queue import AgentSession, ControlPlane
 from core.fleet.records import JobLog, file_reports
 from core.postgres.cluster import LocalCluster
@@ -213,6 +215,23 @@ def test_the_leader_settles_runs_a_vanished_daemon_left_open(fleet: dict[str, An
     assert state[slots[2].isoformat()][0] == "running"
 
 
+def test_advisory_locks_left_to_everyone_are_named_until_revoked(fleet: dict[str, Any]) -> None:
+    plane, raw, cat = fleet["plane"], fleet["raw_a"], fleet["cat"]
+    (problem,) = plane.privilege_problems()
+    assert f"{ADVISORY_LOCK_FUNCTIONS[0]} and 7 more" in problem and "catalog's write lock" in problem
+    # What an agent's role can do out of the box: hold the daemons' leader lock.
+    assert raw.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK_KEY,)).fetchone() == (True,)
+    raw.execute("SELECT pg_advisory_unlock(%s)", (LEADER_LOCK_KEY,))
+    # README step 1, in this test's catalog database only (function privileges are per database).
+    fleet["owner"].execute(f"REVOKE EXECUTE ON FUNCTION {', '.join(ADVISORY_LOCK_FUNCTIONS)} FROM PUBLIC")
+    assert plane.privilege_problems() == []
+    for fn in ("pg_try_advisory_lock", "pg_advisory_xact_lock_shared"):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            raw.execute(f"SELECT {fn}(%s)", (LEADER_LOCK_KEY,))
+    # The owner still takes the catalog's write lock (a lease is taken in a locked transaction).
+    assert cat.acquire_lease("probe", "here:1:me", 5.0) and cat.lease_holder("probe") == "here:1:me"
+
+
 def test_backstop_agents_lists_them_and_an_sqlite_catalog_says_what_to_do(
         fleet: dict[str, Any], tmp_path, setup_factory) -> None:  # type: ignore[no-untyped-def]
     import json
@@ -224,8 +243,10 @@ def test_backstop_agents_lists_them_and_an_sqlite_catalog_says_what_to_do(
     rows = {r["name"]: r for r in json.loads(setup.cli("agents", "--json", check=True).stdout)}
     assert rows["host-a"]["databases"] == ["warranty"] and rows["host-b"]["heartbeat_at"] is None
     assert rows["host-a"]["reported_databases"] == ["warranty", "billing"]
-    text = setup.cli("agents", check=True).stdout
-    assert "db1.example" in text and "never" in text
+    shown = setup.cli("agents", check=True)
+    assert "db1.example" in shown.stdout and "never" in shown.stdout
+    # Out of the box any role may take advisory locks: the listing says so, with the fix.
+    assert "agents may take advisory locks" in shown.stderr and "REVOKE" in shown.stderr
     lite = setup_factory([local_target(tmp_path / "repo2")], [], catalog={"url": f"sqlite:///{tmp_path / 'c.db'}"})
     out = lite.cli("agents")
     assert out.returncode != 0 and "catalog migrate" in out.stderr

@@ -144,6 +144,8 @@ def test_demo_runs_in_password_mode(sandbox: Path) -> None:
                 [*control, "agents", "--json"], capture_output=True, text=True, timeout=120, check=True).stdout)):
             assert time.monotonic() < deadline and agent.poll() is None, "the sandbox's agent never reported"
             time.sleep(0.2)
+        listed = subprocess.run([*control, "agents"], capture_output=True, text=True, timeout=120, check=True)
+        assert "advisory" not in listed.stderr, listed.stderr  # the sandbox took them from PUBLIC (README step 1)
         run = subprocess.run([*control, "schedule", "run", "hourly"], capture_output=True, text=True, timeout=300,
                              stdin=subprocess.DEVNULL)
         assert run.returncode == 0, run.stdout + run.stderr

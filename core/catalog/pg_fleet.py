@@ -16,6 +16,11 @@ whose lease lapsed; an agent whose heartbeat returns false stops the work.
 from __future__ import annotations
 
 AGENT_GROUP = "backstop_agent"
+# Every advisory lock a role could take on a bigint key (the catalog's write lock, the daemons' leader lock):
+# executable by PUBLIC out of the box, so an agent's role could hold either and stall the fleet until an
+# administrator revokes them in the control-plane database (README, "A fleet", step 1).
+ADVISORY_LOCK_FUNCTIONS = tuple(f"pg_{t}advisory_{x}lock{s}(bigint)" for t in ("", "try_") for x in ("", "xact_")
+                                for s in ("", "_shared"))
 AGENT_CHANNEL_PREFIX = "backstop_agent_"
 
 FLEET_SCHEMA = f"""

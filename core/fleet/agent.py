@@ -208,11 +208,13 @@ class Agent:
         if order.get("overwrite"):
             # The control plane checked the code and keeps the audit log: this host writes no second one.
             over = await self.engine.restore_over(order["db"], order["into"], sid,
+                                                  target=order.get("target"),
                                                   approved_by=str(job.args.get("approved_by") or "") or None,
                                                   audited_elsewhere=True)
             return {"into": order["into"], "snapshot": sid, "replaced": over.replaced_by_restore,
                     "kept_aside": over.aside, "duration_s": round(over.restore.duration_s, 3)}
-        res = await self.engine.restore(order["db"], order["into"], sid, list(order.get("tables") or []) or None)
+        res = await self.engine.restore(order["db"], order["into"], sid, list(order.get("tables") or []) or None,
+                                        target=order.get("target"))
         return {"into": res.into, "snapshot": res.snapshot_id, "tables": res.tables, "bytes": res.bytes,
                 "duration_s": round(res.duration_s, 3)}
 

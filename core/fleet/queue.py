@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from core.catalog.pg_fleet import AGENT_GROUP
+from core.catalog.pg_fleet import ADVISORY_LOCK_FUNCTIONS, AGENT_GROUP
 from core.errors import ConfigError
 
 
@@ -125,6 +125,20 @@ class ControlPlane:
         except psycopg.errors.InsufficientPrivilege:
             raise ConfigError(f"cannot create the role {role!r}: the catalog's owner lacks CREATEROLE; create it as"
                               f" an administrator (CREATE ROLE {role} LOGIN IN ROLE {AGENT_GROUP})") from None
+
+    def privilege_problems(self) -> list[str]:
+        """What the agents' group may do beyond calling its functions, one line each with the fix."""
+        row = self._conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (AGENT_GROUP,)).fetchone()
+        if row is None:
+            return [f"the role {AGENT_GROUP} is missing: create it as an administrator (CREATE ROLE {AGENT_GROUP}"
+                    " NOLOGIN) and run backstop again (README, \"A fleet\", step 1)"]
+        allowed = [f for f in ADVISORY_LOCK_FUNCTIONS if self._conn.execute(
+            "SELECT has_function_privilege(%s, %s, 'EXECUTE')", (AGENT_GROUP, f)).fetchone() == (True,)]
+        if not allowed:
+            return []
+        return [f"agents may take advisory locks ({allowed[0]} and {len(allowed) - 1} more), so one could hold the"
+                " catalog's write lock or the daemons' leader lock: as an administrator, in this database, REVOKE"
+                " EXECUTE on them FROM PUBLIC and GRANT it to the catalog's owner (README, \"A fleet\", step 1)"]
 
     def agents(self) -> list[AgentRow]:
         """Every registered agent, by name."""

@@ -34,6 +34,7 @@ class RestoreOrder:
     snapshot: str = "latest"
     tables: tuple[str, ...] = ()
     overwrite: bool = False
+    target: str | None = None  # the storage target the planner chose: read first there, others if it fails
 
 
 async def dispatch_restore(ctx: EngineContext, order: RestoreOrder, who: Identity | None = None) -> FleetJob:
@@ -45,7 +46,8 @@ async def dispatch_restore(ctx: EngineContext, order: RestoreOrder, who: Identit
                           "(`backstop agents` shows the last heartbeats)")
     snap = await ctx.find_snapshot(order.snapshot, order.db)
     args: dict[str, Any] = {"restore": {"db": order.db, "into": order.into, "snapshot": snap.id,
-                                        "tables": list(order.tables), "overwrite": order.overwrite}}
+                                        "tables": list(order.tables), "overwrite": order.overwrite,
+                                        "target": order.target}}
     if not order.overwrite:
         jid = await asyncio.to_thread(plane.enqueue, agent.name, "restore", order.db, args, max_attempts=1)
     else:

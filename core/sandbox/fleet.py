@@ -32,6 +32,7 @@ def prepare_fleet(base: Path, cluster: LocalCluster, db_name: str, dsn: str) -> 
     import psycopg
     from psycopg import sql
 
+    from core.catalog.pg_fleet import ADVISORY_LOCK_FUNCTIONS
     from core.catalog.postgres import PostgresCatalog
     from core.catalog.sqlite import SqliteCatalog
     from core.fleet.queue import ControlPlane
@@ -48,6 +49,9 @@ def prepare_fleet(base: Path, cluster: LocalCluster, db_name: str, dsn: str) -> 
         cluster.create_database(CONTROL_DB)
         migrate_catalog(SqliteCatalog(base / "catalog.db"), owner_url)
     PostgresCatalog(owner_url).close()  # migrated to this version's schema
+    with psycopg.connect(owner_url, autocommit=True) as conn:
+        # README "A fleet", step 1: the agent may not take the catalog's write lock or the leader lock.
+        conn.execute(f"REVOKE EXECUTE ON FUNCTION {', '.join(ADVISORY_LOCK_FUNCTIONS)} FROM PUBLIC")
     if not agent_pass.exists():
         password = secrets.token_urlsafe(24)
         with psycopg.connect(owner_url, autocommit=True) as conn:

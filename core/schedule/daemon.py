@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from core.config import parse_config, read_config
 from core.errors import BackstopError
 from core.fleet.leader import Leadership
+from core.postgres.tools import first_line
 from core.schedule.actions import EngineRunner
 from core.schedule.clock import RealClock
 from core.schedule.scheduler import Runner, Scheduler
@@ -180,6 +181,7 @@ class Daemon:
             if not was:
                 log.info("leading: this daemon schedules the fleet (pid %d)", os.getpid())
                 sched.start()
+                await self._warn_privileges()
             return True
         if was or not getattr(self, "_told_standby", False):
             log.info("standing by: another daemon leads the fleet; taking over if it stops")
@@ -190,6 +192,19 @@ class Daemon:
         except TimeoutError:
             pass
         return False
+
+    async def _warn_privileges(self) -> None:
+        """Say once per lead what agents could still do to stall the fleet (advisory locks left to PUBLIC)."""
+        import psycopg
+
+        if self._current is None:
+            return
+        try:
+            problems = await asyncio.to_thread(self._current.fleet_privilege_problems)
+        except (BackstopError, psycopg.Error) as exc:
+            problems = [f"could not check the agents' privileges: {first_line(exc)}"]
+        for problem in problems:
+            log.warning("%s", problem)
 
     async def _fleet_chores(self, sched: Scheduler, leader: Leadership | None) -> None:
         """On a fleet's catalog: reap silent agents' jobs and index agents' own snapshots, every few seconds."""

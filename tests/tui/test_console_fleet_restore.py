@@ -107,8 +107,13 @@ async def test_the_wizard_restores_by_the_agent_and_a_wrong_code_over_the_live_d
             logged = list(screen.query_one("#restore-log", Log).lines)
             assert any(ln.startswith("queued as fleet job") and ln.endswith("for agent host-a") for ln in logged)
             assert screen.state.fleet_job is not None and screen.state.fleet_job[1] == "host-a"
-            jobs = _owner_rows(url, "SELECT id, kind, agent, state FROM fleet.jobs")
-            assert jobs == [(screen.state.fleet_job[0], "restore", "host-a", "succeeded")]
+            jobs = _owner_rows(url, "SELECT id, kind, agent, state, args->'restore'->>'target' FROM fleet.jobs")
+            assert screen.state.plan is not None and screen.state.plan.target
+            # The agent is told which target the planner chose (read there first).
+            assert jobs == [(screen.state.fleet_job[0], "restore", "host-a", "succeeded", screen.state.plan.target)]
+            # Its timing is in this catalog's restore history, under the agent's name.
+            assert [(r.db, r.ok, (r.job_id or "")[:7]) for r in app.engine.catalog.restores()
+                    if r.into == into] == [("warranty", True, "host-a:")]
             assert _owner_rows(pg_cluster.dsn(into), COUNT) == _owner_rows(one_agent["dsn"], COUNT)
 
             # Over the live database: the code is asked here and checked by the control plane; wrong, nothing queued.

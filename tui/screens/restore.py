@@ -709,7 +709,8 @@ class RestoreScreen(ConsoleScreen):
             assert s.approval is not None
             who = Identity(self.host.operator, s.approval.code)
         into = self.engine.live_database(s.db) if s.over_live else s.destination
-        order = RestoreOrder(s.db, into, s.plan.source.id, tuple(s.plan.tables), overwrite=s.over_live)
+        order = RestoreOrder(s.db, into, s.plan.source.id, tuple(s.plan.tables), overwrite=s.over_live,
+                             target=s.plan.target)
         job = await self.engine.dispatch_restore(order, who)
         s.fleet_job = (job.id, job.agent)
         log = self.query_one("#restore-log", Log)

@@ -7,7 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from core.cli.context import add_command, engine_command
-from core.cli.output import EXIT_OK, print_json
+from core.cli.output import EXIT_OK, print_json, warn
 
 if TYPE_CHECKING:
     from core.engine import Engine
@@ -17,6 +17,8 @@ async def cmd_agents(engine: Engine, args: argparse.Namespace) -> int:
     import asyncio
 
     rows = await asyncio.to_thread(engine.agents)
+    for problem in await asyncio.to_thread(engine.fleet_privilege_problems):
+        warn(problem)
     if args.json:
         print_json([r.to_json() for r in rows], indent=1)
         return EXIT_OK
