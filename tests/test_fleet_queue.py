@@ -157,13 +157,19 @@ def test_an_agents_report_is_filed_once_and_speaks_only_for_its_own_jobs(fleet: 
     local = SqliteCatalog(tmp_path / "agent.db")
     local.add_restore(job_id="r1", snapshot_id="s" * 64, db="warranty", into="warranty_copy", tables=[],
                       started_at=now - 9, duration_s=3.0, nbytes=100, ok=True, error=None)
+    local.add_verification(job_id="r1", target="local1", snapshot_id=None, started_at=now - 8, read_data=True,
+                           objects_checked=7, bytes_read=700, problems=[])
+    local.add_verification(job_id="elsewhere", target="local1", snapshot_id=None, started_at=now - 8,
+                           read_data=False, objects_checked=1, bytes_read=1, problems=["not this job's"])
     records = history.report(local)
     local.close()
+    assert [v["objects_checked"] for v in records["verifications"]] == [7]
     assert [e["type"] for e in records["events"]] == ["JobStarted", "Progress", "JobFinished", "JobStarted"]
-    # Forged parts: another job's outcome, another database's restore.
+    # Forged parts: another job's outcome and verification, another database's restore.
     records["events"].append({"job_id": "victim", "ts": now, "type": "JobFinished",
                               "payload": {"outcome": "failed", "error": "forged"}})
     records["restores"].append({**records["restores"][0], "db": "billing"})
+    records["verifications"].append({**records["verifications"][0], "job_id": "victim", "objects_checked": 99})
 
     assert b.report(job, records) is False  # not b's job, even with its token
     assert a.report(job, records) is True and a.finish(job, ok=True) is True
@@ -180,6 +186,8 @@ def test_an_agents_report_is_filed_once_and_speaks_only_for_its_own_jobs(fleet: 
     restores = cat.restores(limit=10)
     assert [(r.job_id, r.db, r.into, r.duration_s) for r in restores] == [("host-a:r1", "warranty",
                                                                           "warranty_copy", 3.0)]
+    assert [(v.job_id, v.target, v.ok, v.objects_checked) for v in cat.verifications()] == [
+        ("host-a:r1", "local1", True, 7)]
 
 
 def test_the_leader_settles_runs_a_vanished_daemon_left_open(fleet: dict[str, Any]) -> None:

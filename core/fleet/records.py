@@ -3,12 +3,13 @@
 An agent's engine records its jobs in the agent's own catalog. While it
 runs a fleet job the agent also keeps the events its engine publishes (a
 :class:`JobLog`); before finishing the attempt it hands them, with the
-timings of the restores they made, to the control plane through
+timings of the restores they made and the verifications they ran, to the control plane through
 ``fleet.report`` (its role can write nothing else). A scheduler or console
 on the control plane then files each report into its catalog
 (:func:`file_reports`): job ids are prefixed with the agent's name so no
-report can touch a job it did not start, and restore timings are taken
-only from a restore job, for its own database.
+report can touch a job it did not start; restore timings are taken only
+from a restore job, for its own database, and verifications only from jobs
+the report started.
 """
 
 from __future__ import annotations
@@ -57,9 +58,10 @@ class JobLog:
         """The report for ``fleet.report``: the events, and the restores those jobs recorded in ``catalog``."""
         ids = self.job_ids()
         restores = [r.to_json() for r in catalog.restores(limit=50) if r.job_id in ids]
+        checks = [v.to_json() for v in catalog.verifications(limit=200) if v.job_id in ids]
         events = [*self.events, *self._progress.values()]
         return {"events": [{"job_id": e.job_id, "ts": e.ts, "type": e.type, "payload": e.payload()} for e in events],
-                "restores": restores}
+                "restores": restores, "verifications": checks}
 
 
 def decode_event(raw: dict[str, Any]) -> JobEvent:
@@ -116,6 +118,14 @@ def file_report(catalog: Catalog, rep: AgentReport) -> int:
                                 started_at=float(r["started_at"]), duration_s=float(r["duration_s"]),
                                 nbytes=int(r["bytes"]), ok=bool(r["ok"]), error=r.get("error"),
                                 kind="drill" if r.get("kind") == "drill" else "restore", target=r.get("target"))
+    for v in rep.records.get("verifications") or []:
+        if not isinstance(v, dict) or v.get("job_id") not in started:
+            continue
+        catalog.add_verification(job_id=prefix + str(v["job_id"]), target=str(v["target"]),
+                                 snapshot_id=None if v.get("snapshot_id") is None else str(v["snapshot_id"]),
+                                 started_at=float(v["started_at"]), read_data=bool(v["read_data"]),
+                                 objects_checked=int(v["objects_checked"]), bytes_read=int(v["bytes_read"]),
+                                 problems=[str(p) for p in v.get("problems") or []])
     return len(started)
 
 
