@@ -13,16 +13,18 @@ own role over TCP (trust on loopback).
 Agents are asyncio tasks in this process, each with two AsyncConnections:
 one LISTENs on ``backstop_agent_<name>`` (psycopg's notifies() holds the
 connection's lock while it waits, so a connection that waits for wake-ups
-cannot also send heartbeats), the other calls fleet.claim, fleet.heartbeat
-and fleet.finish directly (AgentSession is synchronous). An agent claims on
+cannot also send heartbeats), the other calls fleet.claim, fleet.heartbeat,
+fleet.report (the job's history: five engine events) and fleet.finish
+directly (AgentSession is synchronous). An agent claims on
 a wake-up and on a slow fallback poll, runs up to ``--slots`` jobs at once
 (so the claim latency is the queue's, not a busy agent's), "works" 0.5-3 s
 per job with a heartbeat every ``--heartbeat`` s, then finishes it (ok).
 
 A producer thread enqueues ``--rate`` jobs a minute through
 ControlPlane.enqueue, each for a random agent and a target of its own (so
-the one-running-job-per-target index never throttles), and reaps every
-10 s as a scheduler would. A console process LISTENs on backstop_catalog.
+the one-running-job-per-target index never throttles), and reaps and files
+the agents' reports into the catalog (core/fleet/records.py) every 10 s as
+the leading daemon's housekeeping would. A console process LISTENs on backstop_catalog.
 
 Measured: claim latency (enqueue returned -> claim returned, per job), the
 claim call's own duration, NOTIFY-to-console latency (the console received
@@ -64,7 +66,9 @@ import psycopg  # noqa: E402
 from core.catalog.pg_fleet import AGENT_CHANNEL_PREFIX  # noqa: E402
 from core.catalog.pg_schema import CHANNEL  # noqa: E402
 from core.catalog.postgres import PostgresCatalog  # noqa: E402
+from core.events import JobFinished, JobStarted, PhaseChanged, Progress  # noqa: E402
 from core.fleet.queue import ControlPlane  # noqa: E402
+from core.fleet.records import JobLog, file_reports  # noqa: E402
 from core.postgres.cluster import LocalCluster  # noqa: E402
 from psycopg.conninfo import make_conninfo  # noqa: E402
 
@@ -141,6 +145,9 @@ class Book:
     pid_ticks: list[dict[int, int]] = field(default_factory=list)   # per server process: first and last sample
     loop_lag: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    report_call: list[float] = field(default_factory=list)          # seconds of each fleet.report
+    filing: list[tuple[float, int]] = field(default_factory=list)   # (seconds, jobs filed) per filing pass
+    filer_pid: int = 0  # the catalog connection that files reports (its NOTIFYs are not the queue's)
 
     def minute(self, t: float) -> int:
         return int((t - self.t0) // 60)
@@ -167,8 +174,11 @@ def console(dsn: str, ready: Any, stop: Any, out: Any) -> None:
 
 def producer(dsn: str, agents: list[str], rate: float, duration: float, book: Book, done: threading.Event,
              seed: int) -> None:
-    """Enqueue ``rate`` jobs a minute for ``duration`` seconds on a fixed schedule, reaping every 10 s."""
+    """Enqueue ``rate`` jobs a minute for ``duration`` seconds on a fixed schedule, reaping and filing the agents'
+    reports every 10 s (as the leading daemon's housekeeping does)."""
     rng = random.Random(seed)
+    catalog = PostgresCatalog(dsn)
+    book.filer_pid = int(catalog._db.raw.info.backend_pid)  # type: ignore[attr-defined]
     with psycopg.connect(dsn, autocommit=True, application_name="bench-producer") as conn:
         cp = ControlPlane(conn)
         pid = conn.info.backend_pid
@@ -194,10 +204,38 @@ def producer(dsn: str, agents: list[str], rate: float, duration: float, book: Bo
                 cp.reap()
                 book.commits[pid].append(("reap", sent, time.monotonic()))
                 next_reap += REAP_EVERY_S
+                t = time.monotonic()
+                filed = file_reports(catalog, cp)
+                book.filing.append((time.monotonic() - t, filed))
+    catalog.close()
     done.set()
 
 
+def file_the_rest(dsn: str, book: Book) -> None:
+    """After the drain: the last jobs' reports, filed as the next housekeeping pass would."""
+    catalog = PostgresCatalog(dsn)
+    with psycopg.connect(dsn, autocommit=True, application_name="bench-filer") as conn:
+        t = time.monotonic()
+        n = file_reports(catalog, ControlPlane(conn))
+        book.filing.append((time.monotonic() - t, n))
+    catalog.close()
+
+
 # -- the agents ---------------------------------------------------------------------------------------------------
+
+
+def report_json(job: int) -> str:
+    """What an agent's engine records for one backup (as fleet.report gets it): start, two phases, the last
+    progress, the outcome."""
+    log = JobLog()
+    t, jid = time.time(), f"bench{job}"
+    for ev in (JobStarted(jid, kind="backup", db=f"db-{job}", description="backup", ts=t - 3),
+               PhaseChanged(jid, phase="dump", ts=t - 2.5), Progress(jid, phase="dump", bytes_done=10**6,
+                                                                       bytes_total=10**6, rate=5e5, ts=t - 1),
+               PhaseChanged(jid, phase="commit", ts=t - 0.5), JobFinished(jid, outcome="succeeded", ts=t)):
+        log(ev)
+    return json.dumps({"events": [{"job_id": e.job_id, "ts": e.ts, "type": e.type, "payload": e.payload()}
+                                  for e in log.events], "restores": [], "verifications": []})
 
 
 @dataclass
@@ -248,6 +286,14 @@ async def agent(url: str, name: str, knobs: Knobs, book: Book, stop: asyncio.Eve
                     if not (row and row[0]):
                         book.errors.append(f"{name}: heartbeat of job {job} refused")
                         return
+            # The agent's history of the job goes first (no trigger on fleet.reports: no notification to pair).
+            t = time.monotonic()
+            cur = await work.execute("SELECT fleet.report(job => %s, token => %s, recs => %s)",
+                                     (job, token, report_json(job)))
+            row = await cur.fetchone()
+            book.report_call.append(time.monotonic() - t)
+            if not (row and row[0]):
+                book.errors.append(f"{name}: report of job {job} refused")
             row = await call("finish", "SELECT fleet.finish(job => %s, token => %s, ok => %s)", (job, token, True))
             if row and row[0]:
                 book.finished[job] = time.monotonic()
@@ -350,6 +396,7 @@ async def drive(args: argparse.Namespace, cluster: LocalCluster, agents: list[tu
     while len(book.finished) < len(book.enqueued) and time.monotonic() - t < args.drain:
         await asyncio.sleep(0.25)
     drained = time.monotonic() - t
+    await asyncio.to_thread(file_the_rest, cluster.dsn(DB), book)
     watch_stop.set()
     await watcher
     stop.set()
@@ -372,7 +419,7 @@ def setup(cluster: LocalCluster, n: int) -> list[tuple[str, str]]:
         for i in range(1, n + 1):
             name, role = f"agent{i:03d}", f"bench_agent_{i:03d}"
             cp.create_agent_role(role)
-            cp.register_agent(name, role)
+            cp.register_agent(name, role, [])  # jobs are queued to it by name: no routing by database
             out.append((name, make_conninfo(cluster.dsn(DB), user=role)))
     return out
 
@@ -383,7 +430,7 @@ def notify_latency(book: Book, arrivals: list[tuple[int, str, float]]
     its notifications in order; how many went unmatched."""
     got: dict[int, list[float]] = defaultdict(list)
     for pid, payload, at in arrivals:
-        if payload == "jobs":
+        if payload == "jobs" and pid != book.filer_pid:  # the filer's are the catalog's jobs table, not the queue
             got[pid].append(at)
     lat: dict[str, list[float]] = defaultdict(list)
     lat_sent: dict[str, list[float]] = defaultdict(list)
@@ -520,6 +567,11 @@ def main(argv: list[str] | None = None) -> None:
             "server_cores_by_process": server_cpu,
             "loop_lag": ms(book.loop_lag), "drain_s": round(drained, 1), "wall_s": round(wall, 1),
             "errors": book.errors[:20], "error_count": len(book.errors),
+            "report_call": ms(book.report_call),
+            "filing": {"passes": len(book.filing), "jobs_filed": sum(n for _, n in book.filing),
+                       "seconds_per_pass": ms([x for x, _ in book.filing]),
+                       "ms_per_job": round(1000 * sum(x for x, _ in book.filing)
+                                           / max(1, sum(n for _, n in book.filing)), 2)},
         }
         doc = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "host": platform.node(),
                "cpus": os.cpu_count(), "python": sys.version.split()[0], "psycopg": psycopg.__version__,
@@ -574,6 +626,9 @@ def report(doc: dict[str, Any]) -> None:
         print(f"  {kind:<9} {d['p50_ms']}/{d['p99_ms']}/{d['max_ms']} | {e['p50_ms']}/{e['p99_ms']}/{e['max_ms']}"
               f" (n={d['n']})")
     print(f"notifications {s['notifications']}, unmatched {s['notify_unmatched']}")
+    f = s["filing"]
+    print(f"reports: fleet.report p50 {s['report_call']['p50_ms']} ms, p99 {s['report_call']['p99_ms']} ms; filed"
+          f" {f['jobs_filed']} jobs in {f['passes']} passes, {f['ms_per_job']} ms per job")
     print(f"CPU cores used: server {s['server_cores']}, bench process {s['bench_cores']}, console "
           f"{s['console_cores']}; event-loop lag p99 {s['loop_lag']['p99_ms']} ms; load average before "
           f"{doc['loadavg_before'][0]:.2f}, after {doc['loadavg_after'][0]:.2f}")
