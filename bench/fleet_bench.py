@@ -205,7 +205,7 @@ def producer(dsn: str, agents: list[str], rate: float, duration: float, book: Bo
                 book.commits[pid].append(("reap", sent, time.monotonic()))
                 next_reap += REAP_EVERY_S
                 t = time.monotonic()
-                filed = file_reports(catalog, cp)
+                filed = file_reports(catalog, cp).jobs
                 book.filing.append((time.monotonic() - t, filed))
     catalog.close()
     done.set()
@@ -216,7 +216,7 @@ def file_the_rest(dsn: str, book: Book) -> None:
     catalog = PostgresCatalog(dsn)
     with psycopg.connect(dsn, autocommit=True, application_name="bench-filer") as conn:
         t = time.monotonic()
-        n = file_reports(catalog, ControlPlane(conn))
+        n = file_reports(catalog, ControlPlane(conn)).jobs
         book.filing.append((time.monotonic() - t, n))
     catalog.close()
 
@@ -626,9 +626,9 @@ def report(doc: dict[str, Any]) -> None:
         print(f"  {kind:<9} {d['p50_ms']}/{d['p99_ms']}/{d['max_ms']} | {e['p50_ms']}/{e['p99_ms']}/{e['max_ms']}"
               f" (n={d['n']})")
     print(f"notifications {s['notifications']}, unmatched {s['notify_unmatched']}")
-    f = s["filing"]
+    filing = s["filing"]
     print(f"reports: fleet.report p50 {s['report_call']['p50_ms']} ms, p99 {s['report_call']['p99_ms']} ms; filed"
-          f" {f['jobs_filed']} jobs in {f['passes']} passes, {f['ms_per_job']} ms per job")
+          f" {filing['jobs_filed']} jobs in {filing['passes']} passes, {filing['ms_per_job']} ms per job")
     print(f"CPU cores used: server {s['server_cores']}, bench process {s['bench_cores']}, console "
           f"{s['console_cores']}; event-loop lag p99 {s['loop_lag']['p99_ms']} ms; load average before "
           f"{doc['loadavg_before'][0]:.2f}, after {doc['loadavg_after'][0]:.2f}")

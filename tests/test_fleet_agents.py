@@ -231,6 +231,36 @@ def test_an_agent_stopped_by_sigterm_mid_backup_hands_the_job_back_at_once(fleet
     assert len(snaps) == 1  # the stopped attempt left nothing that lists as a snapshot
 
 
+def test_a_drill_scheduled_on_the_fleet_runs_on_the_agent_and_its_sealed_report_reaches_the_control_plane(
+        fleet_setup: dict[str, Any]) -> None:
+    url, tmp = fleet_setup["url"], fleet_setup["tmp"]
+    control = write_setup(tmp / "control", [local_target(fleet_setup["repo"])], [fleet_setup["dbs"]["host-a"]],
+                          catalog={"url": url},
+                          schedules=[{"name": "drill-warranty", "action": "drill", "db": "warranty",
+                                      "cron": "0 3 * * *"}])
+    control.cli("init", check=True)
+    sid = control.cli("backup", "--db", "warranty", check=True).stdout.strip()  # the agent's catalog lacks it
+    logs = [tmp / "agent-a.log"]
+    procs = [_start(fleet_setup["agents"]["host-a"], "agent", logs[0])]
+    try:
+        _wait("the agent's heartbeat", lambda: bool(_owner_rows(
+            url, "SELECT 1 FROM fleet.agents WHERE name = 'host-a' AND heartbeat_at IS NOT NULL")), 30, procs, logs)
+        run = control.cli("schedule", "run", "drill-warranty")
+        assert run.returncode == 0, run.stdout + run.stderr + logs[0].read_text()
+    finally:
+        for p in procs:
+            _stop(p)
+    assert _owner_rows(url, "SELECT kind, agent, state FROM fleet.jobs") == [("drill", "host-a", "succeeded")]
+    # The control plane lists the drill, read from its sealed copy in the repository, and it verifies.
+    (drill,) = json.loads(control.cli("drill", "list", "--json", check=True).stdout)
+    assert (drill["db"], drill["snapshot"], drill["verdict"]) == ("warranty", sid, "passed")
+    verified = control.cli("drill", "verify", drill["id"])
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    # Its test restore counts in the recovery-time history, under the agent's name.
+    (kind, ok, job_id), = _owner_rows(url, "SELECT kind, ok, job_id FROM restores")
+    assert (kind, bool(ok)) == ("drill", True) and job_id.startswith("host-a:")
+
+
 def test_a_changed_rows_threshold_makes_the_agent_ask_for_a_snapshot(fleet_setup: dict[str, Any],
                                                                       second_cluster: LocalCluster) -> None:
     url, tmp = fleet_setup["url"], fleet_setup["tmp"]

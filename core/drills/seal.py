@@ -252,6 +252,27 @@ async def load_all(repo: Repository) -> tuple[dict[str, SealedCopy], list[str]]:
     return found, warnings
 
 
+async def adopt(ctx: EngineContext, drill_id: str) -> DrillReport:
+    """Index one drill another host ran (a fleet agent) from its sealed copy in the repository, whose MAC must
+    verify: the control plane takes the repository's word, not the agent's. IntegrityError when none does."""
+    repo = await ctx.open_repository(require_all=False)
+    name = object_name(drill_id)
+    why = "no target holds it"
+    for st in repo.storages:
+        copy = await _read_copy(st, repo, name)
+        if isinstance(copy, str):
+            why = copy
+            continue
+        if not mac_verifies(repo, copy.report, copy.mac):
+            why = f"the sealed copy {name} on target '{st.name}' does not match its own MAC"
+            continue
+        report = copy.drill()
+        ctx.catalog.add_drill(report)
+        ctx.catalog.set_drill_seal(drill_id, copy.mac, name)
+        return report
+    raise IntegrityError(f"drill report {drill_id}: {why}")
+
+
 async def rebuild(ctx: EngineContext, repo: Repository) -> tuple[int, list[str]]:
     """Every sealed report (with its MAC) back into the catalog where missing or different; (count, warnings)."""
     found, warnings = await load_all(repo)

@@ -195,6 +195,11 @@ class Agent:
     async def _execute(self, job: FleetJob, slot: datetime) -> dict[str, object]:
         if job.kind == "restore":
             return await self._restore(job)
+        if job.kind == "drill":
+            from core.ops.rebuild import learn_snapshots
+
+            # Another host may have taken the snapshot to drill: this catalog learns it from the repository.
+            await learn_snapshots(self.engine.ctx, job.target)
         return await EngineRunner(self.engine).run(_job_schedule(job), slot)
 
     async def _restore(self, job: FleetJob) -> dict[str, object]:

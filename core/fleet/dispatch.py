@@ -19,7 +19,7 @@ import psycopg
 
 from core.errors import AgentJobFailed, CatalogError, ConfigError
 from core.fleet.queue import ControlPlane
-from core.fleet.records import file_reports
+from core.fleet.records import file_and_adopt
 from core.fleet.routing import pick_agent
 from core.postgres.tools import first_line
 from core.schedule.config import ScheduleConfig
@@ -106,7 +106,7 @@ class FleetRunner:
         plane = await asyncio.to_thread(self._plane)
         for gone in await asyncio.to_thread(plane.reap, self.reap_grace_s):
             log.warning("fleet job %d: its agent stopped reporting; retried or failed by policy", gone)
-        await asyncio.to_thread(file_reports, self.engine.catalog, plane)
+        await file_and_adopt(self.engine.ctx, plane)
         if holder is not None:
             await asyncio.to_thread(settle_runs, self.engine.catalog, plane, holder, time.time())
         for job in await asyncio.to_thread(plane.jobs, 200):
@@ -147,7 +147,7 @@ class FleetRunner:
             if job.state in ("failed", "cancelled"):
                 raise AgentJobFailed(f"agent {job.agent}: {job.error or job.state} (attempt {job.attempt})")
             await asyncio.sleep(self.poll_s)
-        await asyncio.to_thread(file_reports, self.engine.catalog, plane)
+        await file_and_adopt(self.engine.ctx, plane)
         result: dict[str, object] = {"agent": job.agent, "job": jid, "attempt": job.attempt, **(job.result or {})}
         sid = (job.result or {}).get("snapshot")
         if isinstance(sid, str):

@@ -3,26 +3,31 @@
 An agent's engine records its jobs in the agent's own catalog. While it
 runs a fleet job the agent also keeps the events its engine publishes (a
 :class:`JobLog`); before finishing the attempt it hands them, with the
-timings of the restores they made and the verifications they ran, to the control plane through
+timings of the restores they made, the verifications and drills they ran, to the control plane through
 ``fleet.report`` (its role can write nothing else). A scheduler or console
 on the control plane then files each report into its catalog
 (:func:`file_reports`): job ids are prefixed with the agent's name so no
 report can touch a job it did not start; restore timings are taken only
-from a restore job, for its own database, and verifications only from jobs
-the report started.
+from a restore job, for its own database, verifications only from jobs the
+report started, and drills only by id, read and MAC-checked from their
+sealed copies in the repository.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import sqlite3
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from core.errors import BackstopError
 from core.events import JobEvent, JobFinished, JobStarted, JobWarning, PhaseChanged, Progress
 
 if TYPE_CHECKING:
     from core.catalog.base import Catalog
+    from core.context import EngineContext
     from core.fleet.queue import AgentReport, ControlPlane
 
 log = logging.getLogger("backstop.fleet")
@@ -59,9 +64,12 @@ class JobLog:
         ids = self.job_ids()
         restores = [r.to_json() for r in catalog.restores(limit=50) if r.job_id in ids]
         checks = [v.to_json() for v in catalog.verifications(limit=200) if v.job_id in ids]
+        since = min((e.ts for e in self.events), default=None)
+        # Drill reports carry no job id: the ones that started while this fleet job ran.
+        drills = [] if since is None else [d.id for d in catalog.drills(since=since - 1.0, limit=20)]
         events = [*self.events, *self._progress.values()]
         return {"events": [{"job_id": e.job_id, "ts": e.ts, "type": e.type, "payload": e.payload()} for e in events],
-                "restores": restores, "verifications": checks}
+                "restores": restores, "verifications": checks, "drills": drills}
 
 
 def decode_event(raw: dict[str, Any]) -> JobEvent:
@@ -82,13 +90,22 @@ def decode_event(raw: dict[str, Any]) -> JobEvent:
     return ev
 
 
-def file_report(catalog: Catalog, rep: AgentReport) -> int:
-    """Record one agent's report in ``catalog``; returns how many jobs it added."""
+@dataclass
+class Filed:
+    """What filing reports added: jobs, and the drills to adopt from the repository (:func:`file_and_adopt`)."""
+
+    jobs: int = 0
+    drills: list[str] = field(default_factory=list)
+
+
+def file_report(catalog: Catalog, rep: AgentReport, filed: Filed | None = None) -> int:
+    """Record one agent's report in ``catalog``; returns how many jobs it added (drills to adopt go in
+    ``filed``)."""
     raw = rep.records.get("events")
     events = [decode_event(e) for e in (raw if isinstance(raw, list) else [])]
     prefix = f"{rep.agent}:"
     started = {e.job_id for e in events if isinstance(e, JobStarted)}
-    filed: set[str] = set()
+    open_jobs: set[str] = set()  # filed as started, not finished yet
     for ev in events:
         if ev.job_id not in started:
             continue  # refers to no job this attempt started: an agent speaks only for its own work
@@ -100,16 +117,16 @@ def file_report(catalog: Catalog, rep: AgentReport) -> int:
             except sqlite3.IntegrityError:
                 started.discard(ev.job_id[len(prefix):])  # filed before: not again
                 continue
-            filed.add(ev.job_id)
+            open_jobs.add(ev.job_id)
             continue
-        if ev.job_id in filed:
+        if ev.job_id in open_jobs:
             catalog.record_event(ev)
             if isinstance(ev, JobFinished):
-                filed.discard(ev.job_id)
-    for jid in filed:  # started but never finished in the report (the attempt was cut short)
+                open_jobs.discard(ev.job_id)
+    for jid in open_jobs:  # started but never finished in the report (the attempt was cut short)
         catalog.record_event(JobFinished(jid, outcome="abandoned",
                                          error=f"agent {rep.agent} stopped reporting before this job ended"))
-    if rep.kind == "restore":
+    if rep.kind in ("restore", "drill"):  # a drill's test restore is timed as one (kind 'drill')
         for r in rep.records.get("restores") or []:
             if not isinstance(r, dict) or r.get("db") != rep.target or r.get("job_id") not in started:
                 continue
@@ -126,17 +143,32 @@ def file_report(catalog: Catalog, rep: AgentReport) -> int:
                                  started_at=float(v["started_at"]), read_data=bool(v["read_data"]),
                                  objects_checked=int(v["objects_checked"]), bytes_read=int(v["bytes_read"]),
                                  problems=[str(p) for p in v.get("problems") or []])
+    if filed is not None and rep.kind == "drill":
+        filed.drills += [str(d) for d in rep.records.get("drills") or [] if str(d).startswith(f"{rep.target}-")]
     return len(started)
 
 
-def file_reports(catalog: Catalog, plane: ControlPlane) -> int:
-    """File every report not filed yet (each once, whichever control-plane process takes it); jobs added."""
-    n = 0
+def file_reports(catalog: Catalog, plane: ControlPlane) -> Filed:
+    """File every report not filed yet (each once, whichever control-plane process takes it)."""
+    filed = Filed()
     while reports := plane.take_reports():
         for rep in reports:
             try:
-                n += file_report(catalog, rep)
+                filed.jobs += file_report(catalog, rep, filed)
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("fleet job %d: agent %s's report is not well formed (%s); it was set aside",
                             rep.job, rep.agent, exc)
-    return n
+    return filed
+
+
+async def file_and_adopt(ctx: EngineContext, plane: ControlPlane) -> Filed:
+    """File the agents' reports, then index the drills they ran from their sealed copies in the repository."""
+    from core.drills.seal import adopt
+
+    filed = await asyncio.to_thread(file_reports, ctx.catalog, plane)
+    for drill_id in filed.drills:
+        try:
+            await adopt(ctx, drill_id)
+        except BackstopError as exc:
+            log.warning("drill %s reported by an agent cannot be adopted: %s", drill_id, exc)
+    return filed

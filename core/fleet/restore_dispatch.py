@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.errors import AgentJobFailed, ConfigError
 from core.fleet.queue import FleetJob
-from core.fleet.records import file_reports
+from core.fleet.records import file_and_adopt
 from core.fleet.routing import control_plane, pick_agent
 from core.security.gate import Action, Identity, default_identity
 from core.security.guard import Guard
@@ -76,7 +76,7 @@ async def wait_for_job(ctx: EngineContext, job_id: int, poll_s: float = 0.5,
             on_progress(job)
         if job.state in ("succeeded", "failed", "cancelled"):
             # The agent's report (its job and restore timings) goes into this catalog's history now.
-            await asyncio.to_thread(file_reports, ctx.catalog, plane)
+            await file_and_adopt(ctx, plane)
         if job.state == "succeeded":
             return job
         if job.state in ("failed", "cancelled"):

@@ -94,6 +94,26 @@ async def index_snapshot(ctx: EngineContext, sid: str, job_id: str | None = None
     return rec
 
 
+async def learn_snapshots(ctx: EngineContext, db: str | None = None) -> int:
+    """Index the snapshots (of ``db``) in the repository that this catalog does not know yet, from their
+    manifests: an agent about to drill a database another host backed up. Returns how many it learnt."""
+    repo = await ctx.open_repository(require_all=False)
+    learnt = 0
+    for sid, targets in (await _where(repo)).items():
+        if ctx.catalog.has_snapshot(sid):
+            continue
+        try:
+            m = await repo.read_manifest(sid)
+        except BackstopError:
+            continue  # unreadable now: `check` names it; it is not this one's to report
+        if db is None or m.db == db:
+            rec = _keep(ctx, sid, m, targets, None)
+            if rec.is_physical:
+                await refresh_status(ctx, [rec])
+            learnt += 1
+    return learnt
+
+
 async def _where(repo: Repository) -> dict[str, list[str]]:
     """Snapshot id -> the targets holding its manifest, in config order."""
     where: dict[str, list[str]] = {}
