@@ -147,7 +147,8 @@ class Book:
     errors: list[str] = field(default_factory=list)
     report_call: list[float] = field(default_factory=list)          # seconds of each fleet.report
     filing: list[tuple[float, int]] = field(default_factory=list)   # (seconds, jobs filed) per filing pass
-    filer_pid: int = 0  # the catalog connection that files reports (its NOTIFYs are not the queue's)
+    filer_pids: set[int] = field(default_factory=set)  # catalog connections filing reports (their NOTIFYs are the
+    # catalog's jobs table, not the queue's)
 
     def minute(self, t: float) -> int:
         return int((t - self.t0) // 60)
@@ -178,7 +179,7 @@ def producer(dsn: str, agents: list[str], rate: float, duration: float, book: Bo
     reports every 10 s (as the leading daemon's housekeeping does)."""
     rng = random.Random(seed)
     catalog = PostgresCatalog(dsn)
-    book.filer_pid = int(catalog._db.raw.info.backend_pid)  # type: ignore[attr-defined]
+    book.filer_pids.add(int(catalog._db.raw.info.backend_pid))  # type: ignore[attr-defined]
     with psycopg.connect(dsn, autocommit=True, application_name="bench-producer") as conn:
         cp = ControlPlane(conn)
         pid = conn.info.backend_pid
@@ -214,6 +215,7 @@ def producer(dsn: str, agents: list[str], rate: float, duration: float, book: Bo
 def file_the_rest(dsn: str, book: Book) -> None:
     """After the drain: the last jobs' reports, filed as the next housekeeping pass would."""
     catalog = PostgresCatalog(dsn)
+    book.filer_pids.add(int(catalog._db.raw.info.backend_pid))  # type: ignore[attr-defined]
     with psycopg.connect(dsn, autocommit=True, application_name="bench-filer") as conn:
         t = time.monotonic()
         n = file_reports(catalog, ControlPlane(conn)).jobs
@@ -430,7 +432,7 @@ def notify_latency(book: Book, arrivals: list[tuple[int, str, float]]
     its notifications in order; how many went unmatched."""
     got: dict[int, list[float]] = defaultdict(list)
     for pid, payload, at in arrivals:
-        if payload == "jobs" and pid != book.filer_pid:  # the filer's are the catalog's jobs table, not the queue
+        if payload == "jobs" and pid not in book.filer_pids:  # the filer's are the catalog's jobs table, not the queue
             got[pid].append(at)
     lat: dict[str, list[float]] = defaultdict(list)
     lat_sent: dict[str, list[float]] = defaultdict(list)

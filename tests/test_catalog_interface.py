@@ -159,7 +159,6 @@ def test_catalog_contract(contract) -> None:  # type: ignore[no-untyped-def]
     types = [t for _, _, t, _ in cat.job_events("j1")]
     assert types == ["JobStarted", "PhaseChanged", "Progress", "JobWarning", "JobFinished"]
     assert cat.mark_abandoned_jobs() == 0
-
     # Snapshots.
     for i in range(3):
         cat.add_snapshot(_snap(i, "warranty" if i != 1 else "billing"))
@@ -347,6 +346,16 @@ def test_catalog_contract(contract) -> None:  # type: ignore[no-untyped-def]
     assert table is not None and table.columns[:2] == ("seq", "ts")
     arows = q.audit_rows(list(q.audit_rowids()))
     assert [r[0] for r in arows] == [2, 1] and len(q.audit_rowids(("nothing-like-this",))) == 0
+
+    # Several in one transaction, all or none: a job recorded before spoils the whole batch.
+    batch = [JobStarted("j2", kind="verify", db=None, description="elsewhere", ts=now - 30, host="agent-host"),
+             JobFinished("j2", outcome="failed", error="boom", ts=now - 20)]
+    with pytest.raises(sqlite3.IntegrityError):
+        cat.record_events([*batch, JobStarted("j1", kind="backup", db="warranty", description="again")])
+    assert [j.id for j in cat.jobs()] == ["j1"]
+    cat.record_events(batch)
+    assert [(j.id, j.state, j.host) for j in cat.jobs()] == [("j2", "failed", "agent-host"), ("j1", "succeeded",
+                                                                                             socket.gethostname())]
 
     # The change feed: a commit by another connection is seen once.
     feed = q.changes()

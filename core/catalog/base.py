@@ -343,6 +343,11 @@ class Catalog(Protocol):
         are thinned out; the job row always holds the newest figures)."""
         ...
 
+    def record_events(self, events: Sequence[JobEvent]) -> None:
+        """Apply several events in one transaction, all or none (an agent's report filed at the control
+        plane); a job already recorded raises sqlite3.IntegrityError and nothing is written."""
+        ...
+
     def jobs(self, limit: int = 100, state: str | None = None) -> list[JobRecord]:
         """Recent jobs (in one state), newest first."""
         ...

@@ -15,6 +15,7 @@ import re
 import socket
 import sqlite3
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from core.catalog import sqlite_schema
@@ -166,6 +167,12 @@ class SqliteCatalog(SecurityTables, ScheduleTables, HealthTables):
             "INSERT INTO job_events (job_id, ts, type, payload) VALUES (?,?,?,?)",
             (ev.job_id, ev.ts, ev.type, json.dumps(ev.payload())),
         )
+
+    def record_events(self, events: Sequence[JobEvent]) -> None:
+        """Several events in one transaction, all or none."""
+        with transaction(self._db):
+            for ev in events:
+                self.record_event(ev)
 
     def jobs(self, limit: int = 100, state: str | None = None) -> list[JobRecord]:
         """Recent jobs, newest first."""

@@ -105,27 +105,32 @@ def file_report(catalog: Catalog, rep: AgentReport, filed: Filed | None = None) 
     events = [decode_event(e) for e in (raw if isinstance(raw, list) else [])]
     prefix = f"{rep.agent}:"
     started = {e.job_id for e in events if isinstance(e, JobStarted)}
-    open_jobs: set[str] = set()  # filed as started, not finished yet
+    open_jobs: set[str] = set()  # started, not finished yet
+    seen: set[str] = set()
+    batch: list[JobEvent] = []
     for ev in events:
         if ev.job_id not in started:
             continue  # refers to no job this attempt started: an agent speaks only for its own work
         ev = dataclasses.replace(ev, job_id=prefix + ev.job_id)
         if isinstance(ev, JobStarted):
             ev = dataclasses.replace(ev, host=rep.host or rep.agent)
-            try:
-                catalog.record_event(ev)
-            except sqlite3.IntegrityError:
-                started.discard(ev.job_id[len(prefix):])  # filed before: not again
-                continue
+            if ev.job_id in seen:
+                continue  # started twice in one report: the first one stands
+            seen.add(ev.job_id)
             open_jobs.add(ev.job_id)
-            continue
-        if ev.job_id in open_jobs:
-            catalog.record_event(ev)
-            if isinstance(ev, JobFinished):
-                open_jobs.discard(ev.job_id)
-    for jid in open_jobs:  # started but never finished in the report (the attempt was cut short)
-        catalog.record_event(JobFinished(jid, outcome="abandoned",
-                                         error=f"agent {rep.agent} stopped reporting before this job ended"))
+        elif ev.job_id not in open_jobs:
+            continue  # after its finish: nothing more to apply
+        batch.append(ev)
+        if isinstance(ev, JobFinished):
+            open_jobs.discard(ev.job_id)
+    for jid in sorted(open_jobs):  # started but never finished in the report (the attempt was cut short)
+        batch.append(JobFinished(jid, outcome="abandoned",
+                                 error=f"agent {rep.agent} stopped reporting before this job ended"))
+    try:
+        catalog.record_events(batch)  # one transaction: a report is filed whole or not at all
+    except sqlite3.IntegrityError:
+        log.warning("fleet job %d: agent %s's report names jobs filed before; it was set aside", rep.job, rep.agent)
+        return 0
     if rep.kind in ("restore", "drill"):  # a drill's test restore is timed as one (kind 'drill')
         for r in rep.records.get("restores") or []:
             if not isinstance(r, dict) or r.get("db") != rep.target or r.get("job_id") not in started:
