@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
+import shutil
 import stat
+import subprocess
+import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -196,6 +202,44 @@ async def test_stats_reset_on_a_real_database(db: str) -> None:
     fired = crossed(cfg, base, now, None)
     assert fired is not None and fired.reason.startswith("changed_rows: 25 rows changed")
     assert "counters reset" in fired.reason
+
+
+async def test_a_hot_standby_is_sampled_by_the_wal_it_replayed(pg_cluster: LocalCluster, db: str) -> None:
+    """An agent beside a standby: pg_current_wal_insert_lsn() is refused there, the replayed WAL counts."""
+    root = Path(tempfile.mkdtemp(prefix="backstop-test-standby-"))  # not under pytest's tmp (its modes get reset)
+    data = root / "data"
+    try:
+        # A streaming copy of the test cluster (-R: standby.signal and primary_conninfo), handed to its account.
+        made = subprocess.run([str(pg_cluster.bin_dir / "pg_basebackup"), "-d", pg_cluster.dsn(), "-D", str(data),
+                               "-R", "-X", "stream", "-c", "fast"], capture_output=True, text=True, timeout=120)
+        assert made.returncode == 0, made.stderr
+        with psycopg.connect(pg_cluster.dsn()) as conn:  # a hot standby needs at least the primary's
+            row = conn.execute("SELECT setting FROM pg_settings WHERE name = 'max_connections'").fetchone()
+        assert row is not None
+        standby = LocalCluster(data, settings={"fsync": "off", "hot_standby": "on", "max_connections": row[0]})
+        if standby.owner is not None:
+            for path in [data, *data.rglob("*")]:
+                os.chown(path, *standby.owner, follow_symlinks=False)
+        data.chmod(0o700)
+        standby.start()
+        try:
+            name = db.rsplit("/", 1)[1].split("?")[0]
+            dsn = standby.dsn(name)
+            first = await sample(dsn)
+            assert first.standby and first.wal_lsn > 0
+            cfg = ThresholdsConfig(wal_bytes="64kB")  # type: ignore[arg-type]
+            write(db, "INSERT INTO t SELECT g, repeat('s', 1000) FROM generate_series(3001, 3200) g")  # on the primary
+            deadline = time.monotonic() + 30
+            while (now := await sample(dsn)).wal_lsn - first.wal_lsn < 64_000:
+                assert time.monotonic() < deadline, "the standby never replayed the primary's writes"
+                await asyncio.sleep(0.1)
+            assert now.standby and now.changed_rows == first.changed_rows  # row counters are not replicated
+            fired = crossed(cfg, first, now, None)
+            assert fired is not None and fired.threshold == "wal_bytes", fired
+        finally:
+            standby.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # --- the baseline file -----------------------------------------------------------------------------------------
