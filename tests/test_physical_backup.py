@@ -251,7 +251,9 @@ async def test_the_stream_is_stored_in_fixed_blocks_and_an_unchanged_block_is_ne
     st = LocalStorage(LocalTargetConfig(name="l", type="local", path=tmp_path / "r"))
     await st.prepare()
     repo, _ = await Repository.init([st], b"pass", RepositoryConfig())
-    relation = b"".join(hashlib.sha256(i.to_bytes(4, "big")).digest() * 256 for i in range(80))  # 640 KiB
+    # Five blocks of incompressible-enough bytes (a new 8 KiB pattern per page).
+    pages = 5 * BLOCK_SIZE // 8192
+    relation = b"".join(hashlib.sha256(i.to_bytes(4, "big")).digest() * 256 for i in range(pages))
     stored, writer = await _store(repo, _pg_like_tar(relation))
     assert (stored.label.start_lsn, stored.manifest.stop_lsn) == ("0/2000028", "0/2000100")
     assert stored.control_system_identifier == 7312345678901234567
@@ -261,7 +263,7 @@ async def test_the_stream_is_stored_in_fixed_blocks_and_an_unchanged_block_is_ne
     reader = StreamReader(repo, await repo.load_index(common=False), ThreadPoolExecutor(1))
     assert b"".join([c async for c in reader.stream(rel)]) == relation
     # One page changed in the second block, one block appended: two new relation blocks, and the manifest.
-    changed = relation[:131072 + 8192] + b"\x01" * 8192 + relation[131072 + 16384:] + b"\x02" * 131072
+    changed = relation[:BLOCK_SIZE + 8192] + b"\x01" * 8192 + relation[BLOCK_SIZE + 16384:] + b"\x02" * BLOCK_SIZE
     again, writer2 = await _store(repo, _pg_like_tar(changed))
     rel2 = next(f for f in again.files if f.name == "base/1/16384")
     assert [a == b for a, b in zip(rel.chunks, rel2.chunks, strict=False)] == [True, False, True, True, True]
@@ -385,7 +387,7 @@ async def test_the_snapshot_holds_every_file_the_server_listed_with_its_size_and
     assert set(files) - {"backup_manifest"} == set(listed)
     for path, f in listed.items():
         assert files[path].size == f["Size"] and f["Checksum-Algorithm"] == "CRC32C", path
-        assert len(files[path].chunks) == -(-f["Size"] // BLOCK_SIZE)  # fixed 128 KiB blocks
+        assert len(files[path].chunks) == -(-f["Size"] // BLOCK_SIZE)  # fixed 512 KiB blocks
     # What the snapshot gives back is what the server read (its CRC-32C) and what the snapshot says (SHA-256).
     for path in sorted(listed, key=lambda p: -listed[p]["Size"])[:12]:
         data = await _read_file(setup, manifest, path)

@@ -2,7 +2,7 @@
 
 Runs in a worker thread reading the pipe from pg_basebackup. One member at
 a time: its content goes straight through the repository writer in
-128 KiB blocks (a whole number of 8 KiB pages, so an unchanged stretch of
+512 KiB blocks (a whole number of 8 KiB pages, so an unchanged stretch of
 a relation file is the same chunk in every backup). backup_label,
 backup_manifest and the head of global/pg_control are read on the way
 past, never twice.
@@ -30,7 +30,10 @@ from core.physical.tar import DIR, FILE, SYMLINK, RawReader, StreamCutShort, Tar
 from core.repository.manifest import PG_DIR, PG_FILE, PG_SYMLINK, FileEntry
 from core.repository.writer import StreamWriter
 
-BLOCK_SIZE = 128 * 1024  # 16 PostgreSQL pages
+# 64 PostgreSQL pages. Each chunk is compressed alone: 128 KiB blocks stored 2-3% more than pgBackRest's
+# whole-file zstd, 512 KiB ones 2% less, and a 5% append still re-stores a quarter of what pgBackRest's
+# incremental does (core/repository/FORMAT.md, physical snapshots).
+BLOCK_SIZE = 512 * 1024
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _LABEL_MAX = 1 << 16
 
