@@ -80,6 +80,28 @@ def _stop(proc: subprocess.Popen[str]) -> None:
             proc.wait()
 
 
+def _wait_for_heartbeat(url: str, agent: str, procs: list[subprocess.Popen[str]], logs: list[Path]) -> None:
+    _wait(f"agent {agent}'s heartbeat", lambda: bool(_owner_rows(
+        url, "SELECT 1 FROM fleet.agents WHERE name = %s AND heartbeat_at IS NOT NULL", (agent,))), 30, procs, logs)
+
+
+def _nightly_daemon(fleet_setup: dict[str, Any], **dispatch: float) -> Setup:
+    """The control plane's config for warranty (host-a's), with a nightly backup run by hand in the tests."""
+    daemon = write_setup(fleet_setup["tmp"] / "daemon", [local_target(fleet_setup["repo"])],
+                         [fleet_setup["dbs"]["host-a"]], catalog={"url": fleet_setup["url"]}, dispatch=dispatch,
+                         schedules=[{"name": "nightly", "action": "backup", "db": "warranty", "cron": "0 2 * * *"}])
+    daemon.cli("init", check=True)
+    return daemon
+
+
+def _schedule_run(daemon: Setup, name: str) -> subprocess.Popen[str]:
+    """`schedule run NAME` in the background: it queues the run for the agent and waits for its outcome, as the
+    daemon does."""
+    return subprocess.Popen([*BACKSTOP, "--config", str(daemon.path), "schedule", "run", name],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT)
+
+
 @pytest.fixture
 def fleet_setup(tmp_path: Path, pg_cluster: LocalCluster, second_cluster: LocalCluster, make_warranty_db,  # type: ignore[no-untyped-def]
                 pg_catalog_url: Callable[[], str]) -> Iterator[dict[str, Any]]:
@@ -151,21 +173,14 @@ def test_scheduled_backups_run_on_the_agent_beside_each_database(fleet_setup: di
 def test_an_agent_killed_mid_backup_loses_the_job_which_is_retried_without_a_broken_snapshot(
         fleet_setup: dict[str, Any]) -> None:
     url, tmp = fleet_setup["url"], fleet_setup["tmp"]
-    daemon = write_setup(tmp / "daemon", [local_target(fleet_setup["repo"])], [fleet_setup["dbs"]["host-a"]],
-                         catalog={"url": url}, dispatch={"retry_delay_s": 1.0, "reap_grace_s": 0.5},
-                         schedules=[{"name": "nightly", "action": "backup", "db": "warranty", "cron": "0 2 * * *"}])
-    daemon.cli("init", check=True)
+    daemon = _nightly_daemon(fleet_setup, retry_delay_s=1.0, reap_grace_s=0.5)
     agent = fleet_setup["agents"]["host-a"]
     logs = [tmp / "agent-a.log", tmp / "agent-a2.log"]
     first = _start(agent, "agent", logs[0])
     procs = [first]
     try:
-        _wait("the agent's heartbeat", lambda: bool(_owner_rows(
-            url, "SELECT 1 FROM fleet.agents WHERE name = 'host-a' AND heartbeat_at IS NOT NULL")), 30, procs, logs[:1])
-        # `schedule run` queues the run for the agent and waits for its outcome, as the daemon does.
-        waiting = subprocess.Popen([*BACKSTOP, "--config", str(daemon.path), "schedule", "run", "nightly"],
-                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   text=True, cwd=ROOT)
+        _wait_for_heartbeat(url, "host-a", procs, logs[:1])
+        waiting = _schedule_run(daemon, "nightly")
         _wait("the backup running on the agent", lambda: bool(_owner_rows(
             url, "SELECT 1 FROM fleet.jobs WHERE state = 'running'")), 30, procs, logs[:1])
         first.send_signal(signal.SIGKILL)
@@ -190,10 +205,7 @@ def test_an_agent_killed_mid_backup_loses_the_job_which_is_retried_without_a_bro
 
 def test_an_agent_stopped_by_sigterm_mid_backup_hands_the_job_back_at_once(fleet_setup: dict[str, Any]) -> None:
     url, tmp = fleet_setup["url"], fleet_setup["tmp"]
-    daemon = write_setup(tmp / "daemon", [local_target(fleet_setup["repo"])], [fleet_setup["dbs"]["host-a"]],
-                         catalog={"url": url}, dispatch={"retry_delay_s": 0.5, "reap_grace_s": 30.0},
-                         schedules=[{"name": "nightly", "action": "backup", "db": "warranty", "cron": "0 2 * * *"}])
-    daemon.cli("init", check=True)
+    daemon = _nightly_daemon(fleet_setup, retry_delay_s=0.5, reap_grace_s=30.0)
     agent = fleet_setup["agents"]["host-a"]
     doc = yaml.safe_load(agent.path.read_text())
     slow = dict(doc)
@@ -203,11 +215,8 @@ def test_an_agent_stopped_by_sigterm_mid_backup_hands_the_job_back_at_once(fleet
     first = _start(agent, "agent", logs[0])
     procs = [first]
     try:
-        _wait("the agent's heartbeat", lambda: bool(_owner_rows(
-            url, "SELECT 1 FROM fleet.agents WHERE name = 'host-a' AND heartbeat_at IS NOT NULL")), 30, procs, logs[:1])
-        waiting = subprocess.Popen([*BACKSTOP, "--config", str(daemon.path), "schedule", "run", "nightly"],
-                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   text=True, cwd=ROOT)
+        _wait_for_heartbeat(url, "host-a", procs, logs[:1])
+        waiting = _schedule_run(daemon, "nightly")
         _wait("the backup under way on the agent", lambda: bool(_owner_rows(
             url, "SELECT 1 FROM fleet.jobs WHERE state = 'running' AND progress->>'phase' IS NOT NULL")), 30, procs,
             logs[:1])
@@ -243,8 +252,7 @@ def test_a_drill_scheduled_on_the_fleet_runs_on_the_agent_and_its_sealed_report_
     logs = [tmp / "agent-a.log"]
     procs = [_start(fleet_setup["agents"]["host-a"], "agent", logs[0])]
     try:
-        _wait("the agent's heartbeat", lambda: bool(_owner_rows(
-            url, "SELECT 1 FROM fleet.agents WHERE name = 'host-a' AND heartbeat_at IS NOT NULL")), 30, procs, logs)
+        _wait_for_heartbeat(url, "host-a", procs, logs)
         run = control.cli("schedule", "run", "drill-warranty")
         assert run.returncode == 0, run.stdout + run.stderr + logs[0].read_text()
     finally:
@@ -353,8 +361,7 @@ def test_a_restore_asked_at_the_control_plane_runs_on_the_agent_and_overwriting_
     logs = [tmp / "agent-a.log"]
     procs = [_start(fleet_setup["agents"]["host-a"], "agent", logs[0])]
     try:
-        _wait("the agent's heartbeat", lambda: bool(_owner_rows(
-            url, "SELECT 1 FROM fleet.agents WHERE name = 'host-a' AND heartbeat_at IS NOT NULL")), 30, procs, logs)
+        _wait_for_heartbeat(url, "host-a", procs, logs)
         out = json.loads(control.cli("restore", "--db", "warranty", "--into", into, "--by-agent", "--json",
                                      check=True).stdout)
         assert (out["agent"], out["snapshot"], out["into"]) == ("host-a", sid, into)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from core.errors import AgentJobFailed, CatalogError, ConfigError
-from core.fleet.queue import ControlPlane
+from core.fleet.queue import ControlPlane, FleetJob
 from core.fleet.records import file_and_adopt
 from core.fleet.routing import pick_agent
 from core.postgres.tools import first_line
@@ -40,6 +40,11 @@ def schedule_args(schedule: ScheduleConfig) -> dict[str, object]:
             for k, v in schedule.model_dump(exclude_defaults=True).items()}
 
 
+def run_result(job: FleetJob) -> dict[str, object]:
+    """A succeeded fleet job as its scheduled run records it: where it ran, which attempt, what it reported."""
+    return {"agent": job.agent, "job": job.id, "attempt": job.attempt, **(job.result or {})}
+
+
 def settle_runs(catalog: Catalog, plane: ControlPlane, holder: str, now: float) -> int:
     """Scheduled runs a daemon left open (killed, or its host gone, where its pid cannot be checked) or
     abandoned while its agent went on, take their fleet job's outcome; a run another daemon claimed but
@@ -56,8 +61,7 @@ def settle_runs(catalog: Catalog, plane: ControlPlane, holder: str, now: float) 
                 run.name, run.slot, state, error=f"the daemon that claimed it ({run.holder}) stopped before"
                 " handing it to an agent")
         elif job.state == "succeeded":
-            catalog.update_schedule_run(run.name, run.slot, "succeeded", result={
-                "agent": job.agent, "job": job.id, "attempt": job.attempt, **(job.result or {})})
+            catalog.update_schedule_run(run.name, run.slot, "succeeded", result=run_result(job))
         elif job.state in ("failed", "cancelled"):
             catalog.update_schedule_run(run.name, run.slot, "failed",
                                         error=f"agent {job.agent}: {job.error or job.state}")
@@ -148,7 +152,7 @@ class FleetRunner:
                 raise AgentJobFailed(f"agent {job.agent}: {job.error or job.state} (attempt {job.attempt})")
             await asyncio.sleep(self.poll_s)
         await file_and_adopt(self.engine.ctx, plane)
-        result: dict[str, object] = {"agent": job.agent, "job": jid, "attempt": job.attempt, **(job.result or {})}
+        result = run_result(job)
         sid = (job.result or {}).get("snapshot")
         if isinstance(sid, str):
             from core.ops.rebuild import index_snapshot

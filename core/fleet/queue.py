@@ -132,8 +132,10 @@ class ControlPlane:
         if row is None:
             return [f"the role {AGENT_GROUP} is missing: create it as an administrator (CREATE ROLE {AGENT_GROUP}"
                     " NOLOGIN) and run backstop again (README, \"A fleet\", step 1)"]
-        allowed = [f for f in ADVISORY_LOCK_FUNCTIONS if self._conn.execute(
-            "SELECT has_function_privilege(%s, %s, 'EXECUTE')", (AGENT_GROUP, f)).fetchone() == (True,)]
+        allowed = [r[0] for r in self._conn.execute(
+            "SELECT f FROM unnest(%s::text[]) WITH ORDINALITY AS u(f, i)"
+            " WHERE has_function_privilege(%s, f, 'EXECUTE') ORDER BY i",
+            (list(ADVISORY_LOCK_FUNCTIONS), AGENT_GROUP))]
         if not allowed:
             return []
         return [f"agents may take advisory locks ({allowed[0]} and {len(allowed) - 1} more), so one could hold the"
