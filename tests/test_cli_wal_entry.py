@@ -73,7 +73,9 @@ def test_an_already_pushed_segment_is_acknowledged_on_the_fast_path(tmp_path: Pa
         proc, names = _imported("--config", str(config), "wal-push", f"pg_wal/{name}", cwd=tmp_path / "pgdata")
         assert (proc.returncode, proc.stdout) == (0, ""), proc.stderr[-2000:]
         assert {n for n in names if n.split(".")[0] == "core"} <= FAST_PATH
-        for module in ("asyncio", "json", "dataclasses", "yaml", "pydantic", "zstandard", "cryptography", "boto3"):
+        # PostgreSQL's exact call shape skips argparse too (building a parser imports shutil and locale).
+        for module in ("asyncio", "json", "dataclasses", "yaml", "pydantic", "zstandard", "cryptography", "boto3",
+                       "argparse", "shutil"):
             assert module not in names, module
         assert [how for _, _, how in spool.latencies()] == ["spool"]
         # Startup cost: a loose bound for a busy machine; `wal status` reports the real percentiles.
@@ -171,3 +173,17 @@ def test_command_modules_share_only_output_and_context() -> None:
         deps = {m for m in _imports(path) if m.startswith("core.cli")
                 and not any(m == s or m.startswith(s + ".") for s in shared)}
         assert not deps, (name, deps)
+
+
+def test_only_postgres_exact_call_shape_skips_the_parser() -> None:
+    from core.cli.wal import _plain_call
+
+    assert _plain_call(["--config", "/c.yaml", "wal-push", "pg_wal/X"]) == ("/c.yaml", "wal-push", ["pg_wal/X"])
+    assert _plain_call(["--config=/c.yaml", "wal-fetch", "X", "pg_wal/RECOVERYXLOG"]) == (
+        "/c.yaml", "wal-fetch", ["X", "pg_wal/RECOVERYXLOG"])
+    assert _plain_call(["wal-push", "pg_wal/X"]) == (None, "wal-push", ["pg_wal/X"])
+    # Everything else goes through argparse: help, abbreviations, a missing or extra operand, an empty config.
+    for argv in (["wal-push", "--help"], ["--conf", "/c.yaml", "wal-push", "X"], ["wal-push"],
+                 ["wal-push", "X", "Y"], ["wal-fetch", "X"], ["--config=", "wal-push", "X"], ["--config"],
+                 ["wal-push", "-X"], ["status"]):
+        assert _plain_call(argv) is None, argv

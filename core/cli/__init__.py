@@ -14,10 +14,13 @@ are imported inside the commands so that small commands start fast.
 
 from __future__ import annotations
 
-# Only what the fast path of wal-push/wal-fetch needs anyway (argparse): not even `typing`.
-import argparse
+# Only what the fast path of wal-push/wal-fetch needs: not even `typing`, nor argparse (see core.cli.wal).
 import sys
-from collections.abc import Sequence
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
 
 # The common options that take a value: skipped when looking for the command's name in argv.
 _VALUE_OPTIONS = ("--config", "--operator", "--otp")

@@ -86,14 +86,20 @@ def wal_push(config_arg: str | None, wal_path: str) -> int:
         return _push_here(cfg, path, None, t0)
     try:
         spool.note_pgdata(path)
+        started: subprocess.Popen[bytes] | None = None
+        answer = None
         if spool.holder(spool.pusher_lock) is None:
-            started: subprocess.Popen[bytes] | None = _spawn(spool, cfg, "core.wal.pusher")
+            started = _spawn(spool, cfg, "core.wal.pusher")
         else:
-            started = None
-        if spool.matches(path.name, path):
-            spool.add_latency(time.monotonic() - t0, "spool")
-            return EXIT_OK
-        answer = _ask_pusher(spool, path, started)
+            # A listening pusher answers at once for a file it stored and that has not changed since,
+            # without this call reading and hashing 16 MiB again; else it checks the record or pushes.
+            answer = _ask_pusher(spool, path, None, wait=False)
+        if answer is None:
+            # No pusher listens yet (starting up, or gone): a file recorded as pushed needs none.
+            if spool.matches(path.name, path):
+                spool.add_latency(time.monotonic() - t0, "spool")
+                return EXIT_OK
+            answer = _ask_pusher(spool, path, started)
     except OSError as exc:
         _err("wal-push", f"the WAL spool {spool.root} is not usable: {exc.strerror or exc}; it must be writable "
                          "by the PostgreSQL server's OS user")
@@ -139,8 +145,12 @@ class _ForeignPusher(Exception):
     """The socket belongs to another OS user's pusher (one someone ran by hand): this call pushes by itself."""
 
 
-def _ask_pusher(spool: Spool, path: Path, started: subprocess.Popen[bytes] | None) -> tuple[bool, str] | None:
-    """The pusher's answer for ``path`` (ok, message); None when no pusher answered (the caller pushes)."""
+def _ask_pusher(spool: Spool, path: Path, started: subprocess.Popen[bytes] | None,
+                wait: bool = True) -> tuple[bool, str] | None:
+    """The pusher's answer for ``path`` (ok, message); None when no pusher answered (the caller pushes).
+
+    ``wait``: for a pusher that is starting up (without it, None at once when nobody listens).
+    """
     deadline = time.monotonic() + PUSHER_START_WAIT_S
     while True:
         try:
@@ -149,6 +159,8 @@ def _ask_pusher(spool: Spool, path: Path, started: subprocess.Popen[bytes] | Non
             return None
         if sock is not None:
             break
+        if not wait:
+            return None
         starting = started is not None and started.poll() is None
         if not starting and spool.holder(spool.pusher_lock) is None:
             return None
@@ -168,8 +180,11 @@ def _ask_pusher(spool: Spool, path: Path, started: subprocess.Popen[bytes] | Non
         except OSError:
             return None
     line = buf.decode(errors="replace").strip()
-    if line.startswith("OK"):
-        return True, line[3:]
+    if line.startswith("OK "):
+        tag, _, message = line[3:].partition(" ")
+        # A pusher started with the config as it was before an edit stored into the old repository:
+        # its word counts for nothing here, this call pushes by itself.
+        return (True, message) if tag == spool.tag else None
     return False, line[4:] if line.startswith("ERR ") else line
 
 

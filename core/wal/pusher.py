@@ -5,6 +5,10 @@ wal-push calls on the spool's Unix socket and, between them, pushes the
 files PostgreSQL has marked ready (``pg_wal/archive_status/*.ready``)
 ``wal.push_ahead`` at a time, recording each one stored on every target in
 the spool, so the call for it later finds the record and returns at once.
+It watches ``archive_status`` (core/wal/watch.py), so a push starts when
+PostgreSQL marks the file ready, while the archiver's call for it is still
+starting up; and it remembers the files it stored (their stat), so a call
+for one is answered without reading and hashing the file again.
 
 Nothing it does acknowledges anything to PostgreSQL: only a wal-push call
 does, from a record written after the object was read back everywhere. A
@@ -29,12 +33,29 @@ from core.errors import BackstopError
 from core.ops.wal import open_archive, push_path, segment_sort_key
 from core.repository.wal import WalArchive
 from core.wal.spool import Spool, config_tag, helper_spool
+from core.wal.watch import DirWatch, open_watch
 
 IDLE_EXIT_S = 300.0
 SCAN_INTERVAL_S = 0.25
 REOPEN_EVERY_S = 600.0  # re-read keys now and then: a DEK rotation must reach new WAL objects
 RECORD_DAYS = 7
+# A file changed less than this before it was read could change again without its ctime moving (the kernel
+# stamps files from a coarse clock): its stat is not trusted later, the call's answer hashes it again.
+_RACY_NS = 50_000_000
+_STORED_KEEP = 10_000
 _BACKOFF_S = (1.0, 5.0, 15.0, 60.0)
+
+
+_StatKey = tuple[int, int, int, int, int]
+
+
+def _stat_key(path: Path) -> _StatKey | None:
+    """What changes when a file is replaced or written: device, inode, size, mtime and ctime."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _config_stamp(path: Path) -> tuple[int, int, int] | None:
@@ -60,6 +81,10 @@ class Pusher:
         self.inflight: dict[str, asyncio.Task[tuple[bool, str]]] = {}
         self.failures: dict[str, tuple[int, float]] = {}  # name -> (attempts, retry not before)
         self.wal_dirs: set[Path] = set()
+        # Files this process stored, by name: the stat they had when read. A call for one whose stat is
+        # unchanged is answered without reading and hashing 16 MiB again (the spool's record says stored).
+        self.stored: dict[str, _StatKey] = {}
+        self.watch: DirWatch | None = None
         pgdata = spool.pgdata()
         if pgdata:
             self.wal_dirs.add(Path(pgdata) / "pg_wal")
@@ -88,18 +113,30 @@ class Pusher:
 
             def done(_: asyncio.Task[tuple[bool, str]], name: str = path.name) -> None:
                 self.inflight.pop(name, None)
+                self.wake.set()  # a slot is free: the next ready file starts now, not at the next scan
 
             task.add_done_callback(done)
         return task
+
+    def known(self, path: Path) -> bool:
+        """Whether this process stored ``path`` and the file has not changed since (no read needed)."""
+        key = self.stored.get(path.name)
+        return key is not None and key == _stat_key(path) and self.spool.record(path.name) is not None
 
     async def _push(self, path: Path) -> tuple[bool, str]:
         self.last_work = time.monotonic()
         name = path.name
         try:
-            if self.spool.matches(name, path):
+            if self.known(path) or await asyncio.to_thread(self.spool.matches, name, path):
                 return True, "already pushed"
             t0 = time.monotonic()
+            before = _stat_key(path)
+            read_at = time.time_ns()
             result = await push_path(await self.archive(), path, self.spool)
+            if before is not None and before == _stat_key(path) and before[4] < read_at - _RACY_NS:
+                if len(self.stored) >= _STORED_KEEP:
+                    self.stored.clear()  # a long backlog's worth; older names are not asked for again
+                self.stored[name] = before
         except BackstopError as exc:
             attempts = self.failures.get(name, (0, 0.0))[0] + 1
             self.failures[name] = (attempts, time.monotonic() + _BACKOFF_S[min(attempts, len(_BACKOFF_S)) - 1])
@@ -122,7 +159,7 @@ class Pusher:
                 names = [e.name[:-6] for e in os.scandir(wal_dir / "archive_status") if e.name.endswith(".ready")]
             except OSError:
                 continue
-            found += [wal_dir / n for n in names if self.spool.record(n) is None]
+            found += [wal_dir / n for n in names if n not in self.stored and self.spool.record(n) is None]
         found.sort(key=lambda p: segment_sort_key(p.name))
         return found
 
@@ -147,18 +184,34 @@ class Pusher:
                 writer.write(b"ERR bad request (expected PUSH <absolute path>)\n")
                 return
             path = Path(line[5:])
-            self.wal_dirs.add(path.parent)
+            self.learn(path.parent)
             self.failures.pop(path.name, None)  # a request retries at once, whatever the backoff said
-            self.wake.set()
-            ok, message = await asyncio.shield(self.push(path))
+            if path.name not in self.inflight and self.known(path):
+                ok, message = True, "already pushed"
+            else:
+                self.wake.set()
+                ok, message = await asyncio.shield(self.push(path))
             one_line = " ".join(message.split())
-            writer.write(f"OK {one_line}\n".encode() if ok else f"ERR {one_line}\n".encode())
+            # The config tag: a call made with another config (edited since this pusher started) must not
+            # take this pusher's word for a file stored in the old repository.
+            writer.write(f"OK {self.spool.tag} {one_line}\n".encode() if ok else f"ERR {one_line}\n".encode())
         except (ConnectionError, OSError):
             pass  # the caller went away (killed): PostgreSQL will call again
         finally:
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.drain()
                 writer.close()
+
+    def learn(self, wal_dir: Path) -> None:
+        """Work ahead in ``wal_dir`` too (from now on, woken as soon as a file there is ready)."""
+        self.wal_dirs.add(wal_dir)
+        if self.watch is not None:
+            self.watch.add(wal_dir / "archive_status")
+
+    def _on_watch(self) -> None:
+        assert self.watch is not None
+        self.watch.drain()
+        self.wake.set()
 
     def _bind(self) -> socket.socket:
         """The listening socket in the spool (a dead pusher's socket file replaced: we hold the lock)."""
@@ -187,7 +240,13 @@ class Pusher:
         loop = asyncio.get_running_loop()
         # SIGTERM (an operator, a test, shutdown): leave through the finally below, socket removed.
         loop.add_signal_handler(signal.SIGTERM, self.stop)
-        self.spool.log_line(f"pusher started (push_ahead {self.push_ahead})")
+        self.watch = open_watch()
+        if self.watch is not None:
+            for wal_dir in self.wal_dirs:
+                self.watch.add(wal_dir / "archive_status")
+            loop.add_reader(self.watch.fd, self._on_watch)
+        self.spool.log_line(f"pusher started (push_ahead {self.push_ahead}, "
+                            f"{'watching' if self.watch else 'scanning'} archive_status)")
         self.spool.forget_records(time.time() - RECORD_DAYS * 86400)
         try:
             while not self.stopping.is_set():
@@ -207,6 +266,9 @@ class Pusher:
             return 0
         finally:
             loop.remove_signal_handler(signal.SIGTERM)
+            if self.watch is not None:
+                loop.remove_reader(self.watch.fd)
+                self.watch.close()
             server.close()
             with contextlib.suppress(OSError):
                 os.unlink(self.spool.socket)

@@ -4,7 +4,8 @@ Standard library only (the fast path imports it). Layout, all owned by the
 PostgreSQL server's OS user, directories 0700 and files 0600::
 
     pusher.lock     held (flock) by the running pusher; holds its pid
-    pusher.sock     the pusher's Unix socket: "PUSH <absolute path>" -> "OK ..." | "ERR <one line>"
+    pusher.sock     the pusher's Unix socket: "PUSH <absolute path>" -> "OK <config tag> ..." | "ERR <one line>"
+                    (a call takes an OK only with its own config's tag: see pushed/ below)
     pusher.log      the background processes' own lines (what went wrong while working ahead)
     pushed/<name>   one record per WAL file stored on every target and read back:
                     "<size> <sha256 hex> <unix time> <config tag>"; only the pusher or a push writes it;
@@ -21,6 +22,9 @@ PostgreSQL server's OS user, directories 0700 and files 0600::
 The spool is the configured ``wal.spool_dir``; by default ``wal-spool``
 beside the config file when that directory is writable, else
 ``$XDG_DATA_HOME/backstop/wal-spool/<16 hex of the config path's SHA-256>``.
+A configured spool is remembered in ``$XDG_CACHE_HOME/backstop/spools/<16
+hex of the config path's SHA-256>`` ("<config tag> <spool>"), so a call
+parses the YAML only once per edit of the config file.
 """
 
 from __future__ import annotations
@@ -99,16 +103,51 @@ def configured_spool(config: Path, text: str) -> Path | None:
     return config.parent / os.path.expanduser(str(value))
 
 
+def _pointer(config: Path) -> Path:
+    """Where the spool found for this config path is remembered (``<config tag> <spool>``), per OS user."""
+    # The account's own home, not $HOME: an archive_command started under su or sudo may carry another
+    # user's $HOME, where this user can write nothing.
+    import pwd  # built in: costs nothing on the fast path
+
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(pwd.getpwuid(os.geteuid()).pw_dir, ".cache")
+    return Path(base) / "backstop" / "spools" / hashlib.sha256(str(config).encode()).hexdigest()[:16]
+
+
+def _remembered(config: Path, tag: str) -> Path | None:
+    """The spool remembered for this config file's exact content (its tag), or None."""
+    try:
+        remembered_tag, _, where = _pointer(config).read_text().rstrip("\n").partition(" ")
+    except (OSError, KeyError, UnicodeDecodeError):  # KeyError: a uid without a passwd entry
+        return None
+    return Path(where) if remembered_tag == tag and where else None
+
+
+def _remember(config: Path, tag: str, spool: Path) -> None:
+    """Best effort: a user without a writable cache directory parses the config at every call."""
+    with contextlib.suppress(OSError, KeyError):
+        pointer = _pointer(config)
+        pointer.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_atomic(pointer, f"{tag} {spool}\n".encode())
+
+
 def spool_of(config: Path) -> Spool:
     """This config's spool (tagged with the config), from one read of the file and without validating it all."""
     try:
         raw = config.read_bytes()
     except OSError as exc:
         raise SpoolError(f"config error in {config}: cannot read the file: {exc.strerror}") from None
+    tag = _tag(raw)
     text = raw.decode("utf-8", "replace")
-    # A cheap pre-filter: only a config that mentions the key is parsed.
-    given = configured_spool(config, text) if "spool_dir" in text else None
-    return Spool(given or default_spool(config), _tag(raw))
+    # A cheap pre-filter: only a config that mentions the key is parsed, and only once per edit of the file:
+    # importing and running the YAML parser would be a fifth of a wal-push call.
+    if "spool_dir" not in text:
+        return Spool(default_spool(config), tag)
+    remembered = _remembered(config, tag)
+    if remembered is not None:
+        return Spool(remembered, tag)
+    root = configured_spool(config, text) or default_spool(config)
+    _remember(config, tag, root)
+    return Spool(root, tag)
 
 
 def file_sha256(path: Path) -> tuple[int, str]:
