@@ -21,6 +21,7 @@ import socket
 import stat
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -168,6 +169,37 @@ async def test_push_read_duplicates_and_refusals(tmp_path: Path) -> None:
         blob = (tmp_path / t / "wal" / "00000001" / "000000010000000000000003").read_bytes()
         assert b"xxxx" not in blob and blob[:4] == b"BKS\x01"
         assert (tmp_path / t / CLUSTER_NAME).exists()
+
+
+def test_a_child_forked_after_sealing_wal_starts() -> None:
+    """Compressors cached in worker threads must not hang a child forked with a preexec_fn.
+
+    The child frees the other threads' state; a zstd compressor with worker threads of its own then waits
+    forever for workers the child does not have (that once hung the suite in a SeaweedFS launch). In a
+    child process, so that a hang is a timeout here and not a stuck test.
+    """
+    probe = (
+        "import asyncio, os, subprocess\n"
+        "from core.repository.keys import DataKey\n"
+        "from core.repository.wal import seal_wal\n"
+        "key = DataKey(1, os.urandom(32), os.urandom(32))\n"
+        "data = (os.urandom(4096) + bytes(4096)) * 2048  # a segment's 16 MiB, half compressible\n"
+        "async def main():\n"
+        "    for _ in range(3):  # in the loop's executor threads, which stay alive, as in the pusher\n"
+        "        await asyncio.to_thread(seal_wal, '000000010000000000000003', data, 1, key)\n"
+        "    for _ in range(5):\n"
+        "        subprocess.run(['true'], preexec_fn=lambda: None, check=True)\n"
+        "asyncio.run(main())\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE")}
+    child = subprocess.Popen([sys.executable, "-c", probe], cwd=Path(__file__).resolve().parent.parent, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = child.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)  # the stuck fork too
+        child.communicate()
+        raise AssertionError("a child forked after sealing WAL hung (zstd worker threads?)") from None
+    assert child.returncode == 0, err[-2000:]
 
 
 async def test_a_copy_renamed_to_another_segment_or_damaged_is_caught(tmp_path: Path) -> None:

@@ -32,15 +32,18 @@ MAX_PLAIN = 512 * 1024 * 1024
 _local = threading.local()
 
 
-def _compressor(level: int, threads: int = 0) -> zstandard.ZstdCompressor:
-    # One compressor per thread, level and worker count: sharing one between
-    # threads crashed python-zstandard 0.25 on this machine.
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    # One compressor per thread and level: sharing one between threads
+    # crashed python-zstandard 0.25 on this machine. Never with zstd's own
+    # worker threads (threads=N): a child forked with a preexec_fn frees the
+    # cached compressor, whose pool then waits forever for workers the child
+    # does not have (it hung the test suite).
     cache = getattr(_local, "compressors", None)
     if cache is None:
         cache = _local.compressors = {}
-    c = cache.get((level, threads))
+    c = cache.get(level)
     if c is None:
-        c = cache[(level, threads)] = zstandard.ZstdCompressor(level=level, threads=threads)
+        c = cache[level] = zstandard.ZstdCompressor(level=level)
     return c
 
 
@@ -56,9 +59,9 @@ def chunk_id(data: bytes | memoryview, id_key: bytes) -> bytes:
     return blake3.blake3(data, key=id_key).digest()
 
 
-def compress(data: bytes | memoryview, level: int, threads: int = 0) -> bytes:
-    """zstd-compress with this thread's compressor (``threads``: zstd's own workers; one frame either way)."""
-    return _compressor(level, threads).compress(data)
+def compress(data: bytes | memoryview, level: int) -> bytes:
+    """zstd-compress with this thread's compressor."""
+    return _compressor(level).compress(data)
 
 
 def decompress(data: bytes) -> bytes:
@@ -101,11 +104,11 @@ def reseal_chunk(blob: bytes | memoryview, cid: bytes, old: DataKey, new: DataKe
     return nonce + AESGCM(new.enc_key).encrypt(nonce, packed, cid)
 
 
-def seal_object(payload: bytes, kind: bytes, key: DataKey, level: int = 3, threads: int = 0) -> bytes:
+def seal_object(payload: bytes, kind: bytes, key: DataKey, level: int = 3) -> bytes:
     """Compress and encrypt a metadata object (index, manifest, pack header)."""
     nonce = os.urandom(NONCE_SIZE)
     head = _ENVELOPE_HEADER.pack(ENVELOPE_MAGIC, key.version, nonce)
-    return head + AESGCM(key.enc_key).encrypt(nonce, compress(payload, level, threads), head[:8] + kind)
+    return head + AESGCM(key.enc_key).encrypt(nonce, compress(payload, level), head[:8] + kind)
 
 
 def envelope_key_version(data: bytes) -> int:

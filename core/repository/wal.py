@@ -44,9 +44,6 @@ CLUSTER_KIND = b"wal-cluster"
 # WAL is mostly compressible (zero-filled tails of switched segments, repeated page images); level 1 is
 # several times faster than 3 at nearly the same ratio, and wal-push latency is what PostgreSQL waits on.
 WAL_COMPRESSION_LEVEL = 1
-# zstd's own workers for one 16 MiB segment: a push is what the archiver's call waits for, and the second
-# core is idle meanwhile (31 ms instead of 37 for pgbench WAL here; still one standard frame).
-WAL_COMPRESSION_THREADS = 2
 _HEADER = struct.Struct(">4sQQ32sH")  # magic, system identifier, size, sha256, name length; then name, then data
 _MAGIC = b"BKW1"
 
@@ -111,7 +108,7 @@ def seal_wal(name: str, data: bytes, system_identifier: int, key: DataKey, sha25
     raw = name.encode("ascii")
     digest = sha256 if sha256 is not None else hashlib.sha256(data).digest()
     head = _HEADER.pack(_MAGIC, system_identifier, len(data), digest, len(raw))
-    return seal_object(head + raw + data, WAL_KIND, key, WAL_COMPRESSION_LEVEL, WAL_COMPRESSION_THREADS)
+    return seal_object(head + raw + data, WAL_KIND, key, WAL_COMPRESSION_LEVEL)
 
 
 def open_wal(blob: bytes, name: str, keys: dict[int, DataKey]) -> WalFile:
