@@ -271,8 +271,7 @@ class Backstop:
     def archive_command(self) -> str:
         if WAL_BACKSTOP is None:
             return wal_push_command(self.wal_config)
-        unset = [f"-u{k}" for k in os.environ if k.startswith("COVERAGE")]
-        return shlex.join(["env", *unset, str(WAL_BACKSTOP), "--config", str(self.wal_config), "wal-push"]) + " %p"
+        return wal_push_command(self.wal_config, WAL_BACKSTOP)
 
     def stop_pusher(self) -> None:
         """SIGTERM the resident pusher (and fetcher) that wal-push calls started on this repository's spool."""

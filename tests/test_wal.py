@@ -471,7 +471,6 @@ async def test_the_pusher_and_the_fetcher_in_process(tmp_path: Path) -> None:
     from core.ops.wal import open_archive
     from core.wal import client
     from core.wal.fetcher import Fetcher
-    from core.wal.pusher import Pusher
     from core.wal.spool import config_tag
 
     await _local_repo(tmp_path, ("a",))
@@ -483,9 +482,7 @@ async def test_the_pusher_and_the_fetcher_in_process(tmp_path: Path) -> None:
     names = [_ready(pgdata, 1, n) for n in range(1, 5)]
     spool = Spool(spool_dir, config_tag(setup.path)).ensure()  # as the pusher's main() tags it
     spool.note_pgdata(pgdata / "pg_wal" / names[0])
-    lock = spool.take_lock(spool.pusher_lock)  # this process is the pusher: no call may start another
-    pusher = Pusher(setup.path, spool, setup.config)
-    serving = asyncio.ensure_future(pusher.serve())
+    pusher, serving, lock = await _serving_pusher(setup, spool)
     try:
         await asyncio.to_thread(_wait, lambda: all(spool.record(n) for n in names), 60, "work-ahead")
         late = _ready(pgdata, 1, 5)

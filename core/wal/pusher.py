@@ -242,8 +242,8 @@ class Pusher:
         loop.add_signal_handler(signal.SIGTERM, self.stop)
         self.watch = open_watch()
         if self.watch is not None:
-            for wal_dir in self.wal_dirs:
-                self.watch.add(wal_dir / "archive_status")
+            for wal_dir in list(self.wal_dirs):
+                self.learn(wal_dir)
             loop.add_reader(self.watch.fd, self._on_watch)
         self.spool.log_line(f"pusher started (push_ahead {self.push_ahead}, "
                             f"{'watching' if self.watch else 'scanning'} archive_status)")

@@ -85,7 +85,7 @@ def default_spool(config: Path) -> Path:
     beside = config.parent / "wal-spool"
     if beside.is_dir() or os.access(config.parent, os.W_OK | os.X_OK):
         return beside
-    return _data_dir() / "wal-spool" / hashlib.sha256(str(config).encode()).hexdigest()[:16]
+    return _data_dir() / "wal-spool" / _tag(str(config).encode())
 
 
 def configured_spool(config: Path, text: str) -> Path | None:
@@ -110,7 +110,7 @@ def _pointer(config: Path) -> Path:
     import pwd  # built in: costs nothing on the fast path
 
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(pwd.getpwuid(os.geteuid()).pw_dir, ".cache")
-    return Path(base) / "backstop" / "spools" / hashlib.sha256(str(config).encode()).hexdigest()[:16]
+    return Path(base) / "backstop" / "spools" / _tag(str(config).encode())
 
 
 def _remembered(config: Path, tag: str) -> Path | None:
