@@ -228,7 +228,8 @@ GRANT SELECT ON public.currencies TO {ROLE};
 """
 
 # ADD FOREIGN KEY locks both tables against each other, so these run one
-# after another; cost_entries' key is separate to overlap the other work.
+# after another on one connection; cost_entries' key is separate to overlap
+# the materialized view's refresh.
 _FKEYS_SQL = """
 ALTER TABLE warranty.warranties ADD CONSTRAINT warranties_product_id_fkey
     FOREIGN KEY (product_id) REFERENCES warranty.products (id);
@@ -452,7 +453,7 @@ def generate(dsn: str, claims: int, seed: int = 1) -> None:
                 conn.execute(_MATVIEW_SQL)
         # Rows first, then keys, then foreign keys: building an index or
         # checking a key once is far cheaper than doing it row by row. Each
-        # phase keeps two connections busy.
+        # phase but the last keeps two connections busy.
         _run_phases(dsn, [
             ([_CURRENCIES_SQL, _products_sql(products, seed), _warranties_sql(warranties, products, seed),
               _claims_sql(1, claims, warranties, seed), _events_sql(), _attachments_sql(claims, seed),
@@ -465,10 +466,13 @@ def generate(dsn: str, claims: int, seed: int = 1) -> None:
               " warranty.claims, warranty.claim_events, warranty.claim_attachments"],
              [_COST_KEYS_SQL, "VACUUM (ANALYZE) warranty.cost_entries"]),
             # The refresh overlaps the cost_entries key check (no lock
-            # conflict); the other keys then wait for that check to finish.
-            (["REFRESH MATERIALIZED VIEW warranty.monthly_costs", _FKEYS_SQL, _OBJECTS_SQL,
-              "ANALYZE warranty.monthly_costs"],
+            # conflict). The other foreign keys lock claims too and wait for
+            # that check anyway; taken from a second connection at the same
+            # time they could lock claims and its neighbours in opposite
+            # orders and deadlock, so they come in a phase of their own.
+            (["REFRESH MATERIALIZED VIEW warranty.monthly_costs", "ANALYZE warranty.monthly_costs"],
              [_COST_FKEY_SQL]),
+            ([_FKEYS_SQL, _OBJECTS_SQL], []),
         ])
     except psycopg.Error as exc:
         raise PostgresError(
