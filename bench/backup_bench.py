@@ -73,7 +73,10 @@ class Run:
 def child_env() -> dict[str, str]:
     # PG* variables or a BACKSTOP_CONFIG from the caller's shell would point
     # the tools somewhere else than the private cluster.
-    return {k: v for k, v in os.environ.items() if not k.startswith("PG") and k != "BACKSTOP_CONFIG"}
+    # PYTHONDONTWRITEBYTECODE (set in some CI and agent shells) would make every backstop call compile its
+    # modules again; an installed backstop reads cached bytecode.
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith("PG") and k not in ("BACKSTOP_CONFIG", "PYTHONDONTWRITEBYTECODE")}
 
 
 def log_tail(log: Path, lines: int = 8) -> str:

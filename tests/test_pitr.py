@@ -25,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
@@ -162,20 +163,21 @@ def _entries(files: dict[str, bytes]) -> list[FileEntry]:
 
 
 def _opener(files: dict[str, bytes], fail: str | None = None, seen: list[str] | None = None):  # type: ignore[no-untyped-def]
-    async def stream(entry: FileEntry) -> AsyncIterator[bytes]:
+    async def write(entry: FileEntry, fd: int) -> AsyncIterator[int]:
         if seen is not None:
             seen.append(entry.name)
         data = files[entry.name]
-        for i in range(0, len(data), 1000):
+        for i in reversed(range(0, len(data), 1000)):  # out of order, as runs finish
             await asyncio.sleep(0)
-            if entry.name == fail and i >= 2000:
+            if entry.name == fail and i <= 2000:
                 raise IntegrityError(f"{entry.name}: restored stream does not match its recorded SHA-256")
-            yield data[i:i + 1000]
-    return stream
+            yield await asyncio.to_thread(os.pwrite, fd, data[i:i + 1000], i)
+    return write
 
 
 async def test_a_data_directory_is_written_with_pg_control_last(tmp_path: Path) -> None:
     files = {f"base/1/{n}": os.urandom(5000 + n) for n in range(1, 8)}
+    files["base/1/big"] = os.urandom(3 * 1024 * 1024 // 2)  # fsynced as soon as written; the small ones at the end
     files[PG_CONTROL] = os.urandom(8192)
     files["PG_VERSION"] = b"15\n"
     seen: list[str] = []
@@ -201,6 +203,74 @@ async def test_a_failed_write_leaves_nothing_behind(tmp_path: Path) -> None:
             await write_data_dir(_entries(files), root, _opener(files, fail="base/1/3"))
         assert not root.exists() or list(root.iterdir()) == []
     assert empty.is_dir()  # a directory the operator made stays; only what was written goes
+
+
+def _open_under(root: Path) -> list[str]:
+    fds = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(str(root)):
+                fds.append(target)
+    return fds
+
+
+async def test_a_cancelled_write_removes_everything_and_leaves_no_file_open(tmp_path: Path) -> None:
+    files = {f"base/1/{n}": os.urandom(3000) for n in range(1, 30)}
+    files["base/1/big"] = os.urandom(2 * 1024 * 1024)
+    files[PG_CONTROL] = os.urandom(8192)
+    started = asyncio.Event()
+    inner = _opener(files)
+
+    async def write(entry: FileEntry, fd: int) -> AsyncIterator[int]:
+        if entry.name == "base/1/big":
+            started.set()
+            await asyncio.Event().wait()  # a stalled read: only cancellation ends it
+        async for n in inner(entry, fd):
+            yield n
+
+    root = tmp_path / "data"
+    task = asyncio.create_task(write_data_dir(_entries(files), root, write))
+    await asyncio.wait_for(started.wait(), 10)
+    await asyncio.sleep(0.2)  # the small files are being written beside it
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not root.exists()
+    assert _open_under(root) == []
+
+
+async def test_a_thread_job_outlives_no_cancelled_caller() -> None:
+    """run_to_end returns, even when cancelled, only after the job has stopped (its caller may close its file)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from core.repository.reader import run_to_end
+    done: list[float] = []
+    started = threading.Event()
+
+    def job() -> None:
+        started.set()
+        time.sleep(0.3)
+        done.append(time.monotonic())
+
+    with ThreadPoolExecutor(1) as pool:
+        task = asyncio.create_task(run_to_end(pool, job))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert done and done[0] <= time.monotonic()
+        started.clear()
+        running = asyncio.create_task(run_to_end(pool, job))
+        queued = asyncio.create_task(run_to_end(pool, job))  # behind it on the one thread
+        assert await asyncio.to_thread(started.wait, 10)
+        queued.cancel()  # first, so it is cancelled before the thread is free to start it
+        running.cancel()
+        for t in (running, queued):
+            with pytest.raises(asyncio.CancelledError):
+                await t
+        assert len(done) == 2  # the one that had started ran to its end; the queued one never ran
+    assert len(done) == 2
 
 
 async def test_names_outside_the_data_directory_are_refused(tmp_path: Path) -> None:

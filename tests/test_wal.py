@@ -221,6 +221,52 @@ async def test_a_copy_renamed_to_another_segment_or_damaged_is_caught(tmp_path: 
     assert await list_wal(repo) == {1: {"000000010000000000000003", "000000010000000000000004"}}
 
 
+def _frames(packed: bytes) -> list[int]:
+    """The content sizes of the zstd frames in a compressed payload, in order."""
+    import zstandard
+    sizes, rest = [], packed
+    while rest:
+        sizes.append(zstandard.get_frame_parameters(rest).content_size)
+        frame = zstandard.ZstdDecompressor().decompressobj()
+        frame.decompress(rest)
+        rest = frame.unused_data
+    return sizes
+
+
+async def test_a_segment_is_sealed_as_frames_and_single_frame_objects_still_open(tmp_path: Path) -> None:
+    import zstandard
+    from core.errors import IntegrityError
+    from core.repository.crypto import compress, open_packed, seal_object, seal_packed
+    from core.repository.wal import WAL_KIND, open_wal
+
+    repo = await _local_repo(tmp_path)
+    name = "000000010000000000000003"
+    data = segment(1, 3)
+    await WalArchive(repo).push(name, data)
+    blob = (tmp_path / "a" / "wal" / "00000001" / name).read_bytes()
+    packed = open_packed(blob, WAL_KIND, repo.keys)
+    header = 54 + len(name)
+    assert _frames(packed) == [header, SEG // 2, SEG // 2]  # the header frame, then one per half
+    assert open_wal(blob, name, repo.keys).data == data
+    history = "00000002.history"
+    await WalArchive(repo).push(history, b"1\t0/5000000\tno recovery target specified\n")
+    assert len(_frames(open_packed((tmp_path / "a" / "wal" / "00000002" / history).read_bytes(), WAL_KIND,
+                                   repo.keys))) == 2  # small files: one data frame
+
+    # An object written before frames (one frame holding header, name and data) still opens.
+    digest = hashlib.sha256(data).digest()
+    payload = struct.pack(">4sQQ32sH", b"BKW1", 7_300_000_000_000_000_001, SEG, digest, len(name)) + name.encode()
+    old = seal_object(payload + data, WAL_KIND, repo.key, 1)
+    assert open_wal(old, name, repo.keys).data == data
+
+    # A frame cut short, a frame that does not record its size, junk after the frames: damaged, never read.
+    frames = packed[:-10]
+    unsized = zstandard.ZstdCompressor(level=1, write_content_size=False).compress(data[:4096])
+    for bad in (frames, packed + unsized, packed + b"junk", compress(payload, 1) + unsized):
+        with pytest.raises(IntegrityError, match="does not decode|damaged"):
+            open_wal(seal_packed(bad, WAL_KIND, repo.key), name, repo.keys)
+
+
 def test_gaps_and_percentiles() -> None:
     names = ["000000010000000000000001", "000000010000000000000002", "000000010000000000000005",
              "000000010000000000000007"]

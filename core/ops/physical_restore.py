@@ -492,7 +492,7 @@ class _Restore:
         reader = self.reader = StreamReader(self.repo, index, self.ctx.pool, on_damage=job.warn, sources=sources)
         total = sum(f.size for f in manifest.files)
         job.phase("write")
-        written = await write_data_dir(manifest.files, self.pgdata, reader.stream,
+        written = await write_data_dir(manifest.files, self.pgdata, reader.write_into,
                                        workers=RESTORE_WORKERS, owner=cluster.owner,
                                        on_bytes=_Progress(job, total))
         try:

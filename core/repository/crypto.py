@@ -69,6 +69,46 @@ def decompress(data: bytes) -> bytes:
     return _decompressor().decompress(data, max_output_size=MAX_PLAIN)
 
 
+def decompress_frames(data: bytes) -> bytes:
+    """zstd-decompress one or more concatenated frames, refusing absurd sizes (ZstdError if anything is off)."""
+    d = _decompressor()
+    pieces: list[bytes] = []
+    total = 0
+    rest = data
+    while rest:
+        declared = zstandard.get_frame_parameters(rest).content_size
+        if declared > MAX_PLAIN - total:  # unknown sizes (-1 as a u64) too: every writer records them
+            raise zstandard.ZstdError("frame larger than any object")
+        frame = d.decompressobj(write_size=max(declared, 1))
+        piece = frame.decompress(rest)
+        if not frame.eof or len(piece) != declared:
+            raise zstandard.ZstdError("truncated or inconsistent frame")
+        pieces.append(piece)
+        total += declared
+        rest = frame.unused_data
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+
+def seal_packed(packed: bytes, kind: bytes, key: DataKey) -> bytes:
+    """Encrypt an object payload already compressed (as :func:`seal_object` would after compressing)."""
+    nonce = os.urandom(NONCE_SIZE)
+    head = _ENVELOPE_HEADER.pack(ENVELOPE_MAGIC, key.version, nonce)
+    return head + AESGCM(key.enc_key).encrypt(nonce, packed, head[:8] + kind)
+
+
+def open_packed(data: bytes, kind: bytes, keys: dict[int, DataKey]) -> bytes:
+    """Decrypt an object sealed by :func:`seal_object` or :func:`seal_packed`; its payload stays compressed."""
+    version = envelope_key_version(data)
+    key = keys.get(version)
+    if key is None:
+        raise RepositoryError(f"object needs data key version {version}, which is not in keys/")
+    _, _, nonce = _ENVELOPE_HEADER.unpack_from(data)
+    try:
+        return AESGCM(key.enc_key).decrypt(nonce, data[_ENVELOPE_HEADER.size:], data[:8] + kind)
+    except InvalidTag:
+        raise IntegrityError(f"{kind.decode()} object failed authentication") from None
+
+
 def seal_chunk(data: bytes, cid: bytes, key: DataKey, level: int) -> bytes:
     """Compress and encrypt one chunk: nonce || ciphertext+tag."""
     nonce = os.urandom(NONCE_SIZE)
@@ -106,9 +146,7 @@ def reseal_chunk(blob: bytes | memoryview, cid: bytes, old: DataKey, new: DataKe
 
 def seal_object(payload: bytes, kind: bytes, key: DataKey, level: int = 3) -> bytes:
     """Compress and encrypt a metadata object (index, manifest, pack header)."""
-    nonce = os.urandom(NONCE_SIZE)
-    head = _ENVELOPE_HEADER.pack(ENVELOPE_MAGIC, key.version, nonce)
-    return head + AESGCM(key.enc_key).encrypt(nonce, compress(payload, level), head[:8] + kind)
+    return seal_packed(compress(payload, level), kind, key)
 
 
 def envelope_key_version(data: bytes) -> int:
@@ -120,13 +158,8 @@ def envelope_key_version(data: bytes) -> int:
 
 def open_object(data: bytes, kind: bytes, keys: dict[int, DataKey]) -> bytes:
     """Decrypt and decompress a metadata object sealed by :func:`seal_object`."""
-    version = envelope_key_version(data)
-    key = keys.get(version)
-    if key is None:
-        raise RepositoryError(f"object needs data key version {version}, which is not in keys/")
-    _, _, nonce = _ENVELOPE_HEADER.unpack_from(data)
+    packed = open_packed(data, kind, keys)
     try:
-        packed = AESGCM(key.enc_key).decrypt(nonce, data[_ENVELOPE_HEADER.size:], data[:8] + kind)
         return decompress(packed)
-    except (InvalidTag, zstandard.ZstdError):
+    except zstandard.ZstdError:
         raise IntegrityError(f"{kind.decode()} object failed authentication") from None

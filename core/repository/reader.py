@@ -11,11 +11,14 @@ are reported for quarantine. What each target served is counted.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
+import os
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from core.errors import IntegrityError, ObjectFrozen, StorageError
 from core.repository.crypto import open_chunk
@@ -31,6 +34,8 @@ from core.repository.sources import ReadSources
 MAX_RUN_PLAIN = 8 * 1024 * 1024
 READ_AHEAD = 4
 
+T = TypeVar("T")
+
 
 @dataclass
 class _Run:
@@ -39,6 +44,7 @@ class _Run:
     end: int
     plain: int
     chunks: list[tuple[bytes, Location]] = field(default_factory=list)
+    at: int = 0  # where the run's plaintext starts in the file
 
 
 def check_complete(entry: FileEntry, index: Index) -> None:
@@ -56,6 +62,7 @@ def check_complete(entry: FileEntry, index: Index) -> None:
 def _plan_runs(entry: FileEntry, index: Index) -> Iterator[_Run]:
     """Group adjacent chunks of one pack into single reads, lazily (memory stays flat)."""
     run: _Run | None = None
+    at = 0
     for hexid in entry.chunks:
         cid = bytes.fromhex(hexid)
         loc = index.chunks[cid]
@@ -66,9 +73,17 @@ def _plan_runs(entry: FileEntry, index: Index) -> Iterator[_Run]:
         else:
             if run:
                 yield run
-            run = _Run(loc.pack_id, loc.offset, loc.offset + loc.length, loc.raw_length, [(cid, loc)])
+            run = _Run(loc.pack_id, loc.offset, loc.offset + loc.length, loc.raw_length, [(cid, loc)], at)
+        at += loc.raw_length
     if run:
         yield run
+
+
+def _pwrite_all(fd: int, data: bytes, at: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, at)
+        view, at = view[n:], at + n
 
 
 def _hash_all(h: hashlib._Hash, pieces: list[bytes]) -> None:  # noqa: SLF001
@@ -92,20 +107,27 @@ class StreamReader:
         self.findings: list[Finding] = []
         self._reported: set[tuple[str, str]] = set()
 
-    def _open_run(self, data: bytes, run: _Run) -> list[bytes]:
+    def _open_run(self, data: bytes, run: _Run, fd: int | None = None) -> list[bytes]:
+        """The run's chunks, each checked against its id; with ``fd``, each also written at its offset there."""
         view = memoryview(data)
         out = []
+        at = run.at
         for cid, loc in run.chunks:
             key = self.repo.keys.get(loc.key_version)
             if key is None:
                 raise IntegrityError(f"chunk needs data key version {loc.key_version}, which is not in keys/")
             off = loc.offset - run.start
-            out.append(open_chunk(view[off: off + loc.length], cid, key))
+            plain = open_chunk(view[off: off + loc.length], cid, key)
+            if len(plain) != loc.raw_length:  # the offsets of every later chunk come from these lengths
+                raise IntegrityError(f"chunk {cid.hex()[:16]} is {len(plain)} bytes, the index says {loc.raw_length}")
+            if fd is not None:
+                _pwrite_all(fd, plain, at)  # while the chunk is still in the CPU's cache
+            at += len(plain)
+            out.append(plain)
         return out
 
-    async def _fetch(self, run: _Run) -> list[bytes]:
+    async def _fetch(self, run: _Run, fd: int | None = None) -> list[bytes]:
         name = pack_object_name(run.pack_id)
-        loop = asyncio.get_running_loop()
         errors = []
         frozen: list[ObjectFrozen] = []
         for st in self.sources.order(run.pack_id):
@@ -113,7 +135,8 @@ class StreamReader:
                 data = await st.get_range(name, run.start, run.end - run.start)
                 if len(data) != run.end - run.start:
                     raise IntegrityError(f"{name} is truncated")
-                chunks = await loop.run_in_executor(self.pool, self._open_run, data, run)
+                # A copy found damaged midway is rewritten whole from the next target, over the same offsets.
+                chunks = await run_to_end(self.pool, self._open_run, data, run, fd)
                 self.sources.served(st, len(data))
                 return chunks
             except (StorageError, IntegrityError) as exc:
@@ -136,29 +159,72 @@ class StreamReader:
             raise frozen[0]  # archived everywhere (FORMAT.md 12.6): its message says how to thaw it
         raise IntegrityError(f"no intact copy of {name} on any target: " + "; ".join(errors))
 
-    async def stream(self, entry: FileEntry) -> AsyncIterator[bytes]:
-        """Yield the file's plaintext in order; checks its SHA-256 at the end."""
+    async def _opened_runs(self, entry: FileEntry, fd: int | None = None) -> AsyncGenerator[list[bytes], None]:
+        """The file's runs, fetched and opened a few ahead (and written into ``fd``), yielded in order."""
         check_complete(entry, self.index)
-        sha = hashlib.sha256()
         pending: deque[asyncio.Task[list[bytes]]] = deque()
         it = _plan_runs(entry, self.index)
         try:
             for run in it:
-                pending.append(asyncio.ensure_future(self._fetch(run)))
+                pending.append(asyncio.ensure_future(self._fetch(run, fd)))
                 if len(pending) >= READ_AHEAD:
                     break
-            loop = asyncio.get_running_loop()
             while pending:
                 chunks = await pending.popleft()
                 nxt = next(it, None)
                 if nxt is not None:
-                    pending.append(asyncio.ensure_future(self._fetch(nxt)))
-                # In order, but off the event loop: a restore hashes every byte, as much work as decompressing.
-                await loop.run_in_executor(self.pool, _hash_all, sha, chunks)
-                for c in chunks:
-                    yield c
+                    pending.append(asyncio.ensure_future(self._fetch(nxt, fd)))
+                yield chunks
         finally:
             for t in pending:
                 t.cancel()
+            # Their jobs may be writing into fd: the caller closes it only once they have stopped.
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def stream(self, entry: FileEntry) -> AsyncIterator[bytes]:
+        """Yield the file's plaintext in order; checks its SHA-256 at the end."""
+        sha = hashlib.sha256()
+        runs = self._opened_runs(entry)
+        try:
+            async for chunks in runs:
+                # In order, but off the event loop: a restore hashes every byte, as much work as decompressing.
+                await run_to_end(self.pool, _hash_all, sha, chunks)
+                for c in chunks:
+                    yield c
+        finally:
+            await runs.aclose()
         if sha.hexdigest() != entry.sha256:
             raise IntegrityError(f"{entry.name}: restored stream does not match its recorded SHA-256")
+
+    async def write_into(self, entry: FileEntry, fd: int) -> AsyncGenerator[int, None]:
+        """Write the file's plaintext into ``fd`` at its offsets; yields the bytes of each run written.
+
+        Each run is opened (every chunk checked against its id) and written in one worker-thread job, a few
+        runs at once, out of order: one large file keeps every core busy. The SHA-256 follows, in order, and
+        is checked at the end: a caller must discard the file when this raises.
+        """
+        sha = hashlib.sha256()
+        runs = self._opened_runs(entry, fd)
+        try:
+            async for chunks in runs:
+                await run_to_end(self.pool, _hash_all, sha, chunks)
+                yield sum(len(c) for c in chunks)
+        finally:
+            await runs.aclose()
+        if sha.hexdigest() != entry.sha256:
+            raise IntegrityError(f"{entry.name}: restored stream does not match its recorded SHA-256")
+
+
+async def run_to_end(pool: Executor, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in ``pool``; when the caller is cancelled, return only once ``fn`` has stopped.
+
+    A job that has started cannot be stopped: without the wait, a caller's cleanup (closing the file the
+    job writes, whose number the kernel may hand out again at once) would race with it.
+    """
+    job = pool.submit(fn, *args)
+    try:
+        return await asyncio.wrap_future(job)
+    except BaseException:
+        if not job.cancel():
+            concurrent.futures.wait([job])  # at most one run's work, on the cancelled path only
+        raise

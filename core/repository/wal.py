@@ -21,6 +21,8 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import zstandard
+
 from core.errors import IntegrityError, NotFound, ObjectNotFound, RepositoryError, StorageError
 from core.format import now_iso
 from core.postgres.wal import (
@@ -32,7 +34,7 @@ from core.postgres.wal import (
     segments_between,
     wal_file_kind,
 )
-from core.repository.crypto import open_object, seal_object
+from core.repository.crypto import compress, decompress_frames, open_object, open_packed, seal_object, seal_packed
 from core.repository.keys import DataKey
 from core.repository.repo import Repository, sha256_hex
 from core.storage.base import ObjectInfo, Storage
@@ -46,6 +48,9 @@ CLUSTER_KIND = b"wal-cluster"
 WAL_COMPRESSION_LEVEL = 1
 _HEADER = struct.Struct(">4sQQ32sH")  # magic, system identifier, size, sha256, name length; then name, then data
 _MAGIC = b"BKW1"
+# A WAL file this large is compressed as two frames, one per half, on two threads at once: compression is
+# most of a push's time, and what PostgreSQL's archiver waits on (FORMAT.md 21.2).
+_SPLIT_FROM = 1024 * 1024
 
 
 class WalNotArchived(NotFound):
@@ -103,17 +108,42 @@ def wal_object_name(name: str) -> str:
     return f"{WAL_PREFIX}{name[:8]}/{name}"
 
 
+def data_parts(data: bytes) -> list[memoryview]:
+    """The parts of a WAL file compressed as frames of their own (FORMAT.md 21.2): a segment's two halves."""
+    view = memoryview(data)
+    if len(data) < _SPLIT_FROM:
+        return [view]
+    half = len(data) // 2
+    return [view[:half], view[half:]]
+
+
+def compress_part(part: memoryview) -> bytes:
+    """One data frame of a WAL object."""
+    return compress(part, WAL_COMPRESSION_LEVEL)
+
+
+def seal_wal_frames(name: str, size: int, sha256: bytes, system_identifier: int, key: DataKey,
+                    frames: list[bytes]) -> bytes:
+    """The sealed object for one WAL file whose parts (:func:`data_parts`) are compressed already."""
+    raw = name.encode("ascii")
+    head = compress(_HEADER.pack(_MAGIC, system_identifier, size, sha256, len(raw)) + raw, WAL_COMPRESSION_LEVEL)
+    return seal_packed(b"".join([head, *frames]), WAL_KIND, key)
+
+
 def seal_wal(name: str, data: bytes, system_identifier: int, key: DataKey, sha256: bytes | None = None) -> bytes:
     """The sealed object for one WAL file (``sha256``: the data's digest when the caller has it already)."""
-    raw = name.encode("ascii")
     digest = sha256 if sha256 is not None else hashlib.sha256(data).digest()
-    head = _HEADER.pack(_MAGIC, system_identifier, len(data), digest, len(raw))
-    return seal_object(head + raw + data, WAL_KIND, key, WAL_COMPRESSION_LEVEL)
+    frames = [compress_part(part) for part in data_parts(data)]
+    return seal_wal_frames(name, len(data), digest, system_identifier, key, frames)
 
 
 def open_wal(blob: bytes, name: str, keys: dict[int, DataKey]) -> WalFile:
     """Open a sealed WAL object and check it: the name it was sealed for, its size and its SHA-256."""
-    payload = open_object(blob, WAL_KIND, keys)
+    packed = open_packed(blob, WAL_KIND, keys)
+    try:
+        payload = decompress_frames(packed)
+    except zstandard.ZstdError:
+        raise IntegrityError(f"WAL object {name} is damaged (its compressed payload does not decode)") from None
     try:
         magic, sysid, size, digest, n = _HEADER.unpack_from(payload)
     except struct.error:
@@ -199,7 +229,19 @@ class WalArchive:
     async def push(self, name: str, data: bytes) -> PushResult:
         """Archive one WAL file on every target, read back; idempotent for the same content."""
         kind = wal_file_kind(name)
-        # In a thread: 16 MiB of SHA-256 would hold up the pusher's other pushes and calls.
+        # Hashing and compressing start at once, each in a thread of its own, beside the checks below: they
+        # are most of a push, and PostgreSQL's archiver waits on it. Compressed work is thrown away only when
+        # the file turns out archived already, or refused.
+        frames = asyncio.gather(*(asyncio.to_thread(compress_part, part) for part in data_parts(data)))
+        try:
+            return await self._push(name, kind, data, frames)
+        finally:
+            if not frames.done():
+                frames.cancel()  # threads already compressing finish by themselves; their work is dropped
+            elif not frames.cancelled():
+                frames.exception()  # seen: after a refusal, a compression error is not worth a warning
+
+    async def _push(self, name: str, kind: str, data: bytes, frames: asyncio.Future[list[bytes]]) -> PushResult:
         raw_digest = await asyncio.to_thread(lambda: hashlib.sha256(data).digest())
         digest = raw_digest.hex()
         ident = await self.identity()
@@ -236,7 +278,8 @@ class WalArchive:
             if len(copies) == len(self.repo.storages):
                 return PushResult(name, len(data), digest, False, 0)
             # Missing or damaged on some target: write this (the same) content everywhere.
-        sealed = await asyncio.to_thread(seal_wal, name, data, sysid, self.repo.key, raw_digest)
+        parts = await frames
+        sealed = await asyncio.to_thread(seal_wal_frames, name, len(data), raw_digest, sysid, self.repo.key, parts)
         await self.repo.put_all(obj, sealed)
         await self.repo.verify_all(obj, sha256_hex(sealed))
         return PushResult(name, len(data), digest, not have, len(sealed))
