@@ -233,13 +233,12 @@ class WalArchive:
         # are most of a push, and PostgreSQL's archiver waits on it. Compressed work is thrown away only when
         # the file turns out archived already, or refused.
         frames = asyncio.gather(*(asyncio.to_thread(compress_part, part) for part in data_parts(data)))
+        # Seen in every case: after a refusal, neither a compression error nor the cancellation is worth a warning.
+        frames.add_done_callback(lambda f: None if f.cancelled() else f.exception())
         try:
             return await self._push(name, kind, data, frames)
         finally:
-            if not frames.done():
-                frames.cancel()  # threads already compressing finish by themselves; their work is dropped
-            elif not frames.cancelled():
-                frames.exception()  # seen: after a refusal, a compression error is not worth a warning
+            frames.cancel()  # once refused: threads already compressing finish by themselves, their work dropped
 
     async def _push(self, name: str, kind: str, data: bytes, frames: asyncio.Future[list[bytes]]) -> PushResult:
         raw_digest = await asyncio.to_thread(lambda: hashlib.sha256(data).digest())
