@@ -124,6 +124,25 @@ def test_demo_runs_in_password_mode(sandbox: Path) -> None:
                            capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
     assert check.returncode == 0, check.stderr
 
+    # The sandbox's server archives its WAL through `backstop wal-push` (as its own, unprivileged account when
+    # the demo runs as root): a switched segment reaches the archive, and a physical snapshot can be taken.
+    cfg = [*BACKSTOP, "--config", str(sandbox / "backstop.yaml")]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.wal_probe AS SELECT 1 AS n")
+        switched = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0]
+    deadline = time.monotonic() + 120
+    while True:
+        status = json.loads(subprocess.run([*cfg, "wal", "status", "--json"], capture_output=True, text=True,
+                                           timeout=120, check=True).stdout)
+        if status["newest"] is not None and status["newest"] >= switched:
+            break
+        log = (sandbox / "pg" / "server.log").read_text(errors="replace")
+        assert time.monotonic() < deadline, f"{switched} never archived: {status}; {log[-2000:]}"
+        time.sleep(0.5)
+    physical = subprocess.run([*cfg, "backup", "--db", "warranty", "--type", "physical"], capture_output=True,
+                              text=True, timeout=600, stdin=subprocess.DEVNULL)
+    assert physical.returncode == 0, physical.stdout + physical.stderr
+
     # The sandbox's fleet: its agent (in a role of its own, password in a 0600 passfile) runs a backup the
     # control plane queued for it, and the control plane's catalog (a copy of the sandbox's) then lists it.
     fleet = sandbox / "fleet"
@@ -156,6 +175,24 @@ def test_demo_runs_in_password_mode(sandbox: Path) -> None:
     after = json.loads(subprocess.run([*control, "snapshots", "--json"], capture_output=True, text=True,
                                       timeout=120, check=True).stdout)
     assert len(after) == len(before) + 1
+
+    # `demo --stop` stops the sandbox's resident WAL pusher with its server.
+    pusher = json.loads(subprocess.run([*cfg, "wal", "status", "--json"], capture_output=True, text=True,
+                                       timeout=120, check=True).stdout)["pusher_pid"]
+    assert pusher, "the sandbox's wal-push calls started no pusher"
+    assert _demo(sandbox, "--stop").returncode == 0
+    deadline = time.monotonic() + 30
+    while _alive(pusher):
+        assert time.monotonic() < deadline, f"pusher {pusher} still runs after demo --stop"
+        time.sleep(0.2)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 @pytest.mark.parametrize("running", [True, False], ids=["server-running", "server-stopped"])

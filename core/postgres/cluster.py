@@ -413,6 +413,29 @@ class LocalCluster:
         """(uid, gid) that must own the data directory's files when they are written by root, else None."""
         return (self._acct.uid, self._acct.gid) if self._acct is not None else None
 
+    def grant(self, *paths: Path) -> None:
+        """As root, hand ``paths`` (whole trees) to the server's account and let it reach them; else nothing.
+
+        For what the server's own commands need (archive_command: the config, passphrase and repository).
+        Root keeps every right; other users gain none (modes are left as they are).
+        """
+        acct = self._acct
+        if acct is None:
+            return
+        for top in paths:
+            _open_path_for(Path(top).absolute(), acct)
+            os.chown(top, acct.uid, acct.gid, follow_symlinks=False)
+            for root, dirs, files in os.walk(top):
+                for name in [*dirs, *files]:
+                    os.chown(os.path.join(root, name), acct.uid, acct.gid, follow_symlinks=False)
+
+    def let_run(self, program: Path) -> None:
+        """As root, let the server's account reach ``program`` and what it resolves to (search rights only)."""
+        if self._acct is None:
+            return
+        for target in {Path(program).absolute(), Path(os.path.realpath(program))}:
+            _open_path_for(target, self._acct)
+
     def can_read(self, path: Path) -> bool:
         """Whether the server's account can reach and read ``path`` (what its archive/restore commands need)."""
         if self._acct is None:

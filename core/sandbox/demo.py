@@ -9,9 +9,14 @@ running after the demo so the CLI can be tried on it; `--stop` stops it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import secrets
+import shlex
 import shutil
+import signal
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,9 +51,47 @@ def _cluster(base: Path) -> LocalCluster:
     port = state.get("port") or free_port()
     # Password mode: any local user can reach 127.0.0.1, and a trusted superuser
     # login would let them run programs as the server's account.
-    cluster = LocalCluster(base / "pg", port=port, pgpass=base / "pgpass")
+    cluster = LocalCluster(base / "pg", port=port, pgpass=base / "pgpass", settings=_archiving(base))
     state_file.write_text(json.dumps({"port": port}))
     return cluster
+
+
+def _backstop_argv() -> list[str]:
+    """How the server's archive_command runs this very Backstop."""
+    script = Path(sys.executable).with_name("backstop")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "core.cli"]
+
+
+def _archiving(base: Path) -> dict[str, str]:
+    """The sandbox archives its WAL through `backstop wal-push` (physical snapshots and point-in-time restores)."""
+    command = shlex.join([*_backstop_argv(), "--config", str(base / "backstop.yaml"), "wal-push"])
+    # A switch every minute at the most, so the dashboard's recovery-point age stays that of an idle server.
+    return {"archive_mode": "on", "archive_command": command.replace("%", "%%") + " %p", "archive_timeout": "60"}
+
+
+def _stop_wal_helpers(base: Path) -> None:
+    """SIGTERM the sandbox's resident WAL pusher and fetcher (they would exit after minutes idle anyway)."""
+    from core.wal.spool import Spool
+
+    spool = Spool(base / "wal-spool", "")
+    if not spool.root.is_dir():
+        return
+    for lock in (spool.pusher_lock, spool.fetcher_lock):
+        pid = spool.holder(lock)
+        if pid is not None and pid > 0:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+
+def _let_server_archive(cluster: LocalCluster, base: Path) -> None:
+    """As root the server runs as an unprivileged account: its archive_command must reach what wal-push uses."""
+    if cluster.owner is None:
+        return
+    for program in {Path(sys.executable), Path(_backstop_argv()[0])}:
+        cluster.let_run(program)
+    cluster.grant(base / "repository", base / "passphrase", base / "wal-spool")
+    _say(f"the repository, its passphrase and the WAL spool belong to {cluster.os_user}, the account the "
+         "sandbox's server and its archive_command run as (root keeps every right)")
 
 
 def _write_config(base: Path, dsn: str) -> Path:
@@ -61,6 +104,7 @@ def _write_config(base: Path, dsn: str) -> Path:
         "# Written by `backstop demo`: a sandbox configuration.\n"
         f"catalog: {{url: \"sqlite:///{base / 'catalog.db'}\"}}\n"
         f"encryption: {{passphrase_file: {passfile}}}\n"
+        f"wal: {{spool_dir: {base / 'wal-spool'}}}\n"
         "targets:\n"
         f"  - {{name: local1, type: local, path: {base / 'repository'}}}\n"
         "databases:\n"
@@ -90,6 +134,7 @@ def run_demo(sandbox: str | Path | None, claims: int = 50_000, reset: bool = Fal
         if (base / "pg").exists():
             _cluster(base).stop()
             _say(f"sandbox PostgreSQL in {base} stopped")
+        _stop_wal_helpers(base)
         return cfg_path, 0
     if reset and base.exists():
         if (base / "pg").exists():
@@ -106,6 +151,12 @@ def run_demo(sandbox: str | Path | None, claims: int = 50_000, reset: bool = Fal
     # Also when already running: a sandbox made before password mode is switched over here.
     cluster.start()
     _say(f"PostgreSQL listening on 127.0.0.1:{cluster.port}")
+    # The repository first: the server archives its WAL into it from now on (a sandbox started before
+    # archiving was part of the demo gets it at its next start: `backstop demo --stop`, then `backstop demo`).
+    cfg_path = _write_config(base, cluster.dsn(DB_NAME))
+    (base / "wal-spool").mkdir(mode=0o700, exist_ok=True)
+    asyncio.run(_init_repository(cfg_path))
+    _let_server_archive(cluster, base)
     import psycopg
 
     with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
@@ -116,7 +167,6 @@ def run_demo(sandbox: str | Path | None, claims: int = 50_000, reset: bool = Fal
         _say(f"loading warranty-cost data: {claims} claims …")
         cluster.create_database(DB_NAME)
         generate(cluster.dsn(DB_NAME), claims=claims)
-    cfg_path = _write_config(base, cluster.dsn(DB_NAME))
     rc = asyncio.run(_backup_and_show(cfg_path, history=not exists))
     if rc == 0:
         from core.sandbox.fleet import prepare_fleet
@@ -162,13 +212,19 @@ async def _build_history(engine: Engine, repository: Path) -> None:
              f"{report.recovery_s:.1f} s (`backstop drill report {report.id}`)")
 
 
-async def _backup_and_show(cfg_path: Path, history: bool = False) -> int:
+async def _init_repository(cfg_path: Path) -> None:
     from core.engine import Engine
 
     async with Engine(load_config(cfg_path)) as engine:
         res = await engine.init()
         if res.created_on:
             _say(f"created an encrypted repository on {', '.join(res.created_on)}")
+
+
+async def _backup_and_show(cfg_path: Path, history: bool = False) -> int:
+    from core.engine import Engine
+
+    async with Engine(load_config(cfg_path)) as engine:
         _say(f"backing up database {DB_NAME} …")
         rec = await engine.backup(DB_NAME)
         _say(f"snapshot {rec.short_id}: {rec.size_bytes / 2**20:.1f} MiB logical, "
@@ -186,7 +242,8 @@ async def _backup_and_show(cfg_path: Path, history: bool = False) -> int:
             _say(line)
     _say(
         f"\nTry it yourself:\n  export BACKSTOP_CONFIG={cfg_path}\n"
-        f"  backstop backup --db {DB_NAME}\n  backstop snapshots\n"
+        f"  backstop backup --db {DB_NAME}\n  backstop backup --db {DB_NAME} --type physical\n"
+        f"  backstop wal status\n  backstop snapshots\n"
         f"  backstop restore --db {DB_NAME} --into {DB_NAME}_copy\n  backstop check --read-data\n"
         f"  backstop tui\n  backstop daemon   (runs the sandbox's schedules; `backstop schedule list`)\n"
         "Stop the sandbox server with: backstop demo --stop"
