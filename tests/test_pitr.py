@@ -244,7 +244,7 @@ async def test_a_thread_job_outlives_no_cancelled_caller() -> None:
     """run_to_end returns, even when cancelled, only after the job has stopped (its caller may close its file)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from core.repository.reader import run_to_end
+    from core.threads import run_to_end
     done: list[float] = []
     started = threading.Event()
 

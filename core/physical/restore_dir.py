@@ -16,7 +16,6 @@ On any failure, what was written is removed again (:func:`clear_dir`).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import ctypes
 import os
@@ -30,7 +29,7 @@ from typing import cast
 
 from core.errors import IntegrityError, RestoreRefused
 from core.repository.manifest import PG_DIR, PG_FILE, PG_SYMLINK, FileEntry
-from core.repository.reader import run_to_end
+from core.threads import run_to_end
 
 PG_CONTROL = "global/pg_control"
 WAL_DIR = "pg_wal"
@@ -184,7 +183,7 @@ class _Writer:
     async def write_file(self, entry: FileEntry, rel: PurePosixPath, sync_now: bool = False) -> None:
         if rel.parent != PurePosixPath("."):
             self.make_dir(rel.parent)
-        fd = await self._create(self.root / rel)
+        fd = await run_to_end(self.creates, _create, self.root / rel, self.owner, undo=os.close)
         try:
             written = 0
             copied = self.write(entry, fd)
@@ -208,17 +207,6 @@ class _Writer:
                 self.unsynced.append(self.root / rel)
         finally:
             os.close(fd)
-
-    async def _create(self, path: Path) -> int:
-        job = self.creates.submit(_create, path, self.owner)
-        try:
-            return await asyncio.wrap_future(job)
-        except BaseException:
-            if not job.cancel():
-                concurrent.futures.wait([job])
-                if job.exception() is None:
-                    os.close(job.result())  # created after all: the caller was cancelled meanwhile
-            raise
 
     async def sync_files(self) -> None:
         """fsync the files left for later, many at once: the journal commits them together."""

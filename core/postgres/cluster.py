@@ -115,6 +115,14 @@ def _open_path_for(path: Path, acct: _Account) -> None:
             os.chmod(parent, stat.S_IMODE(st.st_mode) | stat.S_IXOTH)
 
 
+def chown_tree(top: Path, uid: int, gid: int) -> None:
+    """chown ``top`` and, when it is a directory, everything under it (links themselves, not their targets)."""
+    os.chown(top, uid, gid, follow_symlinks=False)
+    for root, dirs, files in os.walk(top):
+        for name in [*dirs, *files]:
+            os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
+
+
 def _clean_env() -> dict[str, str]:
     # PG* variables from the caller's shell would redirect initdb/pg_ctl.
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
@@ -424,10 +432,7 @@ class LocalCluster:
             return
         for top in paths:
             _open_path_for(Path(top).absolute(), acct)
-            os.chown(top, acct.uid, acct.gid, follow_symlinks=False)
-            for root, dirs, files in os.walk(top):
-                for name in [*dirs, *files]:
-                    os.chown(os.path.join(root, name), acct.uid, acct.gid, follow_symlinks=False)
+            chown_tree(top, acct.uid, acct.gid)
 
     def let_run(self, program: Path) -> None:
         """As root, let the server's account reach ``program`` and what it resolves to (search rights only)."""

@@ -11,14 +11,12 @@ are reported for quarantine. What each target served is counted.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import hashlib
 import os
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
-from concurrent.futures import Executor, ThreadPoolExecutor
+from collections.abc import AsyncGenerator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
 
 from core.errors import IntegrityError, ObjectFrozen, StorageError
 from core.repository.crypto import open_chunk
@@ -28,13 +26,12 @@ from core.repository.packs import pack_object_name
 from core.repository.quarantine import Finding, is_damage
 from core.repository.repo import Repository
 from core.repository.sources import ReadSources
+from core.threads import run_to_end
 
 # A run is capped by plaintext, not stored bytes: with 40:1 compression an
 # 8 MiB stored read would expand to 320 MiB in memory.
 MAX_RUN_PLAIN = 8 * 1024 * 1024
 READ_AHEAD = 4
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -181,20 +178,29 @@ class StreamReader:
             # Their jobs may be writing into fd: the caller closes it only once they have stopped.
             await asyncio.gather(*pending, return_exceptions=True)
 
-    async def stream(self, entry: FileEntry) -> AsyncIterator[bytes]:
-        """Yield the file's plaintext in order; checks its SHA-256 at the end."""
+    async def _checked_runs(self, entry: FileEntry, fd: int | None = None) -> AsyncGenerator[list[bytes], None]:
+        """The file's runs in order (written into ``fd`` when given), hashed as they come; SHA-256 checked last."""
         sha = hashlib.sha256()
-        runs = self._opened_runs(entry)
+        runs = self._opened_runs(entry, fd)
         try:
             async for chunks in runs:
                 # In order, but off the event loop: a restore hashes every byte, as much work as decompressing.
                 await run_to_end(self.pool, _hash_all, sha, chunks)
-                for c in chunks:
-                    yield c
+                yield chunks
         finally:
             await runs.aclose()
         if sha.hexdigest() != entry.sha256:
             raise IntegrityError(f"{entry.name}: restored stream does not match its recorded SHA-256")
+
+    async def stream(self, entry: FileEntry) -> AsyncGenerator[bytes, None]:
+        """Yield the file's plaintext in order; checks its SHA-256 at the end."""
+        runs = self._checked_runs(entry)
+        try:
+            async for chunks in runs:
+                for c in chunks:
+                    yield c
+        finally:
+            await runs.aclose()
 
     async def write_into(self, entry: FileEntry, fd: int) -> AsyncGenerator[int, None]:
         """Write the file's plaintext into ``fd`` at its offsets; yields the bytes of each run written.
@@ -203,28 +209,10 @@ class StreamReader:
         runs at once, out of order: one large file keeps every core busy. The SHA-256 follows, in order, and
         is checked at the end: a caller must discard the file when this raises.
         """
-        sha = hashlib.sha256()
-        runs = self._opened_runs(entry, fd)
+        runs = self._checked_runs(entry, fd)
         try:
             async for chunks in runs:
-                await run_to_end(self.pool, _hash_all, sha, chunks)
                 yield sum(len(c) for c in chunks)
         finally:
             await runs.aclose()
-        if sha.hexdigest() != entry.sha256:
-            raise IntegrityError(f"{entry.name}: restored stream does not match its recorded SHA-256")
 
-
-async def run_to_end(pool: Executor, fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)`` in ``pool``; when the caller is cancelled, return only once ``fn`` has stopped.
-
-    A job that has started cannot be stopped: without the wait, a caller's cleanup (closing the file the
-    job writes, whose number the kernel may hand out again at once) would race with it.
-    """
-    job = pool.submit(fn, *args)
-    try:
-        return await asyncio.wrap_future(job)
-    except BaseException:
-        if not job.cancel():
-            concurrent.futures.wait([job])  # at most one run's work, on the cancelled path only
-        raise
