@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -20,7 +21,7 @@ import tarfile
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +32,14 @@ from core.config import LocalTargetConfig, RepositoryConfig
 from core.engine import Engine
 from core.errors import IntegrityError
 from core.ops.backup import backup_physical
+from core.ops.physical_restore import server_crcs
 from core.physical.label import ManifestCheck, control_system_identifier, parse_label
 from core.physical.stream import BLOCK_SIZE, StoredBackup, store_stream
 from core.physical.tar import DIR, FILE, SYMLINK, StreamCutShort, TarStream
 from core.postgres.basebackup import BackupRefused
 from core.postgres.cluster import LocalCluster
 from core.records import BackupRecord
+from core.repository.crc import crc32c_combine, manifest_hex
 from core.repository.crypto import open_object
 from core.repository.dedup import backup_index
 from core.repository.keys import DataKey
@@ -274,6 +277,51 @@ async def test_the_stream_is_stored_in_fixed_blocks_and_an_unchanged_block_is_ne
         again, _ = await _store(repo, bad[:pos] + b"\xff" + bad[pos + 1:])
 
 
+def test_crcs_of_pieces_join_into_the_crc_of_the_whole() -> None:
+    rng = random.Random(7)
+    for _ in range(200):
+        a, b = rng.randbytes(rng.randint(0, 5000)), rng.randbytes(rng.randint(0, 5000))
+        assert crc32c_combine(crc32c.crc32c(a), crc32c.crc32c(b), len(b)) == crc32c.crc32c(a + b)
+    whole = rng.randbytes(3 * BLOCK_SIZE + 100)
+    pieces = [whole[i:i + BLOCK_SIZE] for i in range(0, len(whole), BLOCK_SIZE)]
+    crc = 0
+    for piece in pieces:
+        crc = crc32c_combine(crc, crc32c.crc32c(piece), len(piece))
+    assert manifest_hex(crc) == crc32c.crc32c(whole).to_bytes(4, "little").hex()
+
+
+async def test_a_written_file_is_checked_against_the_servers_crc_or_else_its_sha256(tmp_path: Path) -> None:
+    st = LocalStorage(LocalTargetConfig(name="l", type="local", path=tmp_path / "r"))
+    await st.prepare()
+    repo, _ = await Repository.init([st], b"pass", RepositoryConfig())
+    pages = 3 * BLOCK_SIZE // 8192 + 5
+    relation = b"".join(hashlib.sha256(i.to_bytes(4, "big")).digest() * 256 for i in range(pages))
+    stored, _ = await _store(repo, _pg_like_tar(relation))
+    rel = next(f for f in stored.files if f.name == "base/1/16384")
+    server_crc = stored.crc32c["base/1/16384"]
+    reader = StreamReader(repo, await repo.load_index(common=False), ThreadPoolExecutor(2))
+
+    async def write(crc: str | None, entry: FileEntry = rel) -> bytes:
+        out = tmp_path / "out"
+        fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            assert sum([n async for n in reader.write_into(entry, fd, crc)]) == len(relation)
+        finally:
+            os.close(fd)
+        return out.read_bytes()
+
+    assert await write(server_crc) == relation
+    assert await write(server_crc.upper()) == relation
+    assert await write(None) == relation  # no CRC from the server: the snapshot's SHA-256
+    wrong = manifest_hex(int.from_bytes(bytes.fromhex(server_crc), "little") ^ 1)
+    with pytest.raises(IntegrityError, match="does not match the CRC-32C in the backup's backup_manifest"):
+        await write(wrong)
+    with pytest.raises(IntegrityError, match="recorded SHA-256"):
+        await write(None, replace(rel, sha256="00" * 32))
+    with pytest.raises(IntegrityError, match="bytes restored, the snapshot records"):
+        await write(server_crc, replace(rel, size=rel.size + 1))
+
+
 # -- the manifest ----------------------------------------------------------------------------------------------
 
 
@@ -394,6 +442,12 @@ async def test_the_snapshot_holds_every_file_the_server_listed_with_its_size_and
         assert crc32c.crc32c(data).to_bytes(4, "little").hex() == listed[path]["Checksum"], path
         assert hashlib.sha256(data).hexdigest() == files[path].sha256, path
     assert manifest.files[0].name == "backup_label" and manifest.files[-1].name == "backup_manifest"
+    # A restore checks every file against the server's CRC-32C (core/ops/physical_restore.py), none by SHA-256.
+    async with Engine(setup.config) as engine:
+        repo = await engine.open_repository()
+        reader = StreamReader(repo, await repo.load_index(common=False), engine.ctx.pool)
+        crcs = await server_crcs(reader, manifest, rec.id[:8])
+    assert crcs == {path: f["Checksum"] for path, f in listed.items()}
     assert {"base", "global", "pg_wal"} <= {f.name for f in manifest.files if f.format == "pg-dir"}
     assert files["PG_VERSION"].mode == 0o600 and next(f for f in manifest.files if f.name == "base").mode == 0o700
     assert await _read_file(setup, manifest, "PG_VERSION") == (archiving.cluster.data_dir / "PG_VERSION").read_bytes()

@@ -31,6 +31,7 @@ import shlex
 import shutil
 import sys
 import time
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -42,6 +43,7 @@ from core.context import EngineContext
 from core.errors import BackstopError, IntegrityError, PostgresError, RestoreRefused, UsageError
 from core.jobs import Job, run_job
 from core.ops.restore import recent_health
+from core.physical.label import ManifestCheck
 from core.physical.restore_dir import check_target_dir, clear_dir, write_data_dir
 from core.postgres.cluster import LocalCluster, free_port
 from core.postgres.recovery import (
@@ -60,7 +62,7 @@ from core.postgres.tools import SERVER_TOOLS, find_bin_dir, tool_major
 from core.postgres.wal import format_lsn, history_name, parse_lsn, parse_segment_name, segments_between
 from core.records import SnapshotRecord
 from core.repository import quarantine
-from core.repository.manifest import PHYSICAL, Manifest, PhysicalInfo
+from core.repository.manifest import PG_FILE, PHYSICAL, FileEntry, Manifest, PhysicalInfo
 from core.repository.reader import StreamReader, check_complete
 from core.repository.repo import Repository
 from core.repository.sources import ReadSources, TargetShare, summarise
@@ -363,9 +365,9 @@ async def _verify_backup(bin_dir: Path, pgdata: Path, major: int, checksums: boo
 
     ``checksums``: read every file back against the manifest's checksums too (a drill proves it that way).
 
-    Each file's SHA-256 was compared with the snapshot's while it was written, and at backup time with the
-    one the server put in this backup_manifest: reading every byte back a second time (as much as the
-    restore itself) would add nothing. pg_verifybackup still checks the manifest's own checksum, that every
+    Each file was compared with the CRC-32C the server put in this backup_manifest while it was written
+    (or with the snapshot's SHA-256): reading every byte back a second time (as much as the restore
+    itself) would add nothing. pg_verifybackup still checks the manifest's own checksum, that every
     file it lists is there with its size and that nothing else is.
     """
     tool = verifybackup_tool(bin_dir, major)
@@ -465,6 +467,30 @@ async def restore_physical(ctx: EngineContext, req: PhysicalRestoreRequest) -> P
         return replace(result, duration_s=duration, warnings=list(job.warnings))
 
 
+async def server_crcs(reader: StreamReader, manifest: Manifest, short_id: str) -> dict[str, str]:
+    """File -> the CRC-32C the server computed as it sent the file (from the snapshot's backup_manifest).
+
+    Each restored file is checked against these: computed by PostgreSQL from its own files, they catch
+    a mistake anywhere on Backstop's way from the server to the restored file, at a tenth of SHA-256's
+    cost. (Every chunk is also checked against its keyed BLAKE3 id, so tampering is caught before.)
+    Files without one (a snapshot without backup_manifest) are checked against the snapshot's SHA-256.
+    """
+    entry = next((f for f in manifest.files if f.name.removeprefix("./") == BACKUP_MANIFEST and f.format == PG_FILE),
+                 None)
+    if entry is None:
+        return {}
+    check = ManifestCheck()
+    async for piece in reader.stream(entry):
+        check.feed(memoryview(piece))
+    try:
+        check.finish()
+    except IntegrityError:
+        raise IntegrityError(f"snapshot {short_id}: its backup_manifest fails its own checksum; nothing was "
+                             "written; run `backstop check --read-data`") from None
+    return {path: checksum.lower() for path, (_, algo, checksum) in check.files.items()
+            if algo == "CRC32C" and checksum}
+
+
 class _Restore:
     """One physical restore after the snapshot was chosen: write, verify, configure, start and wait."""
 
@@ -491,8 +517,13 @@ class _Restore:
             job.warn(note)
         reader = self.reader = StreamReader(self.repo, index, self.ctx.pool, on_damage=job.warn, sources=sources)
         total = sum(f.size for f in manifest.files)
+        crcs = await server_crcs(reader, manifest, self.choice.record.short_id)
+
+        def write(entry: FileEntry, fd: int) -> AsyncGenerator[int, None]:
+            return reader.write_into(entry, fd, crcs.get(entry.name.removeprefix("./")))
+
         job.phase("write")
-        written = await write_data_dir(manifest.files, self.pgdata, reader.write_into,
+        written = await write_data_dir(manifest.files, self.pgdata, write,
                                        workers=RESTORE_WORKERS, owner=cluster.owner,
                                        on_bytes=_Progress(job, total))
         try:

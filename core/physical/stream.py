@@ -27,6 +27,7 @@ from core.physical.label import (
     parse_label,
 )
 from core.physical.tar import DIR, FILE, SYMLINK, RawReader, StreamCutShort, TarStream
+from core.repository.crc import manifest_hex
 from core.repository.manifest import PG_DIR, PG_FILE, PG_SYMLINK, FileEntry
 from core.repository.writer import StreamWriter
 
@@ -60,8 +61,7 @@ class _Crc32c:
         self.value = crc32c.crc32c(view, value=self.value)
 
     def manifest_hex(self) -> str:
-        # PostgreSQL hex-encodes the CRC's bytes as they lie in memory: little-endian.
-        return self.value.to_bytes(4, "little").hex()
+        return manifest_hex(self.value)
 
 
 @dataclass

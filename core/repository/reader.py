@@ -18,7 +18,10 @@ from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import crc32c
+
 from core.errors import IntegrityError, ObjectFrozen, StorageError
+from core.repository.crc import crc32c_combine, manifest_hex
 from core.repository.crypto import open_chunk
 from core.repository.index import Index, Location
 from core.repository.manifest import FileEntry
@@ -32,6 +35,15 @@ from core.threads import run_to_end
 # 8 MiB stored read would expand to 320 MiB in memory.
 MAX_RUN_PLAIN = 8 * 1024 * 1024
 READ_AHEAD = 4
+
+
+@dataclass
+class _Opened:
+    """A run's plaintext chunks and, once written, their CRC-32C and length."""
+
+    chunks: list[bytes]
+    crc: int
+    size: int
 
 
 @dataclass
@@ -104,11 +116,15 @@ class StreamReader:
         self.findings: list[Finding] = []
         self._reported: set[tuple[str, str]] = set()
 
-    def _open_run(self, data: bytes, run: _Run, fd: int | None = None) -> list[bytes]:
-        """The run's chunks, each checked against its id; with ``fd``, each also written at its offset there."""
+    def _open_run(self, data: bytes, run: _Run, fd: int | None = None) -> _Opened:
+        """The run's chunks, each checked against its id; with ``fd``, each also written at its offset there.
+
+        Written chunks are also run through CRC-32C right after their write, while still in the CPU's cache.
+        """
         view = memoryview(data)
         out = []
         at = run.at
+        crc = 0
         for cid, loc in run.chunks:
             key = self.repo.keys.get(loc.key_version)
             if key is None:
@@ -118,12 +134,13 @@ class StreamReader:
             if len(plain) != loc.raw_length:  # the offsets of every later chunk come from these lengths
                 raise IntegrityError(f"chunk {cid.hex()[:16]} is {len(plain)} bytes, the index says {loc.raw_length}")
             if fd is not None:
-                _pwrite_all(fd, plain, at)  # while the chunk is still in the CPU's cache
+                _pwrite_all(fd, plain, at)
+                crc = crc32c.crc32c(plain, value=crc)
             at += len(plain)
             out.append(plain)
-        return out
+        return _Opened(out, crc, at - run.at)
 
-    async def _fetch(self, run: _Run, fd: int | None = None) -> list[bytes]:
+    async def _fetch(self, run: _Run, fd: int | None = None) -> _Opened:
         name = pack_object_name(run.pack_id)
         errors = []
         frozen: list[ObjectFrozen] = []
@@ -133,9 +150,9 @@ class StreamReader:
                 if len(data) != run.end - run.start:
                     raise IntegrityError(f"{name} is truncated")
                 # A copy found damaged midway is rewritten whole from the next target, over the same offsets.
-                chunks = await run_to_end(self.pool, self._open_run, data, run, fd)
+                opened = await run_to_end(self.pool, self._open_run, data, run, fd)
                 self.sources.served(st, len(data))
-                return chunks
+                return opened
             except (StorageError, IntegrityError) as exc:
                 if isinstance(exc, ObjectFrozen):
                     frozen.append(exc)
@@ -156,10 +173,10 @@ class StreamReader:
             raise frozen[0]  # archived everywhere (FORMAT.md 12.6): its message says how to thaw it
         raise IntegrityError(f"no intact copy of {name} on any target: " + "; ".join(errors))
 
-    async def _opened_runs(self, entry: FileEntry, fd: int | None = None) -> AsyncGenerator[list[bytes], None]:
+    async def _opened_runs(self, entry: FileEntry, fd: int | None = None) -> AsyncGenerator[_Opened, None]:
         """The file's runs, fetched and opened a few ahead (and written into ``fd``), yielded in order."""
         check_complete(entry, self.index)
-        pending: deque[asyncio.Task[list[bytes]]] = deque()
+        pending: deque[asyncio.Task[_Opened]] = deque()
         it = _plan_runs(entry, self.index)
         try:
             for run in it:
@@ -167,11 +184,11 @@ class StreamReader:
                 if len(pending) >= READ_AHEAD:
                     break
             while pending:
-                chunks = await pending.popleft()
+                opened = await pending.popleft()
                 nxt = next(it, None)
                 if nxt is not None:
                     pending.append(asyncio.ensure_future(self._fetch(nxt, fd)))
-                yield chunks
+                yield opened
         finally:
             for t in pending:
                 t.cancel()
@@ -183,10 +200,10 @@ class StreamReader:
         sha = hashlib.sha256()
         runs = self._opened_runs(entry, fd)
         try:
-            async for chunks in runs:
+            async for opened in runs:
                 # In order, but off the event loop: a restore hashes every byte, as much work as decompressing.
-                await run_to_end(self.pool, _hash_all, sha, chunks)
-                yield chunks
+                await run_to_end(self.pool, _hash_all, sha, opened.chunks)
+                yield opened.chunks
         finally:
             await runs.aclose()
         if sha.hexdigest() != entry.sha256:
@@ -202,17 +219,34 @@ class StreamReader:
         finally:
             await runs.aclose()
 
-    async def write_into(self, entry: FileEntry, fd: int) -> AsyncGenerator[int, None]:
+    async def write_into(self, entry: FileEntry, fd: int, crc32c_hex: str | None = None) -> AsyncGenerator[int, None]:
         """Write the file's plaintext into ``fd`` at its offsets; yields the bytes of each run written.
 
         Each run is opened (every chunk checked against its id) and written in one worker-thread job, a few
-        runs at once, out of order: one large file keeps every core busy. The SHA-256 follows, in order, and
-        is checked at the end: a caller must discard the file when this raises.
+        runs at once, out of order: one large file keeps every core busy. The whole file is checked at the
+        end against ``crc32c_hex``, the CRC-32C the server put in the backup's backup_manifest, joined from
+        the runs' own CRCs; without one, against the snapshot's SHA-256, hashed in order. A caller must
+        discard the file when this raises.
         """
-        runs = self._checked_runs(entry, fd)
+        if crc32c_hex is None:
+            runs = self._checked_runs(entry, fd)
+            try:
+                async for chunks in runs:
+                    yield sum(len(c) for c in chunks)
+            finally:
+                await runs.aclose()
+            return
+        crc, size = 0, 0
+        opened_runs = self._opened_runs(entry, fd)
         try:
-            async for chunks in runs:
-                yield sum(len(c) for c in chunks)
+            async for opened in opened_runs:
+                crc = crc32c_combine(crc, opened.crc, opened.size)
+                size += opened.size
+                yield opened.size
         finally:
-            await runs.aclose()
-
+            await opened_runs.aclose()
+        if size != entry.size:
+            raise IntegrityError(f"{entry.name}: {size} bytes restored, the snapshot records {entry.size}")
+        if manifest_hex(crc) != crc32c_hex.lower():
+            raise IntegrityError(f"{entry.name}: the restored file does not match the CRC-32C in the backup's "
+                                 "backup_manifest")
