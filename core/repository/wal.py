@@ -36,7 +36,7 @@ from core.postgres.wal import (
 )
 from core.repository.crypto import compress, decompress_frames, open_object, open_packed, seal_object, seal_packed
 from core.repository.keys import DataKey
-from core.repository.repo import Repository, sha256_hex
+from core.repository.repo import Repository
 from core.storage.base import ObjectInfo, Storage
 
 WAL_PREFIX = "wal/"
@@ -212,7 +212,7 @@ class WalArchive:
             sealed = seal_object(json.dumps(ident.to_json()).encode(), CLUSTER_KIND, self.repo.key)
             await self.repo.put_all(CLUSTER_NAME, sealed)
             try:
-                await self.repo.verify_all(CLUSTER_NAME, sha256_hex(sealed))
+                await self.repo.verify_same(CLUSTER_NAME, sealed)
             except IntegrityError:
                 # Another process claimed at the same moment (other nonce, other bytes): what counts is
                 # whose system identifier is recorded now.
@@ -280,7 +280,7 @@ class WalArchive:
         parts = await frames
         sealed = await asyncio.to_thread(seal_wal_frames, name, len(data), raw_digest, sysid, self.repo.key, parts)
         await self.repo.put_all(obj, sealed)
-        await self.repo.verify_all(obj, sha256_hex(sealed))
+        await self.repo.verify_same(obj, sealed)
         return PushResult(name, len(data), digest, not have, len(sealed))
 
     async def _open_copy(self, st: Storage, name: str) -> WalFile | None:
