@@ -74,8 +74,9 @@ def test_an_already_pushed_segment_is_acknowledged_on_the_fast_path(tmp_path: Pa
         assert (proc.returncode, proc.stdout) == (0, ""), proc.stderr[-2000:]
         assert {n for n in names if n.split(".")[0] == "core"} <= FAST_PATH
         # PostgreSQL's exact call shape skips argparse too (building a parser imports shutil and locale).
+        # Nor `socket` (its enums cost a fifth of the call): the call connects with the C module _socket.
         for module in ("asyncio", "json", "dataclasses", "yaml", "pydantic", "zstandard", "cryptography", "boto3",
-                       "argparse", "shutil"):
+                       "argparse", "shutil", "socket"):
             assert module not in names, module
         assert [how for _, _, how in spool.latencies()] == ["spool"]
         # Startup cost: a loose bound for a busy machine; `wal status` reports the real percentiles.

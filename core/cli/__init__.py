@@ -15,6 +15,7 @@ are imported inside the commands so that small commands start fast.
 from __future__ import annotations
 
 # Only what the fast path of wal-push/wal-fetch needs: not even `typing`, nor argparse (see core.cli.wal).
+import os
 import sys
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
@@ -53,11 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `backstop` console script."""
+    console = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if command_name(argv) in _WAL_COMMANDS:
         from core.cli import wal
 
-        return wal.main(argv)
+        done = wal.main(argv)
+        if console:
+            # PostgreSQL's archiver waits for this process to end: the interpreter's teardown (a sixth of a
+            # call's CPU) would only delay it. Everything the call wrote went out with os.write or print.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(done)
+        return done
 
     from core.cli.context import setup_logging
     from core.cli.output import exit_code_for

@@ -32,7 +32,7 @@ MAX_PLAIN = 512 * 1024 * 1024
 _local = threading.local()
 
 
-def _compressor(level: int) -> zstandard.ZstdCompressor:
+def _compressor(level: int, window_log: int | None = None) -> zstandard.ZstdCompressor:
     # One compressor per thread and level: sharing one between threads
     # crashed python-zstandard 0.25 on this machine. Never with zstd's own
     # worker threads (threads=N): a child forked with a preexec_fn frees the
@@ -41,9 +41,14 @@ def _compressor(level: int) -> zstandard.ZstdCompressor:
     cache = getattr(_local, "compressors", None)
     if cache is None:
         cache = _local.compressors = {}
-    c = cache.get(level)
+    c = cache.get((level, window_log))
     if c is None:
-        c = cache[level] = zstandard.ZstdCompressor(level=level)
+        if window_log is None:
+            c = zstandard.ZstdCompressor(level=level)
+        else:
+            params = zstandard.ZstdCompressionParameters.from_level(level, window_log=window_log)
+            c = zstandard.ZstdCompressor(compression_params=params)
+        cache[(level, window_log)] = c
     return c
 
 
@@ -59,9 +64,9 @@ def chunk_id(data: bytes | memoryview, id_key: bytes) -> bytes:
     return blake3.blake3(data, key=id_key).digest()
 
 
-def compress(data: bytes | memoryview, level: int) -> bytes:
-    """zstd-compress with this thread's compressor."""
-    return _compressor(level).compress(data)
+def compress(data: bytes | memoryview, level: int, window_log: int | None = None) -> bytes:
+    """zstd-compress with this thread's compressor (``window_log``: instead of the level's own window)."""
+    return _compressor(level, window_log).compress(data)
 
 
 def decompress(data: bytes) -> bytes:

@@ -24,7 +24,7 @@ from core.wal.spool import Spool, SpoolError, config_path, spool_of
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
-    import socket
+    import _socket
     import subprocess
     from collections.abc import Callable, Coroutine
     from typing import Any
@@ -114,11 +114,13 @@ def wal_push(config_arg: str | None, wal_path: str) -> int:
     return _push_here(cfg, path, spool, t0)
 
 
-def _connect(spool: Spool) -> socket.socket | None:
+def _connect(spool: Spool) -> _socket.socket | None:
     """A connection to the pusher's socket, or None when nobody listens."""
-    import socket  # not on the path of an already-pushed file
+    # The C module, not `socket`: that one builds its enums at import, a fifth of a call's own CPU time,
+    # while the pusher, on the same cores, is compressing the very file this call waits for.
+    import _socket
 
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         if len(str(spool.socket)) > _SUN_PATH_MAX:
             # sockaddr_un holds ~108 bytes: connect by a relative name from inside the spool.
@@ -167,18 +169,19 @@ def _ask_pusher(spool: Spool, path: Path, started: subprocess.Popen[bytes] | Non
         if time.monotonic() > deadline:
             return None
         time.sleep(0.02)
-    with sock:
-        try:
-            sock.settimeout(PUSHER_ANSWER_WAIT_S)
-            sock.sendall(f"PUSH {path}\n".encode())
-            buf = b""
-            while not buf.endswith(b"\n"):
-                chunk = sock.recv(4096)
-                if not chunk:
-                    return None  # the pusher died (SIGKILL): the caller pushes by itself
-                buf += chunk
-        except OSError:
-            return None
+    try:
+        sock.settimeout(PUSHER_ANSWER_WAIT_S)
+        sock.sendall(f"PUSH {path}\n".encode())
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = sock.recv(4096)
+            if not chunk:
+                return None  # the pusher died (SIGKILL): the caller pushes by itself
+            buf += chunk
+    except OSError:
+        return None
+    finally:
+        sock.close()
     line = buf.decode(errors="replace").strip()
     if line.startswith("OK "):
         tag, _, message = line[3:].partition(" ")
