@@ -28,6 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import cast
 
 from core.errors import IntegrityError, RestoreRefused
+from core.libc import libc as own_libc
 from core.repository.manifest import PG_DIR, PG_FILE, PG_SYMLINK, FileEntry
 from core.threads import run_to_end
 
@@ -125,9 +126,9 @@ def _start_writeback(fd: int) -> None:
 def _find_sync_file_range() -> Callable[[int, int, int, int], int] | None:
     if sys.platform != "linux":
         return None
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
+    libc = own_libc()
+    fn = getattr(libc, "sync_file_range", None) if libc is not None else None
+    if fn is None:
         return None
     fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     fn.restype = ctypes.c_int
@@ -311,10 +312,10 @@ async def write_data_dir(entries: list[FileEntry], root: Path, write: StreamWrit
         await w.sync_files()
         for entry, rel in links:
             w.make_symlink(entry, rel)
-        w.sync_dirs()
+        await run_to_end(w.files, w.sync_dirs)  # a few dozen fsyncs: not on the event loop
         for entry, rel in control:
             await w.write_file(entry, rel, sync_now=True)
-        _fsync_path(root / PurePosixPath(PG_CONTROL).parent, directory=True)
+        await run_to_end(w.files, _fsync_path, root / PurePosixPath(PG_CONTROL).parent, True)
     except BaseException as exc:
         clear_dir(root, created=not existed)
         if isinstance(exc, BaseExceptionGroup):

@@ -19,6 +19,8 @@ import ctypes
 import os
 from pathlib import Path
 
+from core.libc import libc as own_libc
+
 _IN_NONBLOCK = os.O_NONBLOCK
 _IN_CLOEXEC = os.O_CLOEXEC
 # A .ready file is created (open+close) or renamed into place; PostgreSQL does the former.
@@ -56,10 +58,12 @@ class DirWatch:
 
 def open_watch() -> DirWatch | None:
     """A new inotify watch, or None where inotify is not available."""
+    libc = own_libc()
     try:
-        libc = ctypes.CDLL(None, use_errno=True)  # this process's own symbols: libc is among them
-        init = libc.inotify_init1
-    except (OSError, AttributeError):
+        init = libc.inotify_init1 if libc is not None else None
+    except AttributeError:
+        init = None
+    if libc is None or init is None:
         return None
     libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
     fd = init(_IN_NONBLOCK | _IN_CLOEXEC)
