@@ -325,6 +325,49 @@ async def test_local_disk_full_removes_partial(tmp_path: Path, monkeypatch: Any)
     assert [p.name for p in (st.root / "data" / "ab").iterdir()] == []
 
 
+async def test_an_object_made_in_pieces_is_stored_whole_and_a_failing_maker_stores_nothing(
+        storage: Storage) -> None:
+    made = [os.urandom(700_000), b"", os.urandom(123), os.urandom(300_000)]
+
+    async def pieces(fail_after: int | None = None) -> Any:
+        for i, piece in enumerate(made):
+            await asyncio.sleep(0)  # the next piece is still being made while the last is written
+            if i == fail_after:
+                raise RuntimeError("the maker failed")
+            yield piece
+
+    await storage.put_stream("wal/00000001/a", pieces())
+    assert await storage.get("wal/00000001/a") == b"".join(made)
+    with pytest.raises(RuntimeError, match="the maker failed"):
+        await storage.put_stream("wal/00000001/b", pieces(fail_after=2))
+    assert not await storage.exists("wal/00000001/b")
+    assert [o.name for o in await storage.list("wal/")] == ["wal/00000001/a"]
+    if isinstance(storage, LocalStorage):  # nor a temporary file
+        assert sorted(p.name for p in (storage.root / "wal" / "00000001").iterdir()) == ["a"]
+
+
+async def test_local_disk_full_while_writing_pieces_removes_everything(tmp_path: Path, monkeypatch: Any) -> None:
+    st = _local(tmp_path)
+    real_write = os.write
+    calls = []
+
+    def fill_on_second(fd: int, data: Any) -> int:
+        calls.append(len(data))
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    async def pieces() -> Any:
+        yield b"a" * 5000
+        yield b"b" * 5000
+
+    monkeypatch.setattr(os, "write", fill_on_second)
+    with pytest.raises(StorageError, match="is full .* the partial object was removed"):
+        await st.put_stream("data/ab/pack", pieces())
+    monkeypatch.undo()
+    assert [p.name for p in (st.root / "data" / "ab").iterdir()] == []
+
+
 async def test_local_hides_temp_files_and_rejects_bad_names(tmp_path: Path) -> None:
     st = _local(tmp_path)
     await st.put("data/ab/x", b"1")

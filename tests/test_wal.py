@@ -246,7 +246,7 @@ async def test_a_segment_is_sealed_as_frames_and_single_frame_objects_still_open
     blob = (tmp_path / "a" / "wal" / "00000001" / name).read_bytes()
     packed = open_packed(blob, WAL_KIND, repo.keys)
     header = 54 + len(name)
-    assert _frames(packed) == [header, SEG // 2, SEG // 2]  # the header frame, then one per half
+    assert _frames(packed) == [header] + [SEG // 4] * 4  # the header frame, then one per quarter
     assert open_wal(blob, name, repo.keys).data == data
     history = "00000002.history"
     await WalArchive(repo).push(history, b"1\t0/5000000\tno recovery target specified\n")
@@ -265,6 +265,47 @@ async def test_a_segment_is_sealed_as_frames_and_single_frame_objects_still_open
     for bad in (frames, packed + unsized, packed + b"junk", compress(payload, 1) + unsized):
         with pytest.raises(IntegrityError, match="does not decode|damaged"):
             open_wal(seal_packed(bad, WAL_KIND, repo.key), name, repo.keys)
+
+
+def test_a_payload_sealed_in_pieces_opens_as_one_sealed_whole() -> None:
+    from core.repository.crypto import PackedSealer, open_packed
+    from core.repository.keys import DataKey
+    from core.repository.wal import WAL_KIND
+
+    key = DataKey(3, os.urandom(32), os.urandom(32))
+    pieces = [os.urandom(n) for n in (10, 0, 70_000, 5)]
+    sealer = PackedSealer(WAL_KIND, key)
+    blob = sealer.head + b"".join(sealer.update(p) for p in pieces) + sealer.finish()
+    assert open_packed(blob, WAL_KIND, {3: key}) == b"".join(pieces)
+    with pytest.raises(Exception, match="failed authentication"):
+        open_packed(blob, b"snapshot", {3: key})  # the kind is authenticated, as with seal_packed
+    tampered = bytearray(blob)
+    tampered[len(sealer.head) + 20] ^= 1
+    with pytest.raises(Exception, match="failed authentication"):
+        open_packed(bytes(tampered), WAL_KIND, {3: key})
+
+
+async def test_a_push_whose_compression_fails_stores_nothing_anywhere(tmp_path: Path, monkeypatch: Any) -> None:
+    import core.repository.wal as walmod
+
+    repo = await _local_repo(tmp_path)
+    calls = []
+
+    def third_part_fails(part: Any) -> bytes:
+        calls.append(len(part))
+        if len(calls) == 3:
+            raise MemoryError("no memory for this part")
+        return walmod.compress(part, 1)
+
+    monkeypatch.setattr(walmod, "compress_part", third_part_fails)
+    name = "000000010000000000000004"
+    with pytest.raises(MemoryError):
+        await WalArchive(repo).push(name, segment(1, 4))
+    for target in ("a", "b"):  # neither the object nor a temporary file on either target
+        assert list((tmp_path / target / "wal" / "00000001").iterdir()) == []
+    monkeypatch.undo()
+    await WalArchive(repo).push(name, segment(1, 4))  # PostgreSQL calls again: stored
+    assert (await WalArchive(repo).read(name)).data == segment(1, 4)
 
 
 def test_gaps_and_percentiles() -> None:

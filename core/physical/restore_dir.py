@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import shutil
-import sys
 from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import cast
 
 from core.errors import IntegrityError, RestoreRefused
-from core.libc import libc as own_libc
+from core.libc import start_writeback
 from core.repository.manifest import PG_DIR, PG_FILE, PG_SYMLINK, FileEntry
 from core.threads import run_to_end
 
@@ -114,29 +111,6 @@ _FILE_THREADS = 8
 _SMALL_WORKERS = 8
 
 
-def _start_writeback(fd: int) -> None:
-    """Start writing the file's dirty pages to disk without waiting (Linux sync_file_range; elsewhere nothing).
-
-    A hint: its result is not checked, the final fsync is what makes the file durable and reports errors.
-    """
-    if _sync_file_range is not None:
-        _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
-
-
-def _find_sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    if sys.platform != "linux":
-        return None
-    libc = own_libc()
-    fn = getattr(libc, "sync_file_range", None) if libc is not None else None
-    if fn is None:
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return cast(Callable[[int, int, int, int], int], fn)
-
-
-_SYNC_FILE_RANGE_WRITE = 2
-_sync_file_range = _find_sync_file_range()
 
 
 def _create(path: Path, owner: tuple[int, int] | None) -> int:
@@ -204,7 +178,7 @@ class _Writer:
                 await run_to_end(self.files, os.fsync, fd)
             else:
                 if entry.size >= _LARGE:
-                    await run_to_end(self.files, _start_writeback, fd)
+                    await run_to_end(self.files, start_writeback, fd)
                 self.unsynced.append(self.root / rel)
         finally:
             os.close(fd)

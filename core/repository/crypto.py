@@ -15,6 +15,7 @@ import threading
 import blake3
 import zstandard
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from core.errors import IntegrityError, RepositoryError
@@ -99,6 +100,29 @@ def seal_packed(packed: bytes, kind: bytes, key: DataKey) -> bytes:
     nonce = os.urandom(NONCE_SIZE)
     head = _ENVELOPE_HEADER.pack(ENVELOPE_MAGIC, key.version, nonce)
     return head + AESGCM(key.enc_key).encrypt(nonce, packed, head[:8] + kind)
+
+
+class PackedSealer:
+    """:func:`seal_packed` for a payload that arrives in pieces: the same bytes, each piece sealed as it comes.
+
+    ``head`` first, then :meth:`update` of every piece in order, then :meth:`finish` (the GCM tag): joined,
+    they are exactly what ``seal_packed`` of the joined pieces gives, and :func:`open_packed` opens them.
+    """
+
+    def __init__(self, kind: bytes, key: DataKey) -> None:
+        nonce = os.urandom(NONCE_SIZE)
+        self.head = _ENVELOPE_HEADER.pack(ENVELOPE_MAGIC, key.version, nonce)
+        self._enc = Cipher(algorithms.AES(key.enc_key), modes.GCM(nonce)).encryptor()
+        self._enc.authenticate_additional_data(self.head[:8] + kind)
+
+    def update(self, piece: bytes) -> bytes:
+        """The ciphertext of the next piece of the payload."""
+        return self._enc.update(piece)
+
+    def finish(self) -> bytes:
+        """The authentication tag: the object's last bytes."""
+        tail = self._enc.finalize()  # empty for GCM
+        return tail + self._enc.tag
 
 
 def open_packed(data: bytes, kind: bytes, keys: dict[int, DataKey]) -> bytes:

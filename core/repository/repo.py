@@ -353,6 +353,46 @@ class Repository:
                 await st.put(name, data)
         await self._each(one)
 
+    async def put_all_stream(self, name: str, pieces: AsyncIterator[bytes]) -> bytes:
+        """:meth:`put_all` of an object still being made: every target takes each piece as it comes.
+
+        Returns the whole object (for the read-back). When ``pieces`` fails, no target keeps anything and
+        its error is raised.
+        """
+        got: list[bytes] = []
+        queues: dict[int, asyncio.Queue[bytes | None]] = {id(st): asyncio.Queue() for st in self.storages}
+
+        async def feed() -> None:
+            try:
+                async for piece in pieces:
+                    got.append(piece)
+                    for q in queues.values():
+                        q.put_nowait(piece)
+            except BaseException:
+                for q in queues.values():
+                    q.put_nowait(_BROKEN)
+                raise
+            for q in queues.values():
+                q.put_nowait(None)
+
+        async def take(q: asyncio.Queue[bytes | None]) -> AsyncIterator[bytes]:
+            while (piece := await q.get()) is not None:
+                if piece is _BROKEN:
+                    raise _MakerFailed  # the target discards what it wrote
+                yield piece
+
+        feeder = asyncio.ensure_future(feed())
+        try:
+            await self._each(lambda st: st.put_stream(name, take(queues[id(st)])))
+        except _MakerFailed:
+            pass  # the feeder's own error is raised below
+        finally:
+            if not feeder.done():
+                feeder.cancel()
+            await asyncio.gather(feeder, return_exceptions=True)
+        feeder.result()
+        return b"".join(got)
+
     async def verify_all(self, name: str, digest: str) -> None:
         """Read an object back from every target and compare its SHA-256."""
         async def one(st: Storage) -> None:
@@ -606,6 +646,13 @@ class Repository:
                     f"since {lk['created']}; wait for it to finish"
                     + ("" if here else " (if that process is gone, `backstop unlock` removes the lock)")
                 )
+
+
+_BROKEN = b"\0broken"  # by identity: put_all_stream's marker for "the maker failed"
+
+
+class _MakerFailed(Exception):
+    """put_all_stream's pieces failed: each target drops its write (not a target's failure)."""
 
 
 async def _all(calls: Iterable[Awaitable[None]]) -> None:

@@ -17,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import struct
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import zstandard
@@ -34,7 +36,15 @@ from core.postgres.wal import (
     segments_between,
     wal_file_kind,
 )
-from core.repository.crypto import compress, decompress_frames, open_object, open_packed, seal_object, seal_packed
+from core.repository.crypto import (
+    PackedSealer,
+    compress,
+    decompress_frames,
+    open_object,
+    open_packed,
+    seal_object,
+    seal_packed,
+)
 from core.repository.keys import DataKey
 from core.repository.repo import Repository
 from core.storage.base import ObjectInfo, Storage
@@ -51,9 +61,12 @@ WAL_COMPRESSION_LEVEL = 1
 WAL_WINDOW_LOG = 17
 _HEADER = struct.Struct(">4sQQ32sH")  # magic, system identifier, size, sha256, name length; then name, then data
 _MAGIC = b"BKW1"
-# A WAL file this large is compressed as two frames, one per half, on two threads at once: compression is
-# most of a push's time, and what PostgreSQL's archiver waits on (FORMAT.md 21.2).
+# A WAL file this large is compressed as four frames, one per quarter, on two threads: compression is most
+# of a push's time, and what PostgreSQL's archiver waits on. The first two quarters are written and on their
+# way to disk while the last two are compressed (FORMAT.md 21.2).
 _SPLIT_FROM = 1024 * 1024
+_PARTS = 4
+_COMPRESS_THREADS = 2
 
 
 class WalNotArchived(NotFound):
@@ -112,12 +125,12 @@ def wal_object_name(name: str) -> str:
 
 
 def data_parts(data: bytes) -> list[memoryview]:
-    """The parts of a WAL file compressed as frames of their own (FORMAT.md 21.2): a segment's two halves."""
+    """The parts of a WAL file compressed as frames of their own (FORMAT.md 21.2): a segment's four quarters."""
     view = memoryview(data)
     if len(data) < _SPLIT_FROM:
         return [view]
-    half = len(data) // 2
-    return [view[:half], view[half:]]
+    cuts = [len(data) * i // _PARTS for i in range(_PARTS + 1)]
+    return [view[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
 
 
 def compress_part(part: memoryview) -> bytes:
@@ -125,12 +138,35 @@ def compress_part(part: memoryview) -> bytes:
     return compress(part, WAL_COMPRESSION_LEVEL, WAL_WINDOW_LOG)
 
 
+def header_frame(name: str, size: int, sha256: bytes, system_identifier: int) -> bytes:
+    """The first frame of a WAL object: its header and name (FORMAT.md 21.2)."""
+    raw = name.encode("ascii")
+    return compress(_HEADER.pack(_MAGIC, system_identifier, size, sha256, len(raw)) + raw, WAL_COMPRESSION_LEVEL)
+
+
 def seal_wal_frames(name: str, size: int, sha256: bytes, system_identifier: int, key: DataKey,
                     frames: list[bytes]) -> bytes:
     """The sealed object for one WAL file whose parts (:func:`data_parts`) are compressed already."""
-    raw = name.encode("ascii")
-    head = compress(_HEADER.pack(_MAGIC, system_identifier, size, sha256, len(raw)) + raw, WAL_COMPRESSION_LEVEL)
-    return seal_packed(b"".join([head, *frames]), WAL_KIND, key)
+    return seal_packed(b"".join([header_frame(name, size, sha256, system_identifier), *frames]), WAL_KIND, key)
+
+
+_pool: ThreadPoolExecutor | None = None
+
+
+def _compress_pool() -> ThreadPoolExecutor:
+    """Two threads compressing WAL parts, in the order they were submitted."""
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=_COMPRESS_THREADS, thread_name_prefix="backstop-wal-zstd")
+    return _pool
+
+
+def _forget_pool() -> None:
+    global _pool
+    _pool = None  # a forked child has none of its parent's threads: it starts its own pool
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 def seal_wal(name: str, data: bytes, system_identifier: int, key: DataKey, sha256: bytes | None = None) -> bytes:
@@ -232,18 +268,23 @@ class WalArchive:
     async def push(self, name: str, data: bytes) -> PushResult:
         """Archive one WAL file on every target, read back; idempotent for the same content."""
         kind = wal_file_kind(name)
-        # Hashing and compressing start at once, each in a thread of its own, beside the checks below: they
-        # are most of a push, and PostgreSQL's archiver waits on it. Compressed work is thrown away only when
-        # the file turns out archived already, or refused.
-        frames = asyncio.gather(*(asyncio.to_thread(compress_part, part) for part in data_parts(data)))
-        # Seen in every case: after a refusal, neither a compression error nor the cancellation is worth a warning.
-        frames.add_done_callback(lambda f: None if f.cancelled() else f.exception())
+        # Hashing and compressing start at once beside the checks below: they are most of a push, and
+        # PostgreSQL's archiver waits on it. The parts go through two threads of their own in order, so the
+        # first ones are written (and on their way to disk) while the last are being compressed. Compressed
+        # work is thrown away only when the file turns out archived already, or refused.
+        loop = asyncio.get_running_loop()
+        frames = [loop.run_in_executor(_compress_pool(), compress_part, part) for part in data_parts(data)]
+        for f in frames:
+            # Seen in every case: after a refusal, neither a compression error nor the cancellation is worth a
+            # warning.
+            f.add_done_callback(lambda f: None if f.cancelled() else f.exception())
         try:
             return await self._push(name, kind, data, frames)
         finally:
-            frames.cancel()  # once refused: threads already compressing finish by themselves, their work dropped
+            for f in frames:
+                f.cancel()  # once refused: parts already compressing finish by themselves, their work dropped
 
-    async def _push(self, name: str, kind: str, data: bytes, frames: asyncio.Future[list[bytes]]) -> PushResult:
+    async def _push(self, name: str, kind: str, data: bytes, frames: list[asyncio.Future[bytes]]) -> PushResult:
         raw_digest = await asyncio.to_thread(lambda: hashlib.sha256(data).digest())
         digest = raw_digest.hex()
         ident = await self.identity()
@@ -280,9 +321,16 @@ class WalArchive:
             if len(copies) == len(self.repo.storages):
                 return PushResult(name, len(data), digest, False, 0)
             # Missing or damaged on some target: write this (the same) content everywhere.
-        parts = await frames
-        sealed = await asyncio.to_thread(seal_wal_frames, name, len(data), raw_digest, sysid, self.repo.key, parts)
-        await self.repo.put_all(obj, sealed)
+        sealer = PackedSealer(WAL_KIND, self.repo.key)
+        head = header_frame(name, len(data), raw_digest, sysid)
+
+        async def pieces() -> AsyncIterator[bytes]:
+            yield sealer.head + sealer.update(head)
+            for frame in frames:
+                yield await asyncio.to_thread(sealer.update, await frame)
+            yield sealer.finish()
+
+        sealed = await self.repo.put_all_stream(obj, pieces())
         await self.repo.verify_same(obj, sealed)
         return PushResult(name, len(data), digest, not have, len(sealed))
 

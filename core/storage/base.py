@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import builtins
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 
@@ -42,6 +43,14 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def put(self, name: str, data: bytes) -> None:
         """Store ``data`` under ``name`` atomically, replacing any old object."""
+
+    async def put_stream(self, name: str, pieces: AsyncIterator[bytes]) -> None:
+        """Store the object the pieces make, in order, as :meth:`put` would; a piece may still be in the making.
+
+        A target that can write as the pieces come (a local directory) starts on the first before the last
+        exists; the default gathers them all, then puts. When ``pieces`` raises, nothing is stored.
+        """
+        await self.put(name, b"".join([piece async for piece in pieces]))
 
     @abc.abstractmethod
     async def get(self, name: str) -> bytes:

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import errno
 import os
 import stat
 import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from core.config import LocalTargetConfig
 from core.errors import ObjectDamaged, ObjectNotFound, StorageError, TargetUnreachable
 from core.format import utc
+from core.libc import start_writeback
 from core.storage.base import ObjectInfo, Storage
 from core.storage.immutability import APPEND_ONLY_DELETABLE, APPEND_ONLY_REPLACEABLE, Kept, refused
 from core.storage.throttle import Limits
+from core.threads import run_to_end
 
 # Temp files of in-flight (or crashed) writes start with this; list() hides them.
 TEMP_PREFIX = ".backstop-tmp-"
@@ -55,6 +60,25 @@ def _set_mode(target: int | Path, mode: int) -> None:
 
 def _when(ts: float) -> str:
     return utc(ts, "%Y-%m-%d %H:%M:%S UTC")
+
+
+class _Temp:
+    """A temporary file being written for object ``name`` (renamed to ``path`` once complete)."""
+
+    def __init__(self, name: str, path: Path, tmp: Path, fd: int) -> None:
+        self.name, self.path, self.tmp, self.fd = name, path, tmp, fd
+        self.closed = False
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True  # first: a failing close is not retried (the number may be reused at once)
+            os.close(self.fd)
+
+    def discard(self) -> None:
+        """Close and remove it (after a failure; nothing of a half-written object stays)."""
+        with contextlib.suppress(OSError):
+            self.close()
+        self.tmp.unlink(missing_ok=True)
 
 
 class LocalStorage(Storage):
@@ -178,6 +202,17 @@ class LocalStorage(Storage):
     # -- blocking implementations -----------------------------------------
 
     def _put(self, name: str, data: bytes) -> None:
+        temp = self._open_temp(name)
+        try:
+            self._write_piece(temp, data)
+            self._seal(temp)
+        except BaseException:
+            # Interrupted mid-write: never leave a temp file behind.
+            temp.discard()
+            raise
+
+    def _open_temp(self, name: str) -> _Temp:
+        """A new temporary file beside where ``name`` goes (its directories made durably)."""
         path = self._path(name)
         self._check_root()
         try:
@@ -189,31 +224,40 @@ class LocalStorage(Storage):
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
         except OSError as exc:
             raise self._os_error(exc, "write", path.parent) from None
+        temp = _Temp(name, path, tmp, fd)
         try:
-            try:
-                _set_mode(fd, FILE_MODE)
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            _fsync_dir(path.parent)
+            _set_mode(fd, FILE_MODE)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            if exc.errno in _FULL_ERRNOS:
-                raise StorageError(
-                    self.name,
-                    f"disk holding {self.root} is full ({exc.strerror}) while writing {name}; "
-                    "the partial object was removed; free some space and retry",
-                ) from None
-            raise self._os_error(exc, "write", path) from None
-        except BaseException:
-            # Interrupted mid-write: never leave a temp file behind.
-            tmp.unlink(missing_ok=True)
-            raise
+            temp.discard()
+            raise self._write_error(exc, temp) from None
+        return temp
+
+    def _write_piece(self, temp: _Temp, data: bytes, hint: bool = False) -> None:
+        """Append ``data``; ``hint``: start the disk on it now (more pieces follow, the fsync finds less to do)."""
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(temp.fd, view):]
+            if hint:
+                start_writeback(temp.fd)
+        except OSError as exc:
+            raise self._write_error(exc, temp) from None
+
+    def _seal(self, temp: _Temp) -> None:
+        """fsync, close, rename into place, fsync the directory: the object is complete and durable."""
+        try:
+            os.fsync(temp.fd)
+            temp.close()
+            os.replace(temp.tmp, temp.path)
+            _fsync_dir(temp.path.parent)
+        except OSError as exc:
+            raise self._write_error(exc, temp) from None
+
+    def _write_error(self, exc: OSError, temp: _Temp) -> StorageError:
+        if exc.errno in _FULL_ERRNOS:
+            return StorageError(self.name, f"disk holding {self.root} is full ({exc.strerror}) while writing "
+                                           f"{temp.name}; the partial object was removed; free some space and retry")
+        return self._os_error(exc, "write", temp.path)
 
     def _read(self, name: str, offset: int, length: int | None) -> bytes:
         path = self._path(name)
@@ -379,6 +423,26 @@ class LocalStorage(Storage):
             if await asyncio.to_thread(self._refuse_rewrite, name, data):
                 return
         await asyncio.to_thread(self._put, name, data)
+
+    async def put_stream(self, name: str, pieces: AsyncIterator[bytes]) -> None:
+        """Write each piece as it comes, its writeback started at once; fsync and rename after the last."""
+        if self.append_only and not name.startswith(APPEND_ONLY_REPLACEABLE):
+            await super().put_stream(name, pieces)  # the rewrite check needs the whole object first
+            return
+        # One thread of its own, and run_to_end: a cancelled write stops before the descriptor is closed.
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backstop-put")
+        try:
+            temp = await run_to_end(pool, self._open_temp, name, undo=_Temp.discard)
+            try:
+                async for piece in pieces:
+                    await self.limits.before_upload(len(piece))
+                    await run_to_end(pool, self._write_piece, temp, piece, True)
+                await run_to_end(pool, self._seal, temp)
+            except BaseException:
+                temp.discard()
+                raise
+        finally:
+            pool.shutdown(wait=False)
 
     async def get(self, name: str) -> bytes:
         return await self.limits.paced_get(lambda: asyncio.to_thread(self._read, name, 0, None))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import builtins
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from core.storage.base import ObjectInfo, Storage
@@ -132,6 +132,29 @@ class MeteredStorage(Storage):
             self._done("put", t0, classify(exc), exc=exc)
             raise
         self._done("put", t0, "ok", written=len(data))
+
+    async def put_stream(self, name: str, pieces: AsyncIterator[bytes]) -> None:
+        t0 = time.perf_counter()
+        written = 0
+        maker_failed = False
+
+        async def counted() -> AsyncIterator[bytes]:
+            nonlocal written, maker_failed
+            try:
+                async for piece in pieces:
+                    written += len(piece)
+                    yield piece
+            except Exception:
+                maker_failed = True  # the object's maker failed, not this target
+                raise
+
+        try:
+            await self.inner.put_stream(name, counted())
+        except Exception as exc:
+            if not maker_failed:
+                self._done("put", t0, classify(exc), exc=exc)
+            raise
+        self._done("put", t0, "ok", written=written)
 
     async def get(self, name: str) -> bytes:
         t0 = time.perf_counter()
