@@ -242,8 +242,13 @@ async def test_a_segment_is_sealed_as_frames_and_single_frame_objects_still_open
     repo = await _local_repo(tmp_path)
     name = "000000010000000000000003"
     data = segment(1, 3)
-    await WalArchive(repo).push(name, data)
+    pushed = await WalArchive(repo).push(name, data)
     blob = (tmp_path / "a" / "wal" / "00000001" / name).read_bytes()
+    assert pushed.sealed_size == len(blob) == len((tmp_path / "b" / "wal" / "00000001" / name).read_bytes())
+    await repo.verify_same(f"wal/00000001/{name}", [blob[:100], blob[100:]])  # the pieces as written
+    for wrong in ([blob[:100], blob[101:]], [blob, b"x"], [blob[:-1] + bytes([blob[-1] ^ 1])]):
+        with pytest.raises(IntegrityError, match="read-back"):
+            await repo.verify_same(f"wal/00000001/{name}", wrong)
     packed = open_packed(blob, WAL_KIND, repo.keys)
     header = 54 + len(name)
     assert _frames(packed) == [header] + [SEG // 4] * 4  # the header frame, then one per quarter

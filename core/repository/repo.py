@@ -353,10 +353,10 @@ class Repository:
                 await st.put(name, data)
         await self._each(one)
 
-    async def put_all_stream(self, name: str, pieces: AsyncIterator[bytes]) -> bytes:
+    async def put_all_stream(self, name: str, pieces: AsyncIterator[bytes]) -> list[bytes]:
         """:meth:`put_all` of an object still being made: every target takes each piece as it comes.
 
-        Returns the whole object (for the read-back). When ``pieces`` fails, no target keeps anything and
+        Returns the pieces written, in order (for the read-back). When ``pieces`` fails, no target keeps anything and
         its error is raised.
         """
         got: list[bytes] = []
@@ -391,7 +391,7 @@ class Repository:
                 feeder.cancel()
             await asyncio.gather(feeder, return_exceptions=True)
         feeder.result()
-        return b"".join(got)
+        return got
 
     async def verify_all(self, name: str, digest: str) -> None:
         """Read an object back from every target and compare its SHA-256."""
@@ -401,13 +401,16 @@ class Repository:
                 raise IntegrityError(f"target '{st.name}': read-back of {name} does not match what was written")
         await self._each(one)
 
-    async def verify_same(self, name: str, data: bytes) -> None:
+    async def verify_same(self, name: str, data: bytes | list[bytes]) -> None:
         """Read an object back from every target and compare it with what was written, byte for byte.
 
-        For a writer that still holds the bytes (a WAL push): a comparison costs a tenth of hashing them.
+        For a writer that still holds the bytes (a WAL push; ``data`` may be the pieces it wrote, never
+        joined: one copy fewer in memory): a comparison costs a tenth of hashing them.
         """
+        pieces = [data] if isinstance(data, bytes) else data
+
         async def one(st: Storage) -> None:
-            if await st.get(name) != data:
+            if not _same(await st.get(name), pieces):
                 raise IntegrityError(f"target '{st.name}': read-back of {name} does not match what was written")
         await self._each(one)
 
@@ -646,6 +649,18 @@ class Repository:
                     f"since {lk['created']}; wait for it to finish"
                     + ("" if here else " (if that process is gone, `backstop unlock` removes the lock)")
                 )
+
+
+def _same(got: bytes, pieces: list[bytes]) -> bool:
+    """Whether ``got`` is exactly the pieces, one after another."""
+    if len(got) != sum(len(p) for p in pieces):
+        return False
+    view, at = memoryview(got), 0
+    for piece in pieces:
+        if view[at:at + len(piece)] != piece:
+            return False
+        at += len(piece)
+    return True
 
 
 _BROKEN = b"\0broken"  # by identity: put_all_stream's marker for "the maker failed"

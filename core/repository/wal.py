@@ -332,7 +332,7 @@ class WalArchive:
 
         sealed = await self.repo.put_all_stream(obj, pieces())
         await self.repo.verify_same(obj, sealed)
-        return PushResult(name, len(data), digest, not have, len(sealed))
+        return PushResult(name, len(data), digest, not have, sum(len(p) for p in sealed))
 
     async def _open_copy(self, st: Storage, name: str) -> WalFile | None:
         """The copy on one target, opened and checked; None when it vanished or is damaged (to be rewritten)."""
