@@ -95,10 +95,15 @@ def decompress_frames(data: bytes) -> bytes:
     return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
+def _envelope_head(key: DataKey) -> tuple[bytes, bytes]:
+    """(nonce, envelope header) for a new object sealed with ``key``: a fresh nonce every time."""
+    nonce = os.urandom(NONCE_SIZE)
+    return nonce, _ENVELOPE_HEADER.pack(ENVELOPE_MAGIC, key.version, nonce)
+
+
 def seal_packed(packed: bytes, kind: bytes, key: DataKey) -> bytes:
     """Encrypt an object payload already compressed (as :func:`seal_object` would after compressing)."""
-    nonce = os.urandom(NONCE_SIZE)
-    head = _ENVELOPE_HEADER.pack(ENVELOPE_MAGIC, key.version, nonce)
+    nonce, head = _envelope_head(key)
     return head + AESGCM(key.enc_key).encrypt(nonce, packed, head[:8] + kind)
 
 
@@ -110,8 +115,7 @@ class PackedSealer:
     """
 
     def __init__(self, kind: bytes, key: DataKey) -> None:
-        nonce = os.urandom(NONCE_SIZE)
-        self.head = _ENVELOPE_HEADER.pack(ENVELOPE_MAGIC, key.version, nonce)
+        nonce, self.head = _envelope_head(key)
         self._enc = Cipher(algorithms.AES(key.enc_key), modes.GCM(nonce)).encryptor()
         self._enc.authenticate_additional_data(self.head[:8] + kind)
 

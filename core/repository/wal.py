@@ -43,7 +43,6 @@ from core.repository.crypto import (
     open_object,
     open_packed,
     seal_object,
-    seal_packed,
 )
 from core.repository.keys import DataKey
 from core.repository.repo import Repository
@@ -144,12 +143,6 @@ def header_frame(name: str, size: int, sha256: bytes, system_identifier: int) ->
     return compress(_HEADER.pack(_MAGIC, system_identifier, size, sha256, len(raw)) + raw, WAL_COMPRESSION_LEVEL)
 
 
-def seal_wal_frames(name: str, size: int, sha256: bytes, system_identifier: int, key: DataKey,
-                    frames: list[bytes]) -> bytes:
-    """The sealed object for one WAL file whose parts (:func:`data_parts`) are compressed already."""
-    return seal_packed(b"".join([header_frame(name, size, sha256, system_identifier), *frames]), WAL_KIND, key)
-
-
 _pool: ThreadPoolExecutor | None = None
 
 
@@ -172,8 +165,9 @@ os.register_at_fork(after_in_child=_forget_pool)
 def seal_wal(name: str, data: bytes, system_identifier: int, key: DataKey, sha256: bytes | None = None) -> bytes:
     """The sealed object for one WAL file (``sha256``: the data's digest when the caller has it already)."""
     digest = sha256 if sha256 is not None else hashlib.sha256(data).digest()
-    frames = [compress_part(part) for part in data_parts(data)]
-    return seal_wal_frames(name, len(data), digest, system_identifier, key, frames)
+    sealer = PackedSealer(WAL_KIND, key)
+    frames = [header_frame(name, len(data), digest, system_identifier), *map(compress_part, data_parts(data))]
+    return sealer.head + b"".join(map(sealer.update, frames)) + sealer.finish()
 
 
 def open_wal(blob: bytes, name: str, keys: dict[int, DataKey]) -> WalFile:
