@@ -277,7 +277,7 @@ class Backstop:
         """SIGTERM the resident pusher (and fetcher) that wal-push calls started on this repository's spool."""
         for lock in (self.spool.pusher_lock, self.spool.fetcher_lock):
             with contextlib.suppress(OSError):
-                pid = self.spool.holder(lock) if self.spool.root.is_dir() else None
+                pid = self.spool.holder(lock) if os.path.isdir(self.spool.root) else None
                 if pid and pid > 0:
                     os.kill(pid, signal.SIGTERM)
 

@@ -93,7 +93,8 @@ def test_lsns_and_segment_names_follow_postgres() -> None:
         "000000010000000000000004"]
     assert parse_segment_name("0000000300000016000000B3") == (3, 0x16 * 256 + 0xB3)
     assert parse_segment_name("000000010000000000000007.partial") == (1, 7)
-    for bad in ("0/", "x/1", "1/2/3"):
+    assert parse_lsn(" 16/b374d848\n") == (0x16 << 32) | 0xB374D848  # as typed or pasted
+    for bad in ("0/", "/1", "x/1", "1/2/3", "123456789/1", "0 /1", "", "+1/2", "0x1/2"):
         with pytest.raises(WalNameError):
             parse_lsn(bad)
     with pytest.raises(WalNameError):
@@ -104,7 +105,10 @@ def test_lsns_and_segment_names_follow_postgres() -> None:
                                              "00000002.history", "000000010000000000000002.00000028.backup")}
     assert kinds == {"000000010000000000000003": "segment", "000000010000000000000003.partial": "partial",
                      "00000002.history": "history", "000000010000000000000002.00000028.backup": "backup"}
-    for bad in ("RECOVERYXLOG", "000000010000000000000003.tmp", "../000000010000000000000003", "00000002.HISTORY"):
+    for bad in ("RECOVERYXLOG", "000000010000000000000003.tmp", "../000000010000000000000003", "00000002.HISTORY",
+                "000000010000000000000003\n", "00000001000000000000000a", "0000000100000000000000030", "",
+                "0000002.history", "000000010000000000000002.0000028.backup", "x.partial",
+                "000000010000000000000002.00000028.backup.partial", "000000010000000000000003.partial.partial"):
         with pytest.raises(WalNameError):
             wal_file_kind(bad)
 
@@ -426,7 +430,7 @@ def test_wal_push_works_ahead_and_survives_sigkill_of_the_pusher(local_setup: tu
     pid = spool.holder(spool.pusher_lock)
     assert pid and pid > 0
     with socket.socket(socket.AF_UNIX) as sock:  # the pusher answers nothing but PUSH <absolute path>
-        sock.connect(str(spool.socket))
+        sock.connect(spool.socket)
         sock.sendall(b"DELETE everything\n")
         assert sock.recv(200).startswith(b"ERR bad request")
     t0 = time.monotonic()
@@ -523,12 +527,13 @@ def test_wal_fetch_exact_bytes_read_ahead_and_the_end_of_the_archive(local_setup
     assert proc.returncode == 0, proc.stderr
     assert (out / "RECOVERYXLOG").read_bytes() == (pgdata / "pg_wal" / names[0]).read_bytes()
     # The fetcher brings the following segments into the spool; the next calls take them from there.
-    _wait(lambda: (spool.fetched / names[2]).exists() or not (spool.fetched / names[1]).exists(), what="read-ahead")
+    _wait(lambda: Path(spool.fetched, names[2]).exists() or not Path(spool.fetched, names[1]).exists(),
+          what="read-ahead")
     for n in names[1:]:
         proc = _run(setup, "wal-fetch", n, "RECOVERYXLOG", cwd=out)
         assert proc.returncode == 0, proc.stderr
         assert (out / "RECOVERYXLOG").read_bytes() == (pgdata / "pg_wal" / n).read_bytes()
-        assert not (spool.fetched / n).exists()  # taken, not copied
+        assert not Path(spool.fetched, n).exists()  # taken, not copied
     assert not [p for p in out.iterdir() if p.name != "RECOVERYXLOG"]  # no temporary files left
     for missing in ("000000010000000000000006", "00000002.history"):
         proc = _run(setup, "wal-fetch", missing, "RECOVERYXLOG", cwd=out)
@@ -589,23 +594,23 @@ async def test_the_pusher_and_the_fetcher_in_process(tmp_path: Path) -> None:
         pusher.stop()
         assert await serving == 0
         os.close(lock or -1)
-    assert not spool.socket.exists()
+    assert not Path(spool.socket).exists()
     # Read-ahead: the position is what the last wal-fetch call asked for.
     archive = await open_archive(setup.config)
     fetcher = Fetcher(spool, archive, ahead=2)
     flock = spool.take_lock(spool.fetcher_lock)  # this process is the fetcher: no call may start another
     spool.set_fetch_position(names[1])
-    (spool.fetched / names[0]).write_bytes(b"passed")  # recovery is past it: removed
+    Path(spool.fetched, names[0]).write_bytes(b"passed")  # recovery is past it: removed
     fetching = asyncio.ensure_future(fetcher.run())
     try:
-        await asyncio.to_thread(_wait, lambda: (spool.fetched / names[3]).exists(), 60, "read-ahead")
-        await asyncio.to_thread(_wait, lambda: not (spool.fetched / names[0]).exists(), 10, "tidying")
-        assert sorted(p.name for p in spool.fetched.iterdir()) == [names[2], names[3]]
-        assert (spool.fetched / names[2]).read_bytes() == segment(1, 3)
+        await asyncio.to_thread(_wait, lambda: Path(spool.fetched, names[3]).exists(), 60, "read-ahead")
+        await asyncio.to_thread(_wait, lambda: not Path(spool.fetched, names[0]).exists(), 10, "tidying")
+        assert sorted(p.name for p in Path(spool.fetched).iterdir()) == [names[2], names[3]]
+        assert Path(spool.fetched, names[2]).read_bytes() == segment(1, 3)
         out = tmp_path / "RECOVERYXLOG"
         assert await asyncio.to_thread(client.wal_fetch, str(setup.path), names[3], str(out)) == 0
-        assert out.read_bytes() == segment(1, 4) and not (spool.fetched / names[3]).exists()
-        await asyncio.to_thread(_wait, lambda: (spool.fetched / late).exists(), 60, "read-ahead of the next")
+        assert out.read_bytes() == segment(1, 4) and not Path(spool.fetched, names[3]).exists()
+        await asyncio.to_thread(_wait, lambda: Path(spool.fetched, late).exists(), 60, "read-ahead of the next")
     finally:
         fetcher.stopping.set()
         await fetching
@@ -620,7 +625,7 @@ async def _serving_pusher(setup: Setup, spool: Spool) -> tuple[Any, asyncio.Futu
     lock = spool.take_lock(spool.pusher_lock)
     pusher = Pusher(setup.path, spool, setup.config)
     serving = asyncio.ensure_future(pusher.serve())
-    await asyncio.to_thread(_wait, spool.socket.exists, 30, "the pusher to listen")
+    await asyncio.to_thread(_wait, Path(spool.socket).exists, 30, "the pusher to listen")
     return pusher, serving, lock
 
 
@@ -716,15 +721,15 @@ def test_the_spool_of_a_config_is_remembered_until_the_file_changes(tmp_path: Pa
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     config = tmp_path / "backstop.yaml"
     config.write_text(f"wal:\n  spool_dir: {tmp_path / 'one'}\n")
-    assert spool_of(config).root == tmp_path / "one"
+    assert Path(spool_of(config).root) == tmp_path / "one"
     [pointer] = (tmp_path / "cache" / "backstop" / "spools").iterdir()
     # Taken from the pointer, without parsing the file (a pointer changed by hand shows it).
     pointer.write_text(f"{config_tag(config)} {tmp_path / 'elsewhere'}\n")
-    assert spool_of(config).root == tmp_path / "elsewhere"
+    assert Path(spool_of(config).root) == tmp_path / "elsewhere"
     config.write_text(f"wal:\n  spool_dir: {tmp_path / 'two'}\n")  # edited: parsed again
-    assert spool_of(config).root == tmp_path / "two"
+    assert Path(spool_of(config).root) == tmp_path / "two"
     monkeypatch.setenv("XDG_CACHE_HOME", "/proc/no-such-cache")  # nowhere to remember: parsed every time
-    assert spool_of(config).root == tmp_path / "two"
+    assert Path(spool_of(config).root) == tmp_path / "two"
 
 
 def test_wal_status_shows_range_gap_and_latency(local_setup: tuple[Setup, Path, Spool]) -> None:
@@ -840,7 +845,7 @@ async def test_segments_arrive_on_both_targets_checked(archiving: Archiving) -> 
     rec = archiving.spool.record(name)
     assert rec is not None and rec.sha256 == hashlib.sha256(data).hexdigest()
     # Run by the server's OS user: the spool is that user's.
-    owner = pwd.getpwuid(archiving.spool.root.stat().st_uid).pw_name
+    owner = pwd.getpwuid(os.stat(archiving.spool.root).st_uid).pw_name
     assert owner == archiving.cluster.os_user
 
 

@@ -14,6 +14,7 @@ only grow while rows are kept; Grafana takes ``increase()`` over them.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -52,7 +53,7 @@ def spool_newest_push(config_path: Path | None) -> Callable[[], float | None]:
             spool = spool_of(config_path) if config_path is not None else None
         except SpoolError:
             return None
-        if spool is None or not spool.root.is_dir():
+        if spool is None or not os.path.isdir(spool.root):
             return None
         pushes = spool.latencies()
         return pushes[-1][0] if pushes else None

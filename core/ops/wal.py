@@ -243,10 +243,10 @@ async def status(ctx: EngineContext, spool: Spool | None, pgdata: Path | None) -
         newest_age_s=(time.time() - seg_mtimes[newest]) if newest else None,
         missing_on=missing_on, unreachable=unreachable, pgdata=None, backlog=None, backlog_oldest_age_s=None)
     if spool is not None:
-        result.spool = str(spool.root)
+        result.spool = spool.root
         lat = [s for _, s, _ in spool.latencies()]
         result.latency, result.latency_count = percentiles(lat), len(lat)
-        result.pusher_pid = spool.holder(spool.pusher_lock) if spool.root.is_dir() else None
+        result.pusher_pid = spool.holder(spool.pusher_lock) if os.path.isdir(spool.root) else None
         if pgdata is None and spool.pgdata():
             pgdata = Path(str(spool.pgdata()))
     if pgdata is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import threading
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -88,11 +89,26 @@ def _plan_runs(entry: FileEntry, index: Index) -> Iterator[_Run]:
         yield run
 
 
-def _pwrite_all(fd: int, data: bytes, at: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, at)
-        view, at = view[n:], at + n
+class _Target:
+    """The file a restore writes runs into, and the lock its writes take turns on.
+
+    The runs of one file are opened in several threads at once, but their writes go one at a time: ext4
+    takes the inode's lock for each buffered write, and threads waiting there spin on the CPU (perf put
+    rwsem_spin_on_owner at 9-11% of a restore's CPU). Waiting on this lock sleeps instead.
+    """
+
+    __slots__ = ("fd", "lock")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.lock = threading.Lock()
+
+    def pwrite(self, data: bytes, at: int) -> None:
+        view = memoryview(data)
+        with self.lock:
+            while view:
+                n = os.pwrite(self.fd, view, at)
+                view, at = view[n:], at + n
 
 
 def _hash_all(h: hashlib._Hash, pieces: list[bytes]) -> None:  # noqa: SLF001
@@ -116,8 +132,8 @@ class StreamReader:
         self.findings: list[Finding] = []
         self._reported: set[tuple[str, str]] = set()
 
-    def _open_run(self, data: bytes, run: _Run, fd: int | None = None) -> _Opened:
-        """The run's chunks, each checked against its id; with ``fd``, each also written at its offset there.
+    def _open_run(self, data: bytes, run: _Run, target: _Target | None = None) -> _Opened:
+        """The run's chunks, each checked against its id; with ``target``, each also written at its offset there.
 
         Written chunks are also run through CRC-32C right after their write, while still in the CPU's cache.
         """
@@ -133,14 +149,14 @@ class StreamReader:
             plain = open_chunk(view[off: off + loc.length], cid, key)
             if len(plain) != loc.raw_length:  # the offsets of every later chunk come from these lengths
                 raise IntegrityError(f"chunk {cid.hex()[:16]} is {len(plain)} bytes, the index says {loc.raw_length}")
-            if fd is not None:
-                _pwrite_all(fd, plain, at)
+            if target is not None:
+                target.pwrite(plain, at)
                 crc = crc32c.crc32c(plain, value=crc)
             at += len(plain)
             out.append(plain)
         return _Opened(out, crc, at - run.at)
 
-    async def _fetch(self, run: _Run, fd: int | None = None) -> _Opened:
+    async def _fetch(self, run: _Run, target: _Target | None = None) -> _Opened:
         name = pack_object_name(run.pack_id)
         errors = []
         frozen: list[ObjectFrozen] = []
@@ -150,7 +166,7 @@ class StreamReader:
                 if len(data) != run.end - run.start:
                     raise IntegrityError(f"{name} is truncated")
                 # A copy found damaged midway is rewritten whole from the next target, over the same offsets.
-                opened = await run_to_end(self.pool, self._open_run, data, run, fd)
+                opened = await run_to_end(self.pool, self._open_run, data, run, target)
                 self.sources.served(st, len(data))
                 return opened
             except (StorageError, IntegrityError) as exc:
@@ -176,18 +192,19 @@ class StreamReader:
     async def _opened_runs(self, entry: FileEntry, fd: int | None = None) -> AsyncGenerator[_Opened, None]:
         """The file's runs, fetched and opened a few ahead (and written into ``fd``), yielded in order."""
         check_complete(entry, self.index)
+        target = _Target(fd) if fd is not None else None
         pending: deque[asyncio.Task[_Opened]] = deque()
         it = _plan_runs(entry, self.index)
         try:
             for run in it:
-                pending.append(asyncio.ensure_future(self._fetch(run, fd)))
+                pending.append(asyncio.ensure_future(self._fetch(run, target)))
                 if len(pending) >= READ_AHEAD:
                     break
             while pending:
                 opened = await pending.popleft()
                 nxt = next(it, None)
                 if nxt is not None:
-                    pending.append(asyncio.ensure_future(self._fetch(nxt, fd)))
+                    pending.append(asyncio.ensure_future(self._fetch(nxt, target)))
                 yield opened
         finally:
             for t in pending:

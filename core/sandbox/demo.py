@@ -74,7 +74,7 @@ def _stop_wal_helpers(base: Path) -> None:
     from core.wal.spool import Spool
 
     spool = Spool(base / "wal-spool", "")
-    if not spool.root.is_dir():
+    if not os.path.isdir(spool.root):
         return
     for lock in (spool.pusher_lock, spool.fetcher_lock):
         pid = spool.holder(lock)

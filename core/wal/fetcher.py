@@ -94,7 +94,7 @@ class Fetcher:
             if len(wanted) < self.ahead and time.monotonic() - self.listed_at > LIST_EVERY_S:
                 await self.refresh(int(position[:8], 16))
                 wanted = self.plan(position)
-            todo = [n for n in wanted if not (self.spool.fetched / n).exists()]
+            todo = [n for n in wanted if not os.path.exists(os.path.join(self.spool.fetched, n))]
             self.spool.set_fetch_plan(todo)
             self.tidy(position, set(wanted))
             if not todo:
@@ -111,7 +111,7 @@ class Fetcher:
                 self.spool.set_fetch_plan([])
                 await asyncio.sleep(1.0)
                 continue
-            write_atomic(self.spool.fetched / name, wf.data)
+            write_atomic(os.path.join(self.spool.fetched, name), wf.data)
         return 0
 
 

@@ -221,9 +221,9 @@ class Pusher:
             # sockaddr_un holds ~108 bytes: bind by a relative name from inside the spool.
             os.chdir(self.spool.root)
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.spool.socket.name)
-            sock.bind(self.spool.socket.name)
-            os.chmod(self.spool.socket.name, 0o600)
+                os.unlink(os.path.basename(self.spool.socket))
+            sock.bind(os.path.basename(self.spool.socket))
+            os.chmod(os.path.basename(self.spool.socket), 0o600)
         finally:
             os.fchdir(here)
             os.close(here)
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         # Edited between reading its tag and loading it: the records would name the wrong repository.
         spool.log_line("config file changed while starting: exiting (the next wal-push starts a new pusher)")
         return 0
-    return asyncio.run(Pusher(config_file, spool, config).serve())
+    return asyncio.run(Pusher(Path(config_file), spool, config).serve())
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The WAL spool: a private directory where wal-push, wal-fetch and their background processes meet.
 
-Standard library only (the fast path imports it). Layout, all owned by the
+Standard library only, and paths as plain strings (the fast path imports it,
+and ``pathlib`` would cost a call a sixth of its CPU). Layout, all owned by the
 PostgreSQL server's OS user, directories 0700 and files 0600::
 
     pusher.lock     held (flock) by the running pusher; holds its pid
@@ -29,12 +30,10 @@ parses the YAML only once per edit of the config file.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
 import time
-from pathlib import Path
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 if TYPE_CHECKING:
@@ -59,12 +58,17 @@ class Record:
         self.size, self.sha256, self.at, self.tag = size, sha256, at, tag
 
 
-def config_path(given: str | None) -> Path:
+def config_path(given: str | None) -> str:
     """The config file: ``--config`` or ``$BACKSTOP_CONFIG``, made absolute."""
     path = given or os.environ.get(CONFIG_ENV)
     if not path:
         raise SpoolError(f"no config file: pass --config PATH or set ${CONFIG_ENV}")
-    return Path(path).absolute()
+    return os.path.abspath(path)
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def _tag(raw: bytes) -> str:
@@ -87,28 +91,29 @@ def _builtin_sha256() -> Callable[[bytes], Any]:
 _sha256 = _builtin_sha256()
 
 
-def config_tag(config: Path) -> str:
+def config_tag(config: str | os.PathLike[str]) -> str:
     """16 hex of the config file's SHA-256: what ties a pushed record to the repository it went to."""
     try:
-        return _tag(config.read_bytes())
+        return _tag(_read(os.fspath(config)))
     except OSError:
         return ""
 
 
-def _data_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "backstop"
+def _data_dir() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "backstop")
 
 
-def default_spool(config: Path) -> Path:
+def default_spool(config: str) -> str:
     """Where the spool is when the config does not say (see the module docstring)."""
-    beside = config.parent / "wal-spool"
-    if beside.is_dir() or os.access(config.parent, os.W_OK | os.X_OK):
+    parent = os.path.dirname(config)
+    beside = os.path.join(parent, "wal-spool")
+    if os.path.isdir(beside) or os.access(parent, os.W_OK | os.X_OK):
         return beside
-    return _data_dir() / "wal-spool" / _tag(str(config).encode())
+    return os.path.join(_data_dir(), "wal-spool", _tag(config.encode()))
 
 
-def configured_spool(config: Path, text: str) -> Path | None:
+def configured_spool(config: str, text: str) -> str | None:
     """``wal.spool_dir`` of the config document (relative to the config's directory), or None."""
     import yaml  # only configs that name a spool pay for it
 
@@ -120,40 +125,43 @@ def configured_spool(config: Path, text: str) -> Path | None:
     value = wal.get("spool_dir") if isinstance(wal, dict) else None
     if value is None:
         return None
-    return config.parent / os.path.expanduser(str(value))
+    return os.path.join(os.path.dirname(config), os.path.expanduser(str(value)))
 
 
-def _pointer(config: Path) -> Path:
+def _pointer(config: str) -> str:
     """Where the spool found for this config path is remembered (``<config tag> <spool>``), per OS user."""
     # The account's own home, not $HOME: an archive_command started under su or sudo may carry another
     # user's $HOME, where this user can write nothing.
     import pwd  # built in: costs nothing on the fast path
 
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(pwd.getpwuid(os.geteuid()).pw_dir, ".cache")
-    return Path(base) / "backstop" / "spools" / _tag(str(config).encode())
+    return os.path.join(base, "backstop", "spools", _tag(config.encode()))
 
 
-def _remembered(config: Path, tag: str) -> Path | None:
+def _remembered(config: str, tag: str) -> str | None:
     """The spool remembered for this config file's exact content (its tag), or None."""
     try:
-        remembered_tag, _, where = _pointer(config).read_text().rstrip("\n").partition(" ")
+        remembered_tag, _, where = _read(_pointer(config)).decode().rstrip("\n").partition(" ")
     except (OSError, KeyError, UnicodeDecodeError):  # KeyError: a uid without a passwd entry
         return None
-    return Path(where) if remembered_tag == tag and where else None
+    return where if remembered_tag == tag and where else None
 
 
-def _remember(config: Path, tag: str, spool: Path) -> None:
+def _remember(config: str, tag: str, spool: str) -> None:
     """Best effort: a user without a writable cache directory parses the config at every call."""
-    with contextlib.suppress(OSError, KeyError):
-        pointer = _pointer(config)
-        pointer.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_atomic(pointer, f"{tag} {spool}\n".encode())
-
-
-def spool_of(config: Path) -> Spool:
-    """This config's spool (tagged with the config), from one read of the file and without validating it all."""
     try:
-        raw = config.read_bytes()
+        pointer = _pointer(config)
+        os.makedirs(os.path.dirname(pointer), mode=0o700, exist_ok=True)
+        write_atomic(pointer, f"{tag} {spool}\n".encode())
+    except (OSError, KeyError):
+        pass
+
+
+def spool_of(config: str | os.PathLike[str]) -> Spool:
+    """This config's spool (tagged with the config), from one read of the file and without validating it all."""
+    config = os.fspath(config)
+    try:
+        raw = _read(config)
     except OSError as exc:
         raise SpoolError(f"config error in {config}: cannot read the file: {exc.strerror}") from None
     tag = _tag(raw)
@@ -170,7 +178,7 @@ def spool_of(config: Path) -> Spool:
     return Spool(root, tag)
 
 
-def file_sha256(path: Path) -> tuple[int, str]:
+def file_sha256(path: str | os.PathLike[str]) -> tuple[int, str]:
     """(size, SHA-256 hex) of a file, read in blocks."""
     import hashlib  # here: OpenSSL's SHA-256 is the fast one for 16 MiB, and most calls hash no file
     h = hashlib.sha256()
@@ -182,9 +190,11 @@ def file_sha256(path: Path) -> tuple[int, str]:
     return size, h.hexdigest()
 
 
-def write_atomic(path: Path, data: bytes, fsync: bool = False) -> None:
+def write_atomic(path: str | os.PathLike[str], data: bytes, fsync: bool = False) -> None:
     """Write a file under a temporary name in its directory, then rename it into place."""
-    tmp = path.parent / f".tmp-{path.name}.{os.getpid()}"
+    path = os.fspath(path)
+    head, name = os.path.split(path)
+    tmp = os.path.join(head, f".tmp-{name}.{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         try:
@@ -197,29 +207,35 @@ def write_atomic(path: Path, data: bytes, fsync: bool = False) -> None:
             os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(OSError):
+        try:
             os.unlink(tmp)
+        except OSError:
+            pass
         raise
 
 
 class Spool:
-    """One spool directory (see the module docstring for its files)."""
+    """One spool directory (see the module docstring for its files); every path a string."""
 
-    def __init__(self, root: Path, tag: str = "") -> None:
-        self.root = Path(root)
+    def __init__(self, root: str | os.PathLike[str], tag: str = "") -> None:
+        self.root = os.fspath(root)
         self.tag = tag  # config_tag() of the config this process works for
-        self.pushed = self.root / "pushed"
-        self.fetched = self.root / "fetched"
-        self.pusher_lock = self.root / "pusher.lock"
-        self.fetcher_lock = self.root / "fetcher.lock"
-        self.socket = self.root / "pusher.sock"
-        self.log = self.root / "pusher.log"
+        self.pushed = self.at("pushed")
+        self.fetched = self.at("fetched")
+        self.pusher_lock = self.at("pusher.lock")
+        self.fetcher_lock = self.at("fetcher.lock")
+        self.socket = self.at("pusher.sock")
+        self.log = self.at("pusher.log")
+
+    def at(self, *names: str) -> str:
+        """A path inside the spool."""
+        return os.path.join(self.root, *names)
 
     def ensure(self) -> Spool:
         """Create the directories (private: records decide what is acknowledged to PostgreSQL)."""
         for d in (self.root, self.pushed, self.fetched):
             try:
-                d.mkdir(mode=0o700, parents=True, exist_ok=True)
+                os.makedirs(d, mode=0o700, exist_ok=True)
             except OSError as exc:
                 raise SpoolError(f"cannot create the WAL spool {d}: {exc.strerror}; set wal.spool_dir in the "
                                  "config to a directory the PostgreSQL server's OS user can write") from None
@@ -233,22 +249,22 @@ class Spool:
     def record(self, name: str) -> Record | None:
         """The record of a pushed WAL file, or None."""
         try:
-            size, sha, at, *tag = (self.pushed / name).read_text().split()
-            return Record(int(size), sha, float(at), tag[0] if tag else "")
+            size, sha, at, *tag = _read(os.path.join(self.pushed, name)).split()
+            return Record(int(size), sha.decode(), float(at), tag[0].decode() if tag else "")
         except (OSError, ValueError):
             return None
 
     def write_record(self, name: str, size: int, sha256: str) -> None:
         """Record a WAL file as stored everywhere (only after put and read-back on every target)."""
-        write_atomic(self.pushed / name, f"{size} {sha256} {time.time():.3f} {self.tag}\n".encode())
+        write_atomic(os.path.join(self.pushed, name), f"{size} {sha256} {time.time():.3f} {self.tag}\n".encode())
 
-    def matches(self, name: str, path: Path) -> bool:
+    def matches(self, name: str, path: str | os.PathLike[str]) -> bool:
         """Whether ``path`` is exactly the file recorded as pushed under ``name`` with this config (size, SHA-256)."""
         rec = self.record(name)
         if rec is None or rec.tag != self.tag:
             return False
         try:
-            if path.stat().st_size != rec.size:
+            if os.stat(path).st_size != rec.size:
                 return False
             return file_sha256(path) == (rec.size, rec.sha256)
         except OSError:
@@ -257,19 +273,24 @@ class Spool:
     def forget_records(self, older_than: float) -> int:
         """Delete records older than a Unix time (PostgreSQL asks for a file again only while it is .ready)."""
         n = 0
-        with contextlib.suppress(OSError):
-            for entry in os.scandir(self.pushed):
-                with contextlib.suppress(OSError):
-                    if entry.stat().st_mtime < older_than:
-                        os.unlink(entry.path)
-                        n += 1
+        try:
+            entries = list(os.scandir(self.pushed))
+        except OSError:
+            return 0
+        for entry in entries:
+            try:
+                if entry.stat().st_mtime < older_than:
+                    os.unlink(entry.path)
+                    n += 1
+            except OSError:
+                continue
         return n
 
     # -- latency -------------------------------------------------------------------------------------------
 
     def add_latency(self, seconds: float, how: str) -> None:
         """Append one acknowledged push's latency; keep the newest LATENCY_KEEP."""
-        fd = os.open(self.root / "latency", os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        fd = os.open(self.at("latency"), os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             os.write(fd, f"{time.time():.3f} {seconds:.6f} {how}\n".encode())
@@ -286,35 +307,38 @@ class Spool:
         """(unix time, seconds, how) of the last pushes, oldest first."""
         out = []
         try:
-            text = (self.root / "latency").read_text()
+            text = _read(self.at("latency")).decode()
         except OSError:
             return []
         for line in text.splitlines()[-LATENCY_KEEP:]:
             parts = line.split()
-            with contextlib.suppress(ValueError, IndexError):
+            try:
                 out.append((float(parts[0]), float(parts[1]), parts[2] if len(parts) > 2 else "?"))
+            except (ValueError, IndexError):
+                continue
         return out
 
     # -- the data directory --------------------------------------------------------------------------------
 
-    def note_pgdata(self, wal_path: Path) -> None:
-        """Remember the data directory a pushed file came from (``<pgdata>/pg_wal/<name>``)."""
-        if wal_path.parent.name != "pg_wal":
+    def note_pgdata(self, wal_path: str) -> None:
+        """Remember the data directory a pushed file came from (``<pgdata>/pg_wal/<name>``, absolute)."""
+        wal_dir = os.path.dirname(wal_path)
+        if os.path.basename(wal_dir) != "pg_wal":
             return
-        pgdata = str(wal_path.parent.parent)
+        pgdata = os.path.dirname(wal_dir)
         if self.pgdata() != pgdata:
-            write_atomic(self.root / "pgdata", (pgdata + "\n").encode())
+            write_atomic(self.at("pgdata"), (pgdata + "\n").encode())
 
     def pgdata(self) -> str | None:
         """The data directory of the last pushed file, if known."""
         try:
-            return (self.root / "pgdata").read_text().strip() or None
+            return _read(self.at("pgdata")).decode().strip() or None
         except OSError:
             return None
 
     # -- background processes ------------------------------------------------------------------------------
 
-    def holder(self, lock: Path) -> int | None:
+    def holder(self, lock: str) -> int | None:
         """The pid of the process holding ``lock`` (a pusher or fetcher), or None when nobody holds it."""
         try:
             fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
@@ -332,7 +356,7 @@ class Spool:
         finally:
             os.close(fd)
 
-    def take_lock(self, lock: Path) -> int | None:
+    def take_lock(self, lock: str) -> int | None:
         """Hold ``lock`` for this process's life (an fd kept open), or None when another process holds it."""
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -348,34 +372,36 @@ class Spool:
 
     def log_line(self, message: str) -> None:
         """One line in pusher.log (kept under 1 MiB: the older half goes to pusher.log.1)."""
-        with contextlib.suppress(OSError):
-            if self.log.exists() and self.log.stat().st_size > 1024 * 1024:
-                os.replace(self.log, self.log.with_suffix(".log.1"))
+        try:
+            if os.path.exists(self.log) and os.path.getsize(self.log) > 1024 * 1024:
+                os.replace(self.log, self.log + ".1")
             with open(self.log, "a") as f:
                 f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} [{os.getpid()}] {message}\n")
+        except OSError:
+            pass  # the log is for people; a full disk must not fail a push that worked
 
     # -- read-ahead ----------------------------------------------------------------------------------------
 
     def fetch_position(self) -> str | None:
         try:
-            return (self.root / "fetch-position").read_text().strip() or None
+            return _read(self.at("fetch-position")).decode().strip() or None
         except OSError:
             return None
 
     def set_fetch_position(self, name: str) -> None:
-        write_atomic(self.root / "fetch-position", (name + "\n").encode())
+        write_atomic(self.at("fetch-position"), (name + "\n").encode())
 
     def fetch_plan(self) -> list[str]:
         try:
-            return (self.root / "fetch-plan").read_text().split()
+            return _read(self.at("fetch-plan")).decode().split()
         except OSError:
             return []
 
     def set_fetch_plan(self, names: list[str]) -> None:
-        write_atomic(self.root / "fetch-plan", "".join(n + "\n" for n in names).encode())
+        write_atomic(self.at("fetch-plan"), "".join(n + "\n" for n in names).encode())
 
 
-def helper_spool(prog: str, argv: list[str] | None, lock: str) -> tuple[Path, Spool, int] | None:
+def helper_spool(prog: str, argv: list[str] | None, lock: str) -> tuple[str, Spool, int] | None:
     """Parse a resident helper's ``--config``/``--spool`` and take its lock; None when another one holds it."""
     import argparse
 
@@ -383,6 +409,6 @@ def helper_spool(prog: str, argv: list[str] | None, lock: str) -> tuple[Path, Sp
     p.add_argument("--config", required=True)
     p.add_argument("--spool", required=True)
     args = p.parse_args(argv)
-    spool = Spool(Path(args.spool), config_tag(Path(args.config))).ensure()
+    spool = Spool(args.spool, config_tag(args.config)).ensure()
     held = spool.take_lock(spool.pusher_lock if lock == "pusher_lock" else spool.fetcher_lock)
-    return None if held is None else (Path(args.config), spool, held)
+    return None if held is None else (args.config, spool, held)

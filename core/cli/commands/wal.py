@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,7 @@ def _spool(config_arg: str | None) -> Any:
         spool = spool_of(config_path(config_arg))
     except SpoolError:
         return None
-    return spool if spool.root.is_dir() else None
+    return spool if os.path.isdir(spool.root) else None
 
 
 def _ms(seconds: float | None) -> str:
