@@ -15,8 +15,9 @@ minutes; see /work/shared/BASELINE.md and bench/README.md):
   restore  `backstop restore --type physical --pgdata DIR` against
            `pgbackrest restore --pg1-path DIR`, into an empty directory, not started;
   walpush  the same copied WAL segments pushed one call at a time by each
-           tool (as the server's account, into fresh archives): per-call latency,
-           "paced" (one .ready file at a time) and "batch" (all ready at once);
+           tool (as the server's account, into fresh archives), the calls
+           started as PostgreSQL's archiver starts them (archiver.py): per-call
+           latency, "paced" (one .ready file at a time) and "batch" (all ready at once);
   load     pgbench flat out for --load-seconds with Backstop alone archiving:
            the .ready backlog and `backstop wal status` recovery-point age, sampled;
   rss      peak RSS of the backup and restore process trees (and of every
@@ -599,23 +600,19 @@ def push_sequence(bench: PBench, tool: str, mode: str, rnd: int, segments: Seque
     log = bench.log(f"walpush-{tool}-{mode}", rnd)
     if tool == "backstop":
         bs = Backstop.create(base / "backstop", None, bench.passphrase, bench.acct, log)
-        argv0 = shlex.split(bs.archive_command().removesuffix(" %p"))
+        command = bs.archive_command()
     else:
         assert bench.pb is not None
         pb = PgBackRest.create(bench.pgbr_exe, base / "pgbackrest", bench.cluster, bench.acct, log)
-        argv0 = pb.argv(["archive-push"])
+        command = pb.archive_command()
+    out = pgdata / "latencies.json"  # pgdata: the server's account owns it
     bb.settle(bench.dsn)
-    lat = []
     try:
-        for s in segments:
-            ready = status / f"{s.name}.ready"
-            if mode == "paced":
-                ready.touch()
-                bench.acct.give(ready)
-            # Absolute: pgBackRest reads a relative %p against its pg1-path (the real cluster), not the cwd.
-            wall, _ = bench.acct.run([*argv0, str(pgdata / "pg_wal" / s.name)], log, cwd=pgdata)
-            lat.append(wall)
-            ready.rename(status / f"{s.name}.done")
+        # The calls start from a small process of the server's account, as the archiver's do (archiver.py).
+        bench.acct.run([sys.executable, str(Path(__file__).with_name("archiver.py")), "--command", command,
+                        "--pgdata", str(pgdata), "--mode", mode, "--out", str(out), *(s.name for s in segments)],
+                       log, cwd=pgdata)
+        lat = [float(x) for x in json.loads(out.read_text())]
     finally:
         if tool == "backstop":
             bs.stop_pusher()

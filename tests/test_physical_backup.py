@@ -322,6 +322,46 @@ async def test_a_written_file_is_checked_against_the_servers_crc_or_else_its_sha
         await write(server_crc, replace(rel, size=rel.size + 1))
 
 
+async def test_large_page_aligned_files_are_written_around_the_page_cache_and_unaligned_pieces_fall_back(
+        tmp_path: Path) -> None:
+    """A restore writes a large relation file with O_DIRECT from an aligned buffer, byte for byte the same."""
+    import fcntl
+
+    from core.repository.reader import _Target
+
+    st = LocalStorage(LocalTargetConfig(name="l", type="local", path=tmp_path / "r"))
+    await st.prepare()
+    repo, _ = await Repository.init([st], b"pass", RepositoryConfig())
+    relation = b"".join(hashlib.sha256(i.to_bytes(4, "big")).digest() * 256 for i in range(3 * BLOCK_SIZE // 8192 + 5))
+    stored, _ = await _store(repo, _pg_like_tar(relation))
+    rel = next(f for f in stored.files if f.name == "base/1/16384")
+    reader = StreamReader(repo, await repo.load_index(common=False), ThreadPoolExecutor(2))
+    out = tmp_path / "direct"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        given = fcntl.fcntl(fd, fcntl.F_GETFL)
+        # Where the file system has no direct I/O (tmpfs) the flag is refused: the page cache, then.
+        target = _Target(fd, rel.size)
+        supported = target.direct
+        assert bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT) == supported
+        target.done()
+        assert fcntl.fcntl(fd, fcntl.F_GETFL) == given
+        # Not for a small file, nor one off the page grid.
+        assert not _Target(fd, 8192).direct and not _Target(fd, rel.size - 100).direct
+        assert sum([n async for n in reader.write_into(rel, fd, stored.crc32c[rel.name])]) == len(relation)
+        assert fcntl.fcntl(fd, fcntl.F_GETFL) == given  # the caller gets its fd back as it gave it
+        # A piece off the page grid turns direct I/O off for the rest of the file, and is written all the same.
+        target = _Target(fd, rel.size)
+        assert target.direct == supported
+        target.pwrite(b"tail", len(relation))
+        assert not target.direct and not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT
+        target.pwrite(relation[:BLOCK_SIZE], 0)
+        target.done()
+    finally:
+        os.close(fd)
+    assert out.read_bytes() == relation + b"tail"
+
+
 # -- the manifest ----------------------------------------------------------------------------------------------
 
 
