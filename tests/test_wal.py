@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import blake3
 import psycopg
 import pytest
 from core.config import LocalTargetConfig, RepositoryConfig
@@ -148,11 +149,26 @@ async def _local_repo(base: Path, names: tuple[str, ...] = ("a", "b")) -> Reposi
     return repo
 
 
+def test_a_spool_record_matches_a_file_by_the_record_s_own_digest(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", "tag").ensure()
+    data = segment(1, 3)
+    path = tmp_path / "000000010000000000000003"
+    path.write_bytes(data)
+    sha = hashlib.sha256(data).hexdigest()
+    # Records since 2026-12-05 hold the object header's BLAKE3; older ones a plain hex SHA-256.
+    for digest in ("blake3:" + blake3.blake3(data).hexdigest(), "sha256:" + sha, sha):
+        spool.write_record(path.name, len(data), digest)
+        assert spool.matches(path.name, path) and spool.record(path.name).digest == digest  # type: ignore[union-attr]
+    for digest in ("blake3:" + "00" * 32, "00" * 32):
+        spool.write_record(path.name, len(data), digest)
+        assert not spool.matches(path.name, path)
+
+
 async def test_push_read_duplicates_and_refusals(tmp_path: Path) -> None:
     repo = await _local_repo(tmp_path)
     archive = WalArchive(repo)
     first = await archive.push("000000010000000000000003", segment(1, 3))
-    assert first.stored and first.sha256 == hashlib.sha256(segment(1, 3)).hexdigest()
+    assert first.stored and first.digest == "blake3:" + blake3.blake3(segment(1, 3)).hexdigest()
     again = await archive.push("000000010000000000000003", segment(1, 3))
     assert not again.stored  # the same content twice: success, nothing written
     with pytest.raises(WalRefused, match="000000010000000000000003 is already archived with different content"):
@@ -240,7 +256,7 @@ def _frames(packed: bytes) -> list[int]:
 async def test_a_segment_is_sealed_as_frames_and_single_frame_objects_still_open(tmp_path: Path) -> None:
     import zstandard
     from core.errors import IntegrityError
-    from core.repository.crypto import compress, open_packed, seal_object, seal_packed
+    from core.repository.crypto import compress, decompress_frames, open_packed, seal_object, seal_packed
     from core.repository.wal import WAL_KIND, open_wal
 
     repo = await _local_repo(tmp_path)
@@ -256,17 +272,31 @@ async def test_a_segment_is_sealed_as_frames_and_single_frame_objects_still_open
     packed = open_packed(blob, WAL_KIND, repo.keys)
     header = 54 + len(name)
     assert _frames(packed) == [header] + [SEG // 4] * 4  # the header frame, then one per quarter
-    assert open_wal(blob, name, repo.keys).data == data
+    opened = open_wal(blob, name, repo.keys)
+    assert opened.data == data and opened.digest == pushed.digest
+    head = decompress_frames(packed)[:52]
+    assert head[:4] == b"BKW2" and head[20:52] == blake3.blake3(data).digest()  # the header names BLAKE3
     history = "00000002.history"
     await WalArchive(repo).push(history, b"1\t0/5000000\tno recovery target specified\n")
     assert len(_frames(open_packed((tmp_path / "a" / "wal" / "00000002" / history).read_bytes(), WAL_KIND,
                                    repo.keys))) == 2  # small files: one data frame
 
-    # An object written before frames (one frame holding header, name and data) still opens.
+    # An object written before frames (one frame holding header, name and data, and a SHA-256) still opens.
     digest = hashlib.sha256(data).digest()
     payload = struct.pack(">4sQQ32sH", b"BKW1", 7_300_000_000_000_000_001, SEG, digest, len(name)) + name.encode()
     old = seal_object(payload + data, WAL_KIND, repo.key, 1)
-    assert open_wal(old, name, repo.keys).data == data
+    assert open_wal(old, name, repo.keys).digest == "sha256:" + digest.hex()
+    wrong = struct.pack(">4sQQ32sH", b"BKW1", 7_300_000_000_000_000_001, SEG, blake3.blake3(data).digest(),
+                        len(name)) + name.encode()
+    with pytest.raises(IntegrityError, match="SHA256 mismatch"):  # BKW1 means SHA-256, whatever it holds
+        open_wal(seal_object(wrong + data, WAL_KIND, repo.key, 1), name, repo.keys)
+    # Pushed again over such an old object, the same file is success and another one is refused: each
+    # compared in the stored object's own digest.
+    for t in ("a", "b"):
+        (tmp_path / t / "wal" / "00000001" / name).write_bytes(old)
+    assert not (await WalArchive(repo).push(name, data)).stored
+    with pytest.raises(WalRefused, match=r"already archived with different content \(sha256:"):
+        await WalArchive(repo).push(name, segment(1, 3, fill=b"y"))
 
     # A frame cut short, a frame that does not record its size, junk after the frames: damaged, never read.
     frames = packed[:-10]
@@ -843,7 +873,7 @@ async def test_segments_arrive_on_both_targets_checked(archiving: Archiving) -> 
     assert read_segment_header(data).system_identifier == sysid
     assert (await WalArchive(repo).identity()).system_identifier == sysid  # type: ignore[union-attr]
     rec = archiving.spool.record(name)
-    assert rec is not None and rec.sha256 == hashlib.sha256(data).hexdigest()
+    assert rec is not None and rec.digest == "blake3:" + blake3.blake3(data).hexdigest()
     # Run by the server's OS user: the spool is that user's.
     owner = pwd.getpwuid(os.stat(archiving.spool.root).st_uid).pw_name
     assert owner == archiving.cluster.os_user

@@ -73,7 +73,7 @@ async def push_path(archive: WalArchive, path: Path, spool: Spool | None = None)
     name, data = await asyncio.to_thread(read_wal_file, path)  # 16 MiB: not on the pusher's event loop
     result = await archive.push(name, data)
     if spool is not None:
-        spool.write_record(name, result.size, result.sha256)
+        spool.write_record(name, result.size, result.digest)
     return result
 
 

@@ -3,7 +3,7 @@
 The fast path imports the standard library only, and not even ``pathlib``
 or ``re`` (together half of a call's CPU, spent on the two cores where the
 pusher compresses the very file the call waits for). ``wal-push`` answers at
-once when the spool records the file as pushed (same size and SHA-256);
+once when the spool records the file as pushed (same size and digest);
 otherwise it asks the resident pusher (starting it when none runs) and
 waits for its answer; only when no pusher can answer does it open the
 repository and push the file itself. ``wal-fetch`` takes a file the

@@ -1,7 +1,8 @@
 """The WAL spool: a private directory where wal-push, wal-fetch and their background processes meet.
 
-Standard library only, and paths as plain strings (the fast path imports it,
-and ``pathlib`` would cost a call a sixth of its CPU). Layout, all owned by the
+Standard library only (and ``blake3`` to check a file against a record, which
+few calls do), and paths as plain strings (the fast path imports it, and
+``pathlib`` would cost a call a sixth of its CPU). Layout, all owned by the
 PostgreSQL server's OS user, directories 0700 and files 0600::
 
     pusher.lock     held (flock) by the running pusher; holds its pid
@@ -9,7 +10,9 @@ PostgreSQL server's OS user, directories 0700 and files 0600::
                     (a call takes an OK only with its own config's tag: see pushed/ below)
     pusher.log      the background processes' own lines (what went wrong while working ahead)
     pushed/<name>   one record per WAL file stored on every target and read back:
-                    "<size> <sha256 hex> <unix time> <config tag>"; only the pusher or a push writes it;
+                    "<size> <digest> <unix time> <config tag>", the digest as the WAL object's header
+                    has it ("blake3:<hex>"; a plain hex SHA-256 in records before 2026-12-05);
+                    only the pusher or a push writes it;
                     the tag (16 hex of the config file's SHA-256) ties it to the repository it was
                     stored in: after the config changes (other targets, another repository) an old
                     record acknowledges nothing and the file is pushed again
@@ -52,10 +55,10 @@ class SpoolError(Exception):
 class Record:
     """A WAL file known to be stored on every target (a plain class: no dataclasses on the fast path)."""
 
-    __slots__ = ("at", "sha256", "size", "tag")
+    __slots__ = ("at", "digest", "size", "tag")
 
-    def __init__(self, size: int, sha256: str, at: float, tag: str = "") -> None:
-        self.size, self.sha256, self.at, self.tag = size, sha256, at, tag
+    def __init__(self, size: int, digest: str, at: float, tag: str = "") -> None:
+        self.size, self.digest, self.at, self.tag = size, digest, at, tag
 
 
 def config_path(given: str | None) -> str:
@@ -178,16 +181,22 @@ def spool_of(config: str | os.PathLike[str]) -> Spool:
     return Spool(root, tag)
 
 
-def file_sha256(path: str | os.PathLike[str]) -> tuple[int, str]:
-    """(size, SHA-256 hex) of a file, read in blocks."""
-    import hashlib  # here: OpenSSL's SHA-256 is the fast one for 16 MiB, and most calls hash no file
-    h = hashlib.sha256()
+def file_digest(path: str | os.PathLike[str], like: str) -> tuple[int, str]:
+    """(size, digest) of a file, read in blocks; the digest spelled as ``like`` (a record's) is."""
+    h: Any
+    # Imported here: most calls hash no file. A record before 2026-12-05 holds a plain hex SHA-256.
+    if like.startswith("blake3:"):
+        import blake3
+        h, prefix = blake3.blake3(), "blake3:"
+    else:
+        import hashlib
+        h, prefix = hashlib.sha256(), "sha256:" if like.startswith("sha256:") else ""
     size = 0
     with open(path, "rb", buffering=0) as f:
         while block := f.read(_HASH_BLOCK):
             h.update(block)
             size += len(block)
-    return size, h.hexdigest()
+    return size, prefix + h.hexdigest()
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes, fsync: bool = False) -> None:
@@ -254,19 +263,19 @@ class Spool:
         except (OSError, ValueError):
             return None
 
-    def write_record(self, name: str, size: int, sha256: str) -> None:
+    def write_record(self, name: str, size: int, digest: str) -> None:
         """Record a WAL file as stored everywhere (only after put and read-back on every target)."""
-        write_atomic(os.path.join(self.pushed, name), f"{size} {sha256} {time.time():.3f} {self.tag}\n".encode())
+        write_atomic(os.path.join(self.pushed, name), f"{size} {digest} {time.time():.3f} {self.tag}\n".encode())
 
     def matches(self, name: str, path: str | os.PathLike[str]) -> bool:
-        """Whether ``path`` is exactly the file recorded as pushed under ``name`` with this config (size, SHA-256)."""
+        """Whether ``path`` is exactly the file recorded as pushed under ``name`` with this config (size, digest)."""
         rec = self.record(name)
         if rec is None or rec.tag != self.tag:
             return False
         try:
             if os.stat(path).st_size != rec.size:
                 return False
-            return file_sha256(path) == (rec.size, rec.sha256)
+            return file_digest(path, rec.digest) == (rec.size, rec.digest)
         except OSError:
             return False
 
