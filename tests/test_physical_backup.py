@@ -362,6 +362,61 @@ async def test_large_page_aligned_files_are_written_around_the_page_cache_and_un
     assert out.read_bytes() == relation + b"tail"
 
 
+def test_a_file_system_refusing_direct_io_gets_the_page_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The two refusals this machine's ext4 and tmpfs never make, injected: the flag, and a write with it."""
+    import errno
+    import fcntl
+
+    import core.repository.reader as reader_module
+    from core.repository.reader import _Target
+
+    data = os.urandom(1024 * 1024)
+    real_fcntl, real_pwrite = fcntl.fcntl, os.pwrite
+
+    def no_direct_flag(fd: int, cmd: int, arg: int = 0) -> int:
+        if cmd == fcntl.F_SETFL and arg & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_fcntl(fd, cmd, arg)
+
+    out = tmp_path / "refused-flag"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        monkeypatch.setattr(reader_module.fcntl, "fcntl", no_direct_flag)
+        target = _Target(fd, len(data))
+        assert not target.direct
+        target.pwrite(data, 0)
+        target.done()
+    finally:
+        monkeypatch.undo()
+        os.close(fd)
+    assert out.read_bytes() == data
+
+    refused: list[int] = []
+
+    def no_direct_write(fd: int, buf: memoryview | bytes, offset: int) -> int:
+        if real_fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            refused.append(offset)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, buf, offset)
+
+    out = tmp_path / "refused-write"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        target = _Target(fd, len(data))
+        if target.direct:  # a file system that takes the flag, then refuses the write: the page cache
+            monkeypatch.setattr(reader_module.os, "pwrite", no_direct_write)
+            target.pwrite(data[:BLOCK_SIZE], 0)
+            target.pwrite(data[BLOCK_SIZE:], BLOCK_SIZE)
+            assert refused == [0] and not target.direct
+        else:
+            target.pwrite(data, 0)
+        target.done()
+    finally:
+        monkeypatch.undo()
+        os.close(fd)
+    assert out.read_bytes() == data
+
+
 # -- the manifest ----------------------------------------------------------------------------------------------
 
 
