@@ -19,7 +19,7 @@ import signal
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -373,23 +373,30 @@ def test_a_file_system_refusing_direct_io_gets_the_page_cache(tmp_path: Path, mo
     data = os.urandom(1024 * 1024)
     real_fcntl, real_pwrite = fcntl.fcntl, os.pwrite
 
+    def written(name: str, write: Callable[[int], None]) -> bytes:
+        """What ``write(fd)`` leaves in a new file (the faults injected into it undone first)."""
+        out = tmp_path / name
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            write(fd)
+        finally:
+            monkeypatch.undo()
+            os.close(fd)
+        return out.read_bytes()
+
     def no_direct_flag(fd: int, cmd: int, arg: int = 0) -> int:
         if cmd == fcntl.F_SETFL and arg & os.O_DIRECT:
             raise OSError(errno.EINVAL, "Invalid argument")
         return real_fcntl(fd, cmd, arg)
 
-    out = tmp_path / "refused-flag"
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
+    def refused_flag(fd: int) -> None:
         monkeypatch.setattr(reader_module.fcntl, "fcntl", no_direct_flag)
         target = _Target(fd, len(data))
         assert not target.direct
         target.pwrite(data, 0)
         target.done()
-    finally:
-        monkeypatch.undo()
-        os.close(fd)
-    assert out.read_bytes() == data
+
+    assert written("refused-flag", refused_flag) == data
 
     refused: list[int] = []
 
@@ -399,9 +406,7 @@ def test_a_file_system_refusing_direct_io_gets_the_page_cache(tmp_path: Path, mo
             raise OSError(errno.EINVAL, "Invalid argument")
         return real_pwrite(fd, buf, offset)
 
-    out = tmp_path / "refused-write"
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
+    def refused_write(fd: int) -> None:
         target = _Target(fd, len(data))
         if target.direct:  # a file system that takes the flag, then refuses the write: the page cache
             monkeypatch.setattr(reader_module.os, "pwrite", no_direct_write)
@@ -411,10 +416,8 @@ def test_a_file_system_refusing_direct_io_gets_the_page_cache(tmp_path: Path, mo
         else:
             target.pwrite(data, 0)
         target.done()
-    finally:
-        monkeypatch.undo()
-        os.close(fd)
-    assert out.read_bytes() == data
+
+    assert written("refused-write", refused_write) == data
 
 
 # -- the manifest ----------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Write a data directory from a physical snapshot's file list.
 
 Each file is streamed from the repository straight to disk (never held in
-memory), a bounded number at once; the stream reader checks each file's
-SHA-256 at its end and this module its size. Directories are created 0700,
+memory), a bounded number at once; the stream reader checks each file at
+its end (the server's CRC-32C, else its SHA-256) and this module its size. Directories are created 0700,
 files with the mode the backup recorded, everything owned by the account
 the server will run as. Symbolic links are made after every file (so no
 write can go through one) and ``global/pg_control`` is written last: a data

@@ -148,11 +148,14 @@ def wal_digest(data: bytes) -> bytes:
     return blake3.blake3(data).digest()
 
 
-def digest_like(data: bytes, other: str) -> str:
-    """``data``'s digest spelled as ``other`` is (``blake3:<hex>`` or ``sha256:<hex>``), to compare the two."""
+def digest_like(data: bytes, other: str, blake3_digest: str | None = None) -> str:
+    """``data``'s digest spelled as ``other`` is (``blake3:<hex>`` or ``sha256:<hex>``), to compare the two.
+
+    ``blake3_digest``: data's ``blake3:<hex>`` when the caller has it already.
+    """
     if other.startswith("sha256:"):
         return "sha256:" + hashlib.sha256(data).hexdigest()
-    return "blake3:" + wal_digest(data).hex()
+    return blake3_digest or "blake3:" + wal_digest(data).hex()
 
 
 def header_frame(name: str, size: int, digest: bytes, system_identifier: int) -> bytes:
@@ -327,10 +330,9 @@ class WalArchive:
             # Every copy is read: a duplicate is acknowledged only when each target holds it intact.
             copies = [c for c in await asyncio.gather(*(self._open_copy(st, name) for st in have)) if c]
             # Compared in the copy's own digest (an object from before 2026-12-05 records a SHA-256).
-            other = next((c for c in copies if c.digest != (
-                digest if c.digest.startswith("blake3:") else digest_like(data, c.digest))), None)
+            other = next((c for c in copies if c.digest != digest_like(data, c.digest, digest)), None)
             if other is not None:
-                mine = digest_like(data, other.digest)
+                mine = digest_like(data, other.digest, digest)
                 raise WalRefused(
                     f"{name} is already archived with different content ({other.digest[:19]}..., this file "
                     f"{mine[:19]}...); two clusters or a restored copy archive into one repository: give each "
